@@ -1,0 +1,35 @@
+# The two commands a newcomer needs are `make demo` and `make test`; each sets up what it needs first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test lint bench ui clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/impactin demo
+
+test: $(STAMP)
+	$(BIN)/ruff check impactin_pipelines tests benchmarks
+	$(BIN)/pytest -n 2
+
+lint: $(STAMP)
+	$(BIN)/ruff check impactin_pipelines tests benchmarks
+	$(BIN)/ruff format --check impactin_pipelines tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run
+
+ui: $(STAMP)
+	DAGSTER_HOME=$(CURDIR)/.impactin/dagster_home $(BIN)/dagster dev -w workspace.yaml
+
+clean:
+	rm -rf $(VENV) .impactin .pytest_cache .ruff_cache

@@ -1,0 +1,40 @@
+"""The `impactin` command."""
+
+import logging
+import warnings
+
+import click
+
+from impactin_pipelines.cli.db import db
+from impactin_pipelines.cli.deliveries import deliveries
+from impactin_pipelines.cli.demo import demo
+from impactin_pipelines.cli.run import run
+from impactin_pipelines.cli.sandbox import sandbox
+from impactin_pipelines.cli.stats import stats
+
+
+def configure_logging(level: int) -> None:
+    """One stderr handler; its level (not the loggers') decides what the console shows."""
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    for handler in root.handlers:
+        handler.setLevel(level)
+    root.setLevel(min(root.level or logging.WARNING, level))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Deliver TEEI impact events to Benevity, Goodera and Workday, and see what happened."""
+    warnings.filterwarnings("ignore", module="dagster")
+    configure_logging(logging.WARNING)
+
+
+for command in (db, run, demo, sandbox, deliveries, stats):
+    cli.add_command(command)
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,31 @@
+"""Shared CLI plumbing: the engine, date options, friendly errors."""
+
+from datetime import datetime
+
+import click
+from sqlalchemy.engine import Engine
+
+from impactin_pipelines.domain.periods import parse_bound
+from impactin_pipelines.settings import warehouse_url
+from impactin_pipelines.store import migrations
+from impactin_pipelines.store.engine import make_engine
+
+
+def engine(*, require_schema: bool = True) -> Engine:
+    eng = make_engine(warehouse_url())
+    if require_schema:
+        have, want = migrations.current_version(eng), max((m.version for m in migrations.available()), default=0)
+        if have < want:
+            raise click.ClickException(
+                f"the warehouse schema is at version {have}, this code needs {want}: run `impactin db upgrade`"
+            )
+    return eng
+
+
+def bound(value: str | None, name: str, *, end: bool = False) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return parse_bound(value, name, end=end)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=name) from None

@@ -1,0 +1,1 @@
+"""Provider connectors behind one small interface, over one shared HTTP and retry layer."""

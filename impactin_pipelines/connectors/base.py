@@ -1,0 +1,100 @@
+"""The connector interface and the values that cross it."""
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+import requests
+from sqlalchemy.engine import Engine
+
+from impactin_pipelines.domain.providers import Provider
+from impactin_pipelines.domain.statuses import AttemptOutcome
+from impactin_pipelines.security.crypto import KeyRing
+from impactin_pipelines.security.redaction import MASK
+from impactin_pipelines.settings import DeliverySettings
+
+
+@dataclass(frozen=True)
+class OutboundDelivery:
+    """What a connector needs to send one outbox row. `delivery_id` is the idempotency key."""
+
+    delivery_id: str
+    company_id: str
+    provider: str
+    event_id: str
+    payload: str
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    method: str
+    url: str
+    headers: Mapping[str, str]
+    body: bytes
+    secret_headers: frozenset[str] = frozenset()
+
+    def masked(self) -> dict[str, object]:
+        """For dry runs and audit: the request with every secret header masked."""
+        return {
+            "method": self.method,
+            "url": self.url,
+            "headers": {k: (MASK if k.lower() in self.secret_headers else v) for k, v in self.headers.items()},
+            "body": self.body.decode("utf-8", "replace"),
+        }
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    """One exchange with a provider, classified. Text fields are already scrubbed of secrets."""
+
+    outcome: AttemptOutcome
+    started_at: datetime
+    finished_at: datetime
+    http_status: int | None = None
+    error: str | None = None
+    response_body: str | None = None
+    retry_after_s: float | None = None
+    request_body: str | None = None  # set when what went out differs from the stored payload (SOAP)
+
+
+@dataclass(frozen=True)
+class ConnectivityResult:
+    provider: str
+    company_id: str
+    ok: bool
+    detail: str
+    extra: Mapping[str, object] = field(default_factory=dict)
+
+
+class Connector(Protocol):
+    provider: Provider
+
+    def prepare(self, delivery: OutboundDelivery) -> PreparedRequest:
+        """The request `send` would make, for dry runs (secrets only in `secret_headers`)."""
+        ...
+
+    def send(self, delivery: OutboundDelivery) -> AttemptResult:
+        """Exactly one exchange with the provider; never raises for provider or network trouble."""
+        ...
+
+    def check(self) -> ConnectivityResult:
+        """Can this configuration authenticate? Sends no impact data."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class ConnectorContext:
+    """What a connector builder may use: the run's shared pieces, scoped to one company."""
+
+    company_id: str
+    engine: Engine
+    settings: DeliverySettings
+    session: requests.Session
+    keyring: Callable[[], KeyRing]
+
+    @property
+    def timeout(self) -> tuple[float, float]:
+        return (self.settings.connect_timeout_s, self.settings.read_timeout_s)

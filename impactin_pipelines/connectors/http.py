@@ -1,0 +1,132 @@
+"""The shared HTTP layer: pooled sessions, explicit timeouts, one exchange classified into an AttemptResult.
+
+Adapter retries stay off: retrying a POST inside urllib3 would re-send on read timeouts where we cannot see it.
+The loop that retries is the delivery service's, driven by `connectors.retry`.
+"""
+
+import ipaddress
+import socket
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import NameResolutionError
+
+from impactin_pipelines.connectors.base import AttemptResult, PreparedRequest
+from impactin_pipelines.connectors.retry import outcome_for_status, parse_retry_after
+from impactin_pipelines.domain.errors import ConfigError
+from impactin_pipelines.domain.statuses import AttemptOutcome
+from impactin_pipelines.security.redaction import Redactor
+
+RESPONSE_KEEP_CHARS = 64 * 1024
+USER_AGENT = "impactin-pipelines/0.1"
+
+
+def new_session(pool_size: int = 10) -> requests.Session:
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(pool_size, 1), max_retries=0)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    session.headers["User-Agent"] = USER_AGENT
+    return session
+
+
+def is_loopback_host(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def require_secure_url(name: str, url: str) -> str:
+    """https everywhere (TLS always verified); plain http only for the loopback sandbox."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{name}={url!r} is not an http(s) URL")
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        raise ConfigError(f"{name}={url!r} must use https (plain http is allowed only on loopback)")
+    return url.rstrip("/")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    seen = exc
+    while True:
+        inner = seen.__cause__ or seen.__context__ or (seen.args[0] if seen.args else None)
+        if not isinstance(inner, BaseException) or inner is seen:
+            return seen
+        if hasattr(inner, "reason") and isinstance(inner.reason, BaseException):  # urllib3 MaxRetryError
+            inner = inner.reason
+        seen = inner
+
+
+def classify_exception(exc: requests.RequestException) -> tuple[AttemptOutcome, str]:
+    """Timeouts and dropped connections are transient; a host that does not resolve, bad TLS or a bad URL
+    are configuration (retrying them only hides the mistake)."""
+    cause = _root_cause(exc)
+    if isinstance(exc, requests.exceptions.SSLError):
+        return AttemptOutcome.CONFIG, f"TLS error: {cause}"
+    if isinstance(cause, NameResolutionError | socket.gaierror):
+        return AttemptOutcome.CONFIG, f"host does not resolve: {cause}"
+    if isinstance(exc, requests.exceptions.InvalidURL | requests.exceptions.MissingSchema):
+        return AttemptOutcome.CONFIG, f"invalid URL: {exc}"
+    if isinstance(exc, requests.exceptions.Timeout):
+        return AttemptOutcome.RETRYABLE, f"timeout: {type(exc).__name__}"
+    if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.ChunkedEncodingError):
+        return AttemptOutcome.RETRYABLE, f"connection error: {type(cause).__name__}: {cause}"
+    return AttemptOutcome.RETRYABLE, f"{type(exc).__name__}: {exc}"
+
+
+def exchange(
+    session: requests.Session,
+    request: PreparedRequest,
+    *,
+    timeout: tuple[float, float],
+    redactor: Redactor,
+    oauth: bool = False,
+) -> tuple[AttemptResult, requests.Response | None]:
+    """Send once; classify by status whatever the body is (an HTML 502 is still a 502)."""
+    started = _now()
+    try:
+        response = session.request(
+            request.method,
+            request.url,
+            data=request.body,
+            headers=dict(request.headers),
+            timeout=timeout,
+            allow_redirects=False,
+        )
+        body = response.text[:RESPONSE_KEEP_CHARS]
+    except requests.RequestException as exc:
+        outcome, message = classify_exception(exc)
+        result = AttemptResult(outcome, started, _now(), error=redactor.scrub(message))
+        return result, None
+    status = response.status_code
+    outcome = outcome_for_status(status, oauth=oauth)
+    error = None
+    if outcome is not AttemptOutcome.SUCCESS:
+        reason = response.reason or ""
+        error = f"HTTP {status} {reason}".strip()
+        if 300 <= status < 400:
+            error += f" (unexpected redirect to {response.headers.get('Location', '?')})"
+        excerpt = body.strip().replace("\n", " ")[:300]
+        if excerpt:
+            error += f": {excerpt}"
+    result = AttemptResult(
+        outcome,
+        started,
+        _now(),
+        http_status=status,
+        error=redactor.scrub(error),
+        response_body=redactor.scrub(body),
+        retry_after_s=parse_retry_after(response.headers.get("Retry-After")),
+    )
+    return result, response

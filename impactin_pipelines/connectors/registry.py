@@ -1,0 +1,104 @@
+"""Builds one connector per (company, provider) for a run, sharing HTTP pools per provider.
+
+Each provider module registers a builder here; nothing else needs to know which providers exist.
+"""
+
+import threading
+from collections.abc import Callable
+from functools import cached_property
+from typing import Any
+
+import requests
+from sqlalchemy.engine import Engine
+
+from impactin_pipelines.connectors import benevity
+from impactin_pipelines.connectors.base import Connector, ConnectorContext
+from impactin_pipelines.connectors.config import ConfigResolver, parse_settings
+from impactin_pipelines.connectors.http import new_session
+from impactin_pipelines.domain.errors import ConfigError
+from impactin_pipelines.domain.providers import Provider
+from impactin_pipelines.security.crypto import KeyRing, load_keyring
+from impactin_pipelines.settings import DeliverySettings, ProviderEnv
+from impactin_pipelines.store import source
+
+Builder = Callable[[ConfigResolver, ConnectorContext], Connector]
+
+BUILDERS: dict[Provider, Builder] = {
+    Provider.BENEVITY: benevity.build,
+}
+
+
+class ConnectorFactory:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        settings: DeliverySettings | None = None,
+        env: ProviderEnv | None = None,
+        keyring: Callable[[], KeyRing] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings or DeliverySettings.from_env()
+        self.env = env or ProviderEnv.from_env()
+        self._keyring_loader = keyring or load_keyring
+        self._lock = threading.Lock()
+        self._sessions: dict[Provider, requests.Session] = {}
+        self._connectors: dict[tuple[str, Provider], Connector | ConfigError] = {}
+
+    @cached_property
+    def _keyring(self) -> KeyRing:
+        return self._keyring_loader()
+
+    def keyring(self) -> KeyRing:
+        return self._keyring
+
+    def connector(self, company_id: str, provider: Provider, settings_raw: Any = None) -> Connector:
+        """The company's connector, built once per factory. A config problem raises ConfigError every time."""
+        key = (company_id, provider)
+        with self._lock:
+            found = self._connectors.get(key)
+            if found is None:
+                found = self._build(company_id, provider, settings_raw)
+                self._connectors[key] = found
+        if isinstance(found, ConfigError):
+            raise found
+        return found
+
+    def _build(self, company_id: str, provider: Provider, settings_raw: Any) -> Connector | ConfigError:
+        try:
+            if settings_raw is None:
+                integration = source.integration(self.engine, company_id, provider.value)
+                settings_raw = integration.settings if integration else None
+            resolver = ConfigResolver(
+                company_id=company_id,
+                provider=provider.value,
+                settings=parse_settings(settings_raw, company_id=company_id, provider=provider.value),
+                env=self.env,
+                keyring=self.keyring,
+            )
+            builder = BUILDERS.get(provider)
+            if builder is None:
+                return ConfigError(f"no connector is registered for provider {provider.value!r}")
+            session = self._sessions.get(provider)
+            if session is None:
+                session = self._sessions[provider] = new_session(self.settings.concurrency)
+            ctx = ConnectorContext(
+                company_id=company_id,
+                engine=self.engine,
+                settings=self.settings,
+                session=session,
+                keyring=self.keyring,
+            )
+            return builder(resolver, ctx)
+        except ConfigError as exc:
+            return exc
+
+    def close(self) -> None:
+        with self._lock:
+            for connector in self._connectors.values():
+                if not isinstance(connector, ConfigError):
+                    connector.close()
+            for session in self._sessions.values():
+                session.close()
+            self._connectors.clear()
+            self._sessions.clear()

@@ -1,0 +1,119 @@
+"""The retry policy, in the shape of stripe-python's request layer: one function decides whether to retry
+(from the outcome, the headers and the attempt count), one computes the sleep (exponential, jittered,
+capped, overridden by Retry-After). The idempotency key never changes between attempts: it is the row's."""
+
+import random
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from enum import StrEnum
+
+from impactin_pipelines.domain.statuses import AttemptOutcome, ErrorKind
+from impactin_pipelines.settings import RetrySettings
+
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+def outcome_for_status(status: int, *, oauth: bool = False) -> AttemptOutcome:
+    if 200 <= status < 300:
+        return AttemptOutcome.SUCCESS
+    if status == 429:
+        return AttemptOutcome.RATE_LIMITED
+    if status in RETRYABLE_STATUSES:
+        return AttemptOutcome.RETRYABLE
+    if status == 401 and oauth:
+        return AttemptOutcome.AUTH_EXPIRED
+    return AttemptOutcome.PERMANENT
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date. None if absent or garbage."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    if seconds != seconds or seconds == float("inf"):  # NaN, inf
+        return None
+    return max(0.0, seconds)
+
+
+class Step(StrEnum):
+    SUCCEED = "succeed"  # delivered
+    RETRY = "retry"  # try again in this run after `delay_s`
+    PARK = "park"  # transient trouble outlived this run's attempts: retry in a later run
+    FAIL = "fail"  # permanent: never retried automatically
+
+
+@dataclass(frozen=True)
+class Decision:
+    step: Step
+    delay_s: float = 0.0
+    burns_attempt: bool = True
+    error_kind: ErrorKind | None = None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    settings: RetrySettings = field(default_factory=RetrySettings)
+
+    def backoff(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Sleep after the `attempt`-th failed attempt: initial x multiplier^(n-1), capped, +-jitter."""
+        s = self.settings
+        base = min(s.max_delay_s, s.initial_delay_s * s.multiplier ** max(0, attempt - 1))
+        spread = (rng or random).uniform(-s.jitter, s.jitter)
+        return max(0.0, min(s.max_delay_s * (1 + s.jitter), base * (1 + spread)))
+
+    def sleep_for(self, attempt: int, retry_after_s: float | None, rng: random.Random | None = None) -> float:
+        """Retry-After wins over our own backoff (the provider knows its reset)."""
+        if retry_after_s is not None:
+            return retry_after_s
+        return self.backoff(attempt, rng)
+
+    def decide(
+        self,
+        outcome: AttemptOutcome,
+        *,
+        burned: int,
+        free_waits: int,
+        auth_refreshed: bool,
+        retry_after_s: float | None = None,
+        rng: random.Random | None = None,
+    ) -> Decision:
+        """`burned` counts attempts that counted against the limit, including this one if it does."""
+        s = self.settings
+        match outcome:
+            case AttemptOutcome.SUCCESS:
+                return Decision(Step.SUCCEED)
+            case AttemptOutcome.PERMANENT:
+                return Decision(Step.FAIL, error_kind=ErrorKind.REJECTED)
+            case AttemptOutcome.CONFIG:
+                return Decision(Step.FAIL, error_kind=ErrorKind.CONFIG)
+            case AttemptOutcome.AUTH_EXPIRED:
+                if auth_refreshed:
+                    return Decision(Step.FAIL, error_kind=ErrorKind.REJECTED)
+                return Decision(Step.RETRY, 0.0, burns_attempt=False)
+            case AttemptOutcome.RATE_LIMITED:
+                delay = self.sleep_for(max(1, free_waits + 1), retry_after_s, rng)
+                if free_waits >= s.max_rate_limit_waits or delay > s.max_retry_after_s:
+                    return Decision(Step.PARK, delay, burns_attempt=False, error_kind=ErrorKind.TRANSIENT)
+                return Decision(Step.RETRY, delay, burns_attempt=False)
+            case _:  # RETRYABLE
+                delay = self.sleep_for(burned, retry_after_s, rng)
+                if burned >= s.max_attempts or delay > s.max_retry_after_s:
+                    return Decision(Step.PARK, delay, error_kind=ErrorKind.TRANSIENT)
+                return Decision(Step.RETRY, delay)
+
+    def next_run_delay(self, run_count: int, retry_after_s: float | None = None) -> float:
+        """Spacing before a parked row is due again: grows with each run that tried it."""
+        s = self.settings
+        spacing = min(s.rerun_max_delay_s, s.rerun_base_delay_s * 2 ** max(0, run_count - 1))
+        return max(spacing, retry_after_s or 0.0)

@@ -1,0 +1,27 @@
+"""The code location: one Definitions object, built from the domains under `defs/`."""
+
+import dagster as dg
+
+from impactin_pipelines.defs.assets.delivery import impact_deliveries, impact_outbox
+from impactin_pipelines.defs.assets.stats import delivery_stats
+from impactin_pipelines.defs.jobs import delivery_stats_job, impact_delivery_job
+from impactin_pipelines.defs.resources import DeliveryResource, ProvidersResource, WarehouseResource
+from impactin_pipelines.defs.schedules import nightly_delivery_schedule
+from impactin_pipelines.defs.sensors import company_partitions_sensor, stats_after_delivery_sensor
+
+
+def build_defs() -> dg.Definitions:
+    return dg.Definitions(
+        assets=[impact_outbox, impact_deliveries, delivery_stats],
+        jobs=[impact_delivery_job, delivery_stats_job],
+        schedules=[nightly_delivery_schedule()],
+        sensors=[company_partitions_sensor, stats_after_delivery_sensor],
+        resources={
+            "warehouse": WarehouseResource.from_env(),
+            "providers": ProvidersResource.from_env(),
+            "delivery": DeliveryResource.from_env(),
+        },
+    )
+
+
+defs = build_defs()

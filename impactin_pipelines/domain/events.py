@@ -1,0 +1,155 @@
+"""An impact event as the TEEI platform recorded it, and the rules that make it deliverable.
+
+`parse_event` is the single gate between raw warehouse rows (or API bodies) and the mappers:
+everything after it can rely on the types below.
+"""
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from impactin_pipelines.domain.companies import validate_company_id
+from impactin_pipelines.domain.errors import InvalidEvent
+
+MAX_TEXT_CHARS = 256
+MAX_METADATA_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ImpactEvent:
+    event_id: str
+    company_id: str
+    user_id: str
+    event_type: str
+    occurred_at: datetime  # always timezone-aware UTC
+    value: Decimal
+    unit: str
+    outcome_scores: Mapping[str, Any] = field(default_factory=dict)
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def timestamp(self) -> str:
+        """The wire form every provider gets: UTC, second precision unless sub-seconds exist, 'Z'."""
+        return format_timestamp(self.occurred_at)
+
+
+def format_timestamp(moment: datetime) -> str:
+    moment = moment.astimezone(UTC)
+    spec = "seconds" if moment.microsecond == 0 else "milliseconds"
+    return moment.isoformat(timespec=spec).replace("+00:00", "Z")
+
+
+def _text(raw: Mapping[str, Any], name: str, *, required: bool = True) -> str:
+    value = raw.get(name)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise InvalidEvent(name, value, "is missing or blank")
+        return ""
+    if not isinstance(value, str):
+        raise InvalidEvent(name, value, f"must be a string, got {type(value).__name__}")
+    if len(value) > MAX_TEXT_CHARS:
+        raise InvalidEvent(name, value, f"is longer than {MAX_TEXT_CHARS} characters")
+    if any(ord(c) < 32 for c in value):
+        raise InvalidEvent(name, value, "contains control characters")
+    if not is_utf8_text(value):
+        raise InvalidEvent(name, value, "is not valid UTF-8")
+    return value.strip()
+
+
+def is_utf8_text(value: str) -> bool:
+    """False for text holding lone surrogates (how undecodable bytes from the source reach us)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def parse_timestamp(value: Any, name: str = "occurred_at") -> datetime:
+    """ISO 8601 with an explicit offset. A naive time is refused: guessing its zone misplaces it by hours."""
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str) and value.strip():
+        text = value.strip()
+        try:
+            moment = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
+        except ValueError:
+            raise InvalidEvent(name, value, "is not an ISO 8601 timestamp") from None
+    else:
+        raise InvalidEvent(name, value, "is missing or not an ISO 8601 timestamp")
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise InvalidEvent(name, value, "has no timezone offset (write it in UTC with 'Z' or with an offset)")
+    return moment.astimezone(UTC)
+
+
+def parse_value(value: Any, name: str = "value") -> Decimal:
+    """A finite, non-negative number. Decimal keeps '5.0' as 5.0 on the wire, as the spec shows it."""
+    if isinstance(value, bool) or value is None:
+        raise InvalidEvent(name, value, "must be a number")
+    try:
+        number = Decimal(str(value).strip()) if isinstance(value, str | int | float | Decimal) else None
+    except InvalidOperation:
+        number = None
+    if number is None:
+        raise InvalidEvent(name, value, "must be a number")
+    if not number.is_finite():
+        raise InvalidEvent(name, value, "must be a finite number")
+    if number < 0:
+        raise InvalidEvent(name, value, "must not be negative")
+    return number
+
+
+def parse_json_object(value: Any, name: str) -> dict[str, Any]:
+    """A JSON object given as a mapping or as JSON text; null and empty mean {}."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidEvent(name, value, "is not valid UTF-8") from None
+    if isinstance(value, str):
+        if not is_utf8_text(value):
+            raise InvalidEvent(name, value, "is not valid UTF-8")
+        if len(value.encode("utf-8")) > MAX_METADATA_BYTES:
+            raise InvalidEvent(name, f"<{len(value)} characters>", f"is larger than {MAX_METADATA_BYTES} bytes")
+        try:
+            value = json.loads(value, parse_constant=_reject_constant)
+        except (ValueError, RecursionError) as exc:
+            raise InvalidEvent(name, value, f"is not valid JSON ({exc})") from None
+    if not isinstance(value, Mapping):
+        raise InvalidEvent(name, value, "must be a JSON object")
+    try:
+        size = len(json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8"))
+    except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
+        raise InvalidEvent(name, value, f"is not JSON-serialisable UTF-8 ({exc})") from None
+    if size > MAX_METADATA_BYTES:
+        raise InvalidEvent(name, f"<{size} bytes>", f"is larger than {MAX_METADATA_BYTES} bytes")
+    return dict(value)
+
+
+def _reject_constant(token: str) -> Any:
+    raise ValueError(f"{token} is not allowed")
+
+
+def parse_event(raw: Mapping[str, Any]) -> ImpactEvent:
+    """Validate one raw event (warehouse row or API body, snake_case keys). Raises InvalidEvent."""
+    return ImpactEvent(
+        event_id=_text(raw, "event_id"),
+        company_id=validate_company_id(raw.get("company_id")),
+        user_id=_text(raw, "user_id"),
+        event_type=_text(raw, "event_type"),
+        occurred_at=parse_timestamp(raw.get("occurred_at")),
+        value=parse_value(raw.get("value")),
+        unit=_text(raw, "unit"),
+        outcome_scores=parse_json_object(raw.get("outcome_scores"), "outcome_scores"),
+        metadata=parse_json_object(raw.get("metadata"), "metadata"),
+    )
+
+
+def is_finite_number(value: Any) -> bool:
+    return isinstance(value, int | float | Decimal) and not isinstance(value, bool) and math.isfinite(float(value))

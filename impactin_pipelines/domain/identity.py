@@ -1,0 +1,18 @@
+"""Stable identities: the same delivery gets the same key on every run, replay and machine."""
+
+import hashlib
+import uuid
+
+# Fixed forever: changing it would give every delivery a new idempotency key and re-send everything.
+DELIVERY_NAMESPACE = uuid.UUID("6f1d3a52-9c1e-5b7e-8f43-1f0e2c9a7d10")
+
+
+def delivery_id_for(company_id: str, provider: str, event_id: str) -> str:
+    """UUIDv5 of (company, provider, event): the X-Idempotency-Key."""
+    name = "\x1f".join((company_id, provider, event_id))
+    return str(uuid.uuid5(DELIVERY_NAMESPACE, name))
+
+
+def payload_hash(body: bytes) -> str:
+    """SHA-256 of the exact bytes sent, so the audit log can prove what went out."""
+    return hashlib.sha256(body).hexdigest()

@@ -1,0 +1,33 @@
+"""Delivery states and failure kinds, the vocabulary every reader and writer shares."""
+
+from enum import StrEnum
+
+
+class DeliveryStatus(StrEnum):
+    """The spec's four states: pending -> success | retrying -> ... | failed."""
+
+    PENDING = "pending"
+    SUCCESS = "success"
+    RETRYING = "retrying"
+    FAILED = "failed"
+
+
+class ErrorKind(StrEnum):
+    """Why a row is not (yet) delivered."""
+
+    INVALID_EVENT = "invalid_event"  # the event cannot be mapped; never sent
+    REJECTED = "rejected"  # the provider said no (4xx, SOAP client fault)
+    EXHAUSTED = "exhausted"  # transient errors outlived every retry
+    CONFIG = "config"  # credentials or settings missing or wrong
+    TRANSIENT = "transient"  # last attempt failed transiently; the row will be retried
+
+
+class AttemptOutcome(StrEnum):
+    """What one HTTP exchange with a provider came to."""
+
+    SUCCESS = "success"
+    RETRYABLE = "retryable"  # timeout, connection error, 5xx in the retry list
+    RATE_LIMITED = "rate_limited"  # 429 or quota exhausted; waiting does not burn an attempt
+    AUTH_EXPIRED = "auth_expired"  # 401 on an OAuth provider; refresh once, does not burn an attempt
+    PERMANENT = "permanent"  # any other 4xx, SOAP client fault
+    CONFIG = "config"  # we could not even build the request (credentials, settings)

@@ -1,0 +1,1 @@
+"""Pure payload builders, one module per provider and schema version. No I/O."""

@@ -1,0 +1,15 @@
+"""One serialisation for every JSON provider: the bytes we sign are the bytes we send and store."""
+
+import json
+from decimal import Decimal
+from typing import Any
+
+
+def json_number(value: Decimal) -> float | int:
+    """Keep the spec's '5.0' shape: a JSON number, never a string."""
+    return float(value)
+
+
+def encode_json(payload: Any) -> bytes:
+    """Compact like JSON.stringify (what the spec's signature formula names), UTF-8, no NaN."""
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")

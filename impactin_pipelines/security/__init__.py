@@ -1,0 +1,1 @@
+"""Secrets at rest and in text: encryption and redaction."""

@@ -1,0 +1,328 @@
+"""Deliver: claim due outbox rows, send each through its connector with retries, record every attempt, settle.
+
+Concurrency is a bounded thread pool (network-bound work); a row is only ever in one worker because it is
+only ever held by one claim. Claims carry a lease renewed by a heartbeat while the run lives; a crashed run's
+rows come back when its lease lapses, or at once when its process is provably dead on this host.
+"""
+
+import logging
+import random
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy.engine import Engine
+
+from impactin_pipelines.connectors.base import AttemptResult, OutboundDelivery
+from impactin_pipelines.connectors.registry import ConnectorFactory
+from impactin_pipelines.connectors.retry import Decision, RetryPolicy, Step
+from impactin_pipelines.domain.errors import ConfigError
+from impactin_pipelines.domain.providers import Provider
+from impactin_pipelines.domain.statuses import AttemptOutcome, DeliveryStatus, ErrorKind
+from impactin_pipelines.observability import log_delivery
+from impactin_pipelines.settings import DeliverySettings
+from impactin_pipelines.store.claimants import Claimant
+from impactin_pipelines.store.outbox import AttemptRecord, ClaimedDelivery, Outbox, Settlement, utcnow
+
+LOG = logging.getLogger("impactin.delivery")
+PROVIDER_RESPONSE_CHARS = 16 * 1024
+
+
+@dataclass
+class DeliveryReport:
+    """What one delivery pass did, per company (the Dagster asset turns it into per-partition metadata)."""
+
+    provider: str
+    by_company: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def count(self, company_id: str, key: str, n: int = 1) -> None:
+        self.by_company[company_id][key] += n
+
+    @property
+    def totals(self) -> Counter[str]:
+        total: Counter[str] = Counter()
+        for counts in self.by_company.values():
+            total.update(counts)
+        return total
+
+
+@dataclass(frozen=True)
+class RowResult:
+    row: ClaimedDelivery
+    status: str  # a DeliveryStatus, or "error" when we could not record the outcome
+    error_kind: str | None
+    attempts: int
+    error: str | None = None
+
+
+class _Heartbeat:
+    """Renews this claimant's leases every third of the lease while the run is alive."""
+
+    def __init__(self, outbox: Outbox, claimant: str, lease_s: float, logger: logging.Logger) -> None:
+        self._outbox, self._claimant, self._lease_s, self._log = outbox, claimant, lease_s, logger
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="impactin-lease-heartbeat", daemon=True)
+
+    def __enter__(self) -> "_Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._lease_s / 3):
+            try:
+                self._outbox.renew(self._claimant, self._lease_s)
+            except Exception as exc:  # the warehouse may blip; the next beat tries again
+                self._log.warning(f"lease renewal failed: {type(exc).__name__}: {exc}")
+
+
+class DeliveryRun:
+    """One pass over (provider, companies). Create, call `run()`, read the report."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        factory: ConnectorFactory,
+        *,
+        provider: Provider,
+        company_ids: Sequence[str] | None,
+        settings: DeliverySettings | None = None,
+        run_id: str | None = None,
+        logger: logging.Logger = LOG,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.engine = engine
+        self.factory = factory
+        self.provider = provider
+        self.company_ids = list(company_ids) if company_ids is not None else None
+        self.settings = settings or factory.settings
+        self.policy = RetryPolicy(self.settings.retry)
+        self.run_id = run_id
+        self.log = logger
+        self.sleep = sleep
+        self.rng = rng or random.Random()
+        self.outbox = Outbox(engine)
+        self.claimant = str(Claimant.new())
+        self.report = DeliveryReport(provider.value)
+
+    # -- the pass --------------------------------------------------------------------------------------------
+    def run(self) -> DeliveryReport:
+        started = time.monotonic()
+        try:
+            with (
+                _Heartbeat(self.outbox, self.claimant, self.settings.lease_s, self.log),
+                ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="impactin-send") as pool,
+            ):
+                self._drain(pool)
+                self._wait_for_foreign_claims(pool)
+        finally:
+            try:
+                self.outbox.release_all(self.claimant)
+            except Exception as exc:  # leases lapse on their own; say so and move on
+                self.log.warning(f"could not release claims of {self.claimant}: {exc}")
+            self.report.seconds = time.monotonic() - started
+        return self.report
+
+    def _claim(self, dead: Sequence[str]) -> list[ClaimedDelivery]:
+        return self.outbox.claim(
+            claimant=self.claimant,
+            provider=self.provider.value,
+            company_ids=self.company_ids,
+            limit=self.settings.claim_batch,
+            lease_s=self.settings.lease_s,
+            dead=dead,
+        )
+
+    def _drain(self, pool: ThreadPoolExecutor) -> None:
+        """Keep the pool busy until nothing claimable is left."""
+        dead = self.outbox.dead_claimants(self.provider.value, self.company_ids)
+        if dead:
+            self.log.warning(f"reclaiming rows of {len(dead)} dead claimant(s): {', '.join(dead)}")
+        in_flight: set[Future[RowResult]] = set()
+        exhausted = False
+        while True:
+            if not exhausted and len(in_flight) < self.settings.concurrency * 2:
+                batch = self._claim(dead)
+                exhausted = not batch
+                in_flight.update(pool.submit(self._deliver_row, row) for row in batch)
+                continue
+            if not in_flight:
+                return
+            done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in done:
+                self._collect(future.result())
+
+    def _wait_for_foreign_claims(self, pool: ThreadPoolExecutor) -> None:
+        """Rows held by another claimant: wait for their lease unless the claimant shows it is alive (its lease
+        moves forward). Bounded by one lease. This is how a plain re-run finishes a crashed run's work."""
+        deadline = time.monotonic() + self.settings.lease_s + 1.0
+        seen: dict[str, datetime] = {}
+        alive: set[str] = set()
+        while time.monotonic() < deadline:
+            foreign = self.outbox.foreign_claims(self.claimant, self.provider.value, self.company_ids)
+            alive |= {who for who, expires in foreign.items() if who in seen and expires > seen[who]}
+            seen.update(foreign)
+            waiting_for = set(foreign) - alive
+            if not waiting_for:
+                return
+            dead = self.outbox.dead_claimants(self.provider.value, self.company_ids)
+            before = self.report.totals.total()
+            self._drain_with(pool, dead)
+            if self.report.totals.total() == before:
+                soonest = min(foreign[w] for w in waiting_for)
+                pause = (soonest - utcnow()).total_seconds() + 0.05
+                self.sleep(min(1.0, max(0.05, pause)))
+
+    def _drain_with(self, pool: ThreadPoolExecutor, dead: Sequence[str]) -> None:
+        while batch := self._claim(dead):
+            for future in [pool.submit(self._deliver_row, row) for row in batch]:
+                self._collect(future.result())
+
+    def _collect(self, result: RowResult) -> None:
+        company = result.row.company_id
+        self.report.count(company, result.status)
+        self.report.count(company, "attempts", result.attempts)
+        if result.error_kind:
+            self.report.count(company, f"error_kind:{result.error_kind}")
+        if result.status == "error" and result.error:
+            self.report.errors.append(f"{result.row.delivery_id}: {result.error}")
+
+    # -- one row ---------------------------------------------------------------------------------------------
+    def _deliver_row(self, row: ClaimedDelivery) -> RowResult:
+        try:
+            return self._send_until_settled(row)
+        except Exception as exc:  # the warehouse went away mid-row: the lease brings the row back later
+            self.log.error(
+                f"delivery {row.delivery_id} could not be recorded: {type(exc).__name__}: {exc}",
+                extra={"deliveryId": row.delivery_id, "provider": row.provider, "eventId": row.event_id},
+            )
+            return RowResult(row, "error", None, 0, f"{type(exc).__name__}: {exc}")
+
+    def _send_until_settled(self, row: ClaimedDelivery) -> RowResult:
+        if row.payload is None:
+            settlement = Settlement(
+                DeliveryStatus.FAILED, ErrorKind.INVALID_EVENT, "no payload was built for this event"
+            )
+            self._settle(row, None, settlement)
+            return RowResult(row, DeliveryStatus.FAILED, ErrorKind.INVALID_EVENT, 0)
+        try:
+            connector = self.factory.connector(row.company_id, self.provider)
+        except ConfigError as exc:
+            self._settle(row, None, Settlement(DeliveryStatus.FAILED, ErrorKind.CONFIG, str(exc)))
+            self._log_row(logging.ERROR, "delivery not configured", row, DeliveryStatus.FAILED, row.attempt_count)
+            return RowResult(row, DeliveryStatus.FAILED, ErrorKind.CONFIG, 0)
+
+        outbound = OutboundDelivery(row.delivery_id, row.company_id, row.provider, row.event_id, row.payload)
+        burned = free_waits = attempts = 0
+        auth_refreshed = False
+        while True:
+            result = connector.send(outbound)
+            attempts += 1
+            if result.outcome is AttemptOutcome.RETRYABLE:
+                burned += 1
+            decision = self.policy.decide(
+                result.outcome,
+                burned=burned,
+                free_waits=free_waits,
+                auth_refreshed=auth_refreshed,
+                retry_after_s=result.retry_after_s,
+                rng=self.rng,
+            )
+            settlement = self._settlement(row, result, decision)
+            attempt_count = self._settle(row, result, settlement)
+            level = logging.INFO if settlement.status is DeliveryStatus.SUCCESS else logging.WARNING
+            self._log_row(
+                level,
+                f"attempt {decision.step.value}",
+                row,
+                settlement.status,
+                attempt_count,
+                httpStatus=result.http_status,
+                error=result.error,
+            )
+            if decision.step is not Step.RETRY:
+                kind = settlement.error_kind.value if settlement.error_kind else None
+                return RowResult(row, settlement.status.value, kind, attempts)
+            if result.outcome is AttemptOutcome.AUTH_EXPIRED:
+                auth_refreshed = True
+            elif result.outcome is AttemptOutcome.RATE_LIMITED:
+                free_waits += 1
+            self.sleep(decision.delay_s)
+
+    def _settlement(self, row: ClaimedDelivery, result: AttemptResult, decision: Decision) -> Settlement:
+        response = (result.response_body or "")[:PROVIDER_RESPONSE_CHARS] or None
+        now = utcnow()
+        match decision.step:
+            case Step.SUCCEED:
+                return Settlement(DeliveryStatus.SUCCESS, provider_response=response)
+            case Step.FAIL:
+                return Settlement(DeliveryStatus.FAILED, decision.error_kind, result.error, response)
+            case Step.RETRY:
+                return Settlement(
+                    DeliveryStatus.RETRYING,
+                    ErrorKind.TRANSIENT,
+                    result.error,
+                    response,
+                    next_attempt_at=now + timedelta(seconds=decision.delay_s),
+                    release=False,
+                )
+        if row.run_count >= self.settings.max_run_attempts:
+            message = f"gave up after {row.run_count} run(s): {result.error}"
+            return Settlement(DeliveryStatus.FAILED, ErrorKind.EXHAUSTED, message, response)
+        delay = self.policy.next_run_delay(row.run_count, decision.delay_s)
+        return Settlement(
+            DeliveryStatus.RETRYING,
+            ErrorKind.TRANSIENT,
+            result.error,
+            response,
+            next_attempt_at=now + timedelta(seconds=delay),
+        )
+
+    def _settle(self, row: ClaimedDelivery, result: AttemptResult | None, settlement: Settlement) -> int:
+        attempt = None
+        if result is not None:
+            attempt = AttemptRecord(
+                started_at=result.started_at,
+                finished_at=result.finished_at,
+                outcome=result.outcome.value,
+                http_status=result.http_status,
+                error=result.error,
+                response_excerpt=(result.response_body or "")[:2000] or None,
+                request_body=result.request_body,
+            )
+        count, applied = self.outbox.record(
+            claimant=self.claimant,
+            delivery_id=row.delivery_id,
+            run_id=self.run_id,
+            attempt=attempt,
+            settlement=settlement,
+        )
+        if not applied:
+            self.log.warning(f"delivery {row.delivery_id}: claim lost before settling (another claimant holds it now)")
+        return count
+
+    def _log_row(
+        self, level: int, message: str, row: ClaimedDelivery, status: str, attempt_count: int, **more: object
+    ) -> None:
+        log_delivery(
+            self.log,
+            level,
+            message,
+            delivery_id=row.delivery_id,
+            provider=row.provider,
+            event_id=row.event_id,
+            status=str(status),
+            attempt_count=attempt_count,
+            companyId=row.company_id,
+            **more,
+        )

@@ -1,0 +1,151 @@
+"""Environment -> typed settings. The one place that knows every variable name.
+
+Provider secrets stay in the environment (or encrypted in the warehouse): they are read here at execution time
+and never copied into Dagster run config, metadata or logs.
+"""
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+DEFAULT_STATE_DIR = ".impactin"
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise ValueError(f"{name}={raw!r} must be at least {minimum}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+    if not value >= minimum:
+        raise ValueError(f"{name}={raw!r} must be at least {minimum}")
+    return value
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    """The seed's policy: 3 attempts, 1 s, x2, 30 s cap, +-10 % jitter."""
+
+    max_attempts: int = 3
+    initial_delay_s: float = 1.0
+    multiplier: float = 2.0
+    max_delay_s: float = 30.0
+    jitter: float = 0.10
+    max_retry_after_s: float = 120.0  # a provider asking for longer gets the row parked as retrying
+    max_rate_limit_waits: int = 10  # waits that do not burn an attempt, bounded all the same
+    rerun_base_delay_s: float = 300.0  # a parked row is due again after this, doubling per run
+    rerun_max_delay_s: float = 6 * 3600.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> "RetrySettings":
+        return cls(
+            max_attempts=_int(env, "IMPACTIN_RETRY_MAX_ATTEMPTS", 3, minimum=1),
+            initial_delay_s=_float(env, "IMPACTIN_RETRY_INITIAL_DELAY_S", 1.0),
+            max_delay_s=_float(env, "IMPACTIN_RETRY_MAX_DELAY_S", 30.0),
+            jitter=_float(env, "IMPACTIN_RETRY_JITTER", 0.10),
+            max_retry_after_s=_float(env, "IMPACTIN_RETRY_MAX_RETRY_AFTER_S", 120.0),
+            rerun_base_delay_s=_float(env, "IMPACTIN_RERUN_BASE_DELAY_S", 300.0),
+            rerun_max_delay_s=_float(env, "IMPACTIN_RERUN_MAX_DELAY_S", 6 * 3600.0),
+        )
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    concurrency: int = 8
+    claim_batch: int = 200
+    lease_s: float = 60.0
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 30.0
+    max_run_attempts: int = 5  # runs (sensor re-runs) a retrying row gets before it is `failed/exhausted`
+    retry: RetrySettings = field(default_factory=RetrySettings)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> "DeliverySettings":
+        return cls(
+            concurrency=_int(env, "IMPACTIN_DELIVERY_CONCURRENCY", 8, minimum=1),
+            claim_batch=_int(env, "IMPACTIN_CLAIM_BATCH", 200, minimum=1),
+            lease_s=_float(env, "IMPACTIN_LEASE_S", 60.0, minimum=1.0),
+            connect_timeout_s=_float(env, "IMPACTIN_HTTP_CONNECT_TIMEOUT_S", 5.0),
+            read_timeout_s=_float(env, "IMPACTIN_HTTP_READ_TIMEOUT_S", 30.0),
+            max_run_attempts=_int(env, "IMPACTIN_MAX_RUN_ATTEMPTS", 5, minimum=1),
+            retry=RetrySettings.from_env(env),
+        )
+
+
+@dataclass(frozen=True)
+class ProviderEnv:
+    """The integration guide's variables, verbatim. Per-company settings override them."""
+
+    BENEVITY_API_URL: str | None = None
+    BENEVITY_API_KEY: str | None = None
+    BENEVITY_SIGNATURE_SECRET: str | None = None
+    GOODERA_API_URL: str | None = None
+    GOODERA_TOKEN_URL: str | None = None
+    GOODERA_CLIENT_ID: str | None = None
+    GOODERA_CLIENT_SECRET: str | None = None
+    GOODERA_RATE_LIMIT: str | None = None
+    WORKDAY_API_URL: str | None = None
+    WORKDAY_TENANT_ID: str | None = None
+    WORKDAY_PROTOCOL: str | None = None
+    WORKDAY_USERNAME: str | None = None
+    WORKDAY_PASSWORD: str | None = None
+    WORKDAY_PASSWORD_TYPE: str | None = None
+    WORKDAY_CLIENT_ID: str | None = None
+    WORKDAY_CLIENT_SECRET: str | None = None
+    WORKDAY_TOKEN_URL: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> "ProviderEnv":
+        return cls(**{f.name: (env.get(f.name) or None) for f in fields(cls)})
+
+    def get(self, name: str) -> str | None:
+        return getattr(self, name)
+
+    def __repr__(self) -> str:  # never print secrets, even by accident
+        present = [f.name for f in fields(self) if getattr(self, f.name)]
+        return f"ProviderEnv(set={present})"
+
+
+def state_dir(env: Mapping[str, str] = os.environ) -> Path:
+    return Path(env.get("IMPACTIN_STATE_DIR") or DEFAULT_STATE_DIR).resolve()
+
+
+def warehouse_url(env: Mapping[str, str] = os.environ) -> str:
+    """IMPACTIN_WAREHOUSE_URL, or the embedded default: a SQLite file in the state folder."""
+    url = env.get("IMPACTIN_WAREHOUSE_URL")
+    if url:
+        return url
+    return f"sqlite:///{state_dir(env) / 'warehouse.db'}"
+
+
+def is_embedded(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
+@dataclass(frozen=True)
+class ScheduleSettings:
+    cron: str = "0 2 * * *"
+    timezone: str = "UTC"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> "ScheduleSettings":
+        return cls(
+            cron=env.get("IMPACTIN_SCHEDULE_CRON") or "0 2 * * *",
+            timezone=env.get("IMPACTIN_SCHEDULE_TIMEZONE") or "UTC",
+        )

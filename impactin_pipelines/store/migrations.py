@@ -1,0 +1,77 @@
+"""Applies the versioned SQL files in `sql/` in order, each once, each in one transaction."""
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from impactin_pipelines.store.schema import UTCDateTime
+
+SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+schema_migrations = sa.Table(
+    "impactin_schema_migrations",
+    sa.MetaData(),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("applied_at", UTCDateTime, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    path: Path
+
+    def statements(self) -> list[str]:
+        """Split on `;` at end of line; our DDL has no procedural bodies."""
+        lines = [line for line in self.path.read_text().splitlines() if not line.strip().startswith("--")]
+        return [stmt.strip() for stmt in re.split(r";\s*$", "\n".join(lines), flags=re.M) if stmt.strip()]
+
+
+def available(sql_dir: Path = SQL_DIR) -> list[Migration]:
+    found = []
+    for path in sorted(sql_dir.glob("*.sql")):
+        match = _FILE.match(path.name)
+        if not match:
+            raise ValueError(f"migration file name {path.name!r} is not NNNN_name.sql")
+        found.append(Migration(int(match.group(1)), match.group(2), path))
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise ValueError(f"duplicate migration versions in {sql_dir}: {versions}")
+    return found
+
+
+def current_version(engine: Engine) -> int:
+    if not sa.inspect(engine).has_table(schema_migrations.name):
+        return 0
+    with engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.coalesce(sa.func.max(schema_migrations.c.version), 0))).scalar_one()
+
+
+def upgrade(engine: Engine, sql_dir: Path = SQL_DIR) -> list[Migration]:
+    """Apply what is missing; return what was applied. Safe to run any number of times, even concurrently:
+    the version row is inserted in the same transaction as the DDL, so a racing upgrade fails and rolls back."""
+    schema_migrations.create(engine, checkfirst=True)
+    applied: list[Migration] = []
+    for migration in available(sql_dir):
+        with engine.begin() as conn:
+            done = conn.execute(
+                sa.select(schema_migrations.c.version).where(schema_migrations.c.version == migration.version)
+            ).first()
+            if done:
+                continue
+            for statement in migration.statements():
+                conn.exec_driver_sql(statement)
+            conn.execute(
+                schema_migrations.insert().values(
+                    version=migration.version, name=migration.name, applied_at=datetime.now(UTC)
+                )
+            )
+        applied.append(migration)
+    return applied

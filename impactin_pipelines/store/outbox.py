@@ -1,0 +1,338 @@
+"""The outbox state machine: create rows, claim them under a lease, record attempts, settle them.
+
+Every write that changes a row's status checks the claim, so only the holder of a row's claim can settle it;
+attempts are always recorded, because a request that went out is a fact whoever holds the claim now.
+"""
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+
+from impactin_pipelines.domain.statuses import DeliveryStatus, ErrorKind
+from impactin_pipelines.store.claimants import is_provably_dead
+from impactin_pipelines.store.engine import read_connection
+from impactin_pipelines.store.schema import impact_deliveries as d
+from impactin_pipelines.store.schema import impact_delivery_attempts as a
+
+CLAIMABLE = (DeliveryStatus.PENDING.value, DeliveryStatus.RETRYING.value)
+_IN_CHUNK = 2000  # company ids per IN (...) list
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class NewDelivery:
+    """An outbox row as extract creates it: pending with its payload, or failed as an invalid event."""
+
+    company_id: str
+    provider: str
+    event_id: str
+    delivery_id: str
+    payload: str | None
+    payload_hash: str | None
+    status: DeliveryStatus = DeliveryStatus.PENDING
+    error_kind: ErrorKind | None = None
+    last_error: str | None = None
+
+
+@dataclass(frozen=True)
+class ClaimedDelivery:
+    id: str
+    company_id: str
+    provider: str
+    event_id: str
+    delivery_id: str
+    payload: str | None
+    status: str
+    attempt_count: int
+    run_count: int
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    started_at: datetime
+    finished_at: datetime
+    outcome: str
+    http_status: int | None = None
+    error: str | None = None
+    response_excerpt: str | None = None
+    request_body: str | None = None
+
+    @property
+    def duration_ms(self) -> int:
+        return max(0, round((self.finished_at - self.started_at).total_seconds() * 1000))
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """Where a row goes after an attempt (or without one, for config errors). `None` fields are cleared."""
+
+    status: DeliveryStatus
+    error_kind: ErrorKind | None = None
+    last_error: str | None = None
+    provider_response: str | None = None
+    next_attempt_at: datetime | None = None
+    release: bool = True  # give up the claim (the run is done with this row)
+
+
+def _insert(engine: Engine):  # type: ignore[no-untyped-def]
+    return postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+
+
+def _chunks(values: Sequence[str], size: int = _IN_CHUNK) -> Iterable[Sequence[str]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+class Outbox:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # -- extract -------------------------------------------------------------------------------------------
+    def add(self, rows: Sequence[NewDelivery], *, now: datetime | None = None) -> int:
+        """Insert rows that do not exist yet (by event and by delivery id); return how many were new."""
+        if not rows:
+            return 0
+        now = now or utcnow()
+        values = [
+            {
+                "id": str(uuid.uuid4()),
+                "company_id": r.company_id,
+                "provider": r.provider,
+                "event_id": r.event_id,
+                "delivery_id": r.delivery_id,
+                "payload": r.payload,
+                "payload_hash": r.payload_hash,
+                "status": r.status.value,
+                "error_kind": r.error_kind.value if r.error_kind else None,
+                "last_error": r.last_error,
+                "attempt_count": 0,
+                "run_count": 0,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for r in rows
+        ]
+        stmt = _insert(self.engine)(d).on_conflict_do_nothing().returning(d.c.id)
+        with self.engine.begin() as conn:
+            return len(conn.execute(stmt, values).all())
+
+    # -- claims --------------------------------------------------------------------------------------------
+    def dead_claimants(self, provider: str, company_ids: Sequence[str] | None) -> list[str]:
+        """Claimants in scope whose process is provably gone (same host): their rows are free now."""
+        stmt = sa.select(d.c.claimed_by).distinct().where(d.c.claimed_by.is_not(None), d.c.provider == provider)
+        found: set[str] = set()
+        with read_connection(self.engine) as conn:
+            for chunk in _scope_chunks(company_ids):
+                scoped = stmt if chunk is None else stmt.where(d.c.company_id.in_(chunk))
+                found.update(conn.execute(scoped).scalars())
+        return sorted(c for c in found if is_provably_dead(c))
+
+    def claim(
+        self,
+        *,
+        claimant: str,
+        provider: str,
+        company_ids: Sequence[str] | None,
+        limit: int,
+        lease_s: float,
+        now: datetime | None = None,
+        ids: Sequence[str] | None = None,
+        statuses: Sequence[str] = CLAIMABLE,
+        due_only: bool = True,
+        dead: Sequence[str] = (),
+    ) -> list[ClaimedDelivery]:
+        """Take up to `limit` due rows, oldest first, that nobody (alive) holds. Each row goes to one claimant."""
+        now = now or utcnow()
+        claimed: list[ClaimedDelivery] = []
+        for chunk in _scope_chunks(company_ids):
+            if len(claimed) >= limit:
+                break
+            claimed.extend(
+                self._claim_chunk(
+                    claimant, provider, chunk, limit - len(claimed), lease_s, now, ids, statuses, due_only, dead
+                )
+            )
+        return claimed
+
+    def _claim_chunk(
+        self,
+        claimant: str,
+        provider: str,
+        company_ids: Sequence[str] | None,
+        limit: int,
+        lease_s: float,
+        now: datetime,
+        ids: Sequence[str] | None,
+        statuses: Sequence[str],
+        due_only: bool,
+        dead: Sequence[str],
+    ) -> list[ClaimedDelivery]:
+        free = sa.or_(d.c.claimed_by.is_(None), d.c.lease_expires_at < now)
+        if dead:
+            free = sa.or_(free, d.c.claimed_by.in_(list(dead)))
+        conditions = [d.c.provider == provider, d.c.status.in_(list(statuses)), free]
+        if due_only:
+            conditions.append(sa.or_(d.c.next_attempt_at.is_(None), d.c.next_attempt_at <= now))
+        if company_ids is not None:
+            conditions.append(d.c.company_id.in_(list(company_ids)))
+        if ids is not None:
+            conditions.append(d.c.id.in_(list(ids)))
+        candidates = (
+            sa.select(d.c.id)
+            .where(*conditions)
+            .order_by(d.c.created_at, d.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        stmt = (
+            sa.update(d)
+            .where(d.c.id.in_(candidates.scalar_subquery()), free)
+            .values(
+                claimed_by=claimant,
+                lease_expires_at=now + timedelta(seconds=lease_s),
+                run_count=d.c.run_count + 1,
+                updated_at=now,
+            )
+            .returning(
+                d.c.id,
+                d.c.company_id,
+                d.c.provider,
+                d.c.event_id,
+                d.c.delivery_id,
+                d.c.payload,
+                d.c.status,
+                d.c.attempt_count,
+                d.c.run_count,
+            )
+        )
+        with self.engine.begin() as conn:
+            rows = conn.execute(stmt).all()
+        rows.sort(key=lambda r: r.id)
+        return [ClaimedDelivery(**row._mapping) for row in rows]
+
+    def renew(self, claimant: str, lease_s: float, *, now: datetime | None = None) -> int:
+        """Heartbeat: push the lease of every row this claimant still holds."""
+        now = now or utcnow()
+        stmt = (
+            sa.update(d)
+            .where(d.c.claimed_by == claimant)
+            .values(lease_expires_at=now + timedelta(seconds=lease_s))
+            .execution_options(preserve_rowcount=True)
+        )
+        with self.engine.begin() as conn:
+            return conn.execute(stmt).rowcount
+
+    def release_all(self, claimant: str) -> int:
+        """Give back whatever this claimant still holds (rows it never got to), untouched otherwise."""
+        stmt = (
+            sa.update(d)
+            .where(d.c.claimed_by == claimant)
+            .values(claimed_by=None, lease_expires_at=None)
+            .execution_options(preserve_rowcount=True)
+        )
+        with self.engine.begin() as conn:
+            return conn.execute(stmt).rowcount
+
+    def foreign_claims(self, claimant: str, provider: str, company_ids: Sequence[str] | None) -> dict[str, datetime]:
+        """Other claimants holding due rows in scope, with the latest lease expiry of each."""
+        stmt = (
+            sa.select(d.c.claimed_by, sa.func.max(d.c.lease_expires_at))
+            .where(
+                d.c.provider == provider,
+                d.c.claimed_by.is_not(None),
+                d.c.claimed_by != claimant,
+                d.c.status.in_(CLAIMABLE),
+            )
+            .group_by(d.c.claimed_by)
+        )
+        result: dict[str, datetime] = {}
+        with read_connection(self.engine) as conn:
+            for chunk in _scope_chunks(company_ids):
+                scoped = stmt if chunk is None else stmt.where(d.c.company_id.in_(chunk))
+                for who, expires in conn.execute(scoped).all():
+                    expires = _aware(expires)
+                    result[who] = max(result.get(who, expires), expires)
+        return result
+
+    # -- attempts and settlement ---------------------------------------------------------------------------
+    def record(
+        self,
+        *,
+        claimant: str,
+        delivery_id: str,
+        run_id: str | None,
+        attempt: AttemptRecord | None,
+        settlement: Settlement,
+        now: datetime | None = None,
+    ) -> tuple[int, bool]:
+        """Write the attempt (if any) and, if we still hold the claim, move the row. One transaction.
+
+        Returns the row's attempt count and whether the settlement was applied.
+        """
+        now = now or utcnow()
+        with self.engine.begin() as conn:
+            if attempt is not None:
+                bumped = conn.execute(
+                    sa.update(d)
+                    .where(d.c.delivery_id == delivery_id)
+                    .values(attempt_count=d.c.attempt_count + 1, updated_at=now)
+                    .returning(d.c.attempt_count)
+                ).scalar_one()
+                conn.execute(
+                    a.insert().values(
+                        delivery_id=delivery_id,
+                        attempt_number=bumped,
+                        run_id=run_id,
+                        started_at=attempt.started_at,
+                        finished_at=attempt.finished_at,
+                        duration_ms=attempt.duration_ms,
+                        outcome=attempt.outcome,
+                        http_status=attempt.http_status,
+                        error=attempt.error,
+                        response_excerpt=attempt.response_excerpt,
+                        request_body=attempt.request_body,
+                    )
+                )
+            values: dict[str, object] = {
+                "status": settlement.status.value,
+                "error_kind": settlement.error_kind.value if settlement.error_kind else None,
+                "last_error": settlement.last_error,
+                "next_attempt_at": settlement.next_attempt_at,
+                "updated_at": now,
+            }
+            if settlement.provider_response is not None:
+                values["provider_response"] = settlement.provider_response
+            if settlement.status is DeliveryStatus.SUCCESS:
+                values["delivered_at"] = now
+            if settlement.release:
+                values.update(claimed_by=None, lease_expires_at=None)
+            moved = conn.execute(
+                sa.update(d)
+                .where(
+                    d.c.delivery_id == delivery_id,
+                    d.c.claimed_by == claimant,
+                    d.c.status != DeliveryStatus.SUCCESS.value,
+                )
+                .values(**values)
+                .returning(d.c.attempt_count)
+            ).first()
+        return (moved.attempt_count if moved else -1), moved is not None
+
+
+def _scope_chunks(company_ids: Sequence[str] | None) -> Iterable[Sequence[str] | None]:
+    if company_ids is None:
+        yield None
+        return
+    yield from _chunks(list(company_ids))
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment

@@ -1,0 +1,159 @@
+"""SQLAlchemy Core views of the tables the SQL migrations create (the migrations are the source of truth;
+a test checks these match them)."""
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on both backends (SQLite keeps text and forgets the zone)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r} would be stored without its zone")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class _Raw(TypeDecorator[Any]):
+    """A source column written by another system: typed on the way in, but read back exactly as the driver
+    gives it, so a malformed value (text in a number column, broken JSON on SQLite) reaches validation
+    instead of crashing the whole query. Strings are written verbatim."""
+
+    cache_ok = True
+
+    def bind_processor(self, dialect: sa.Dialect) -> Any:
+        inner = self.impl_instance.bind_processor(dialect)
+        if inner is None:
+            return None
+
+        def process(value: Any) -> Any:
+            return value if isinstance(value, str) else inner(value)
+
+        return process
+
+    def result_processor(self, dialect: sa.Dialect, coltype: Any) -> None:
+        return None
+
+
+class RawJSON(_Raw):
+    impl = sa.JSON(none_as_null=True)
+    cache_ok = True
+
+
+class RawNumber(_Raw):
+    impl = sa.Numeric
+    cache_ok = True
+
+
+class RawTimestamp(_Raw):
+    """On SQLite, datetimes are written as ISO 8601 with their offset (SQLAlchemy's default drops it)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def bind_processor(self, dialect: sa.Dialect) -> Any:
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+
+        def process(value: Any) -> Any:
+            return value.isoformat() if isinstance(value, datetime) else value
+
+        return process
+
+
+metadata = sa.MetaData()
+
+impact_events = sa.Table(
+    "impact_events",
+    metadata,
+    sa.Column("event_id", sa.Text, primary_key=True),
+    sa.Column("company_id", sa.Text, nullable=False),
+    sa.Column("user_id", sa.Text),
+    sa.Column("event_type", sa.Text),
+    sa.Column("occurred_at", RawTimestamp),
+    sa.Column("value", RawNumber),
+    sa.Column("unit", sa.Text),
+    sa.Column("outcome_scores", RawJSON),
+    sa.Column("metadata", RawJSON),
+    sa.Column("created_at", UTCDateTime, nullable=False, server_default=sa.func.current_timestamp()),
+)
+
+company_integrations = sa.Table(
+    "company_integrations",
+    metadata,
+    sa.Column("company_id", sa.Text, primary_key=True),
+    sa.Column("provider", sa.Text, primary_key=True),
+    sa.Column("enabled", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("settings", RawJSON),
+)
+
+impact_deliveries = sa.Table(
+    "impact_deliveries",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("company_id", sa.Text, nullable=False),
+    sa.Column("provider", sa.Text, nullable=False),
+    sa.Column("event_id", sa.Text, nullable=False),
+    sa.Column("delivery_id", sa.Text, nullable=False, unique=True),
+    sa.Column("payload", sa.Text),
+    sa.Column("payload_hash", sa.Text),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("error_kind", sa.Text),
+    sa.Column("attempt_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("run_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_error", sa.Text),
+    sa.Column("provider_response", sa.Text),
+    sa.Column("next_attempt_at", UTCDateTime),
+    sa.Column("claimed_by", sa.Text),
+    sa.Column("lease_expires_at", UTCDateTime),
+    sa.Column("delivered_at", UTCDateTime),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("company_id", "provider", "event_id", name="uq_impact_deliveries_event"),
+)
+
+impact_delivery_attempts = sa.Table(
+    "impact_delivery_attempts",
+    metadata,
+    sa.Column("delivery_id", sa.Text, primary_key=True),
+    sa.Column("attempt_number", sa.Integer, primary_key=True),
+    sa.Column("run_id", sa.Text),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("finished_at", UTCDateTime, nullable=False),
+    sa.Column("duration_ms", sa.Integer, nullable=False),
+    sa.Column("outcome", sa.Text, nullable=False),
+    sa.Column("http_status", sa.Integer),
+    sa.Column("error", sa.Text),
+    sa.Column("response_excerpt", sa.Text),
+    sa.Column("request_body", sa.Text),
+)
+
+impact_provider_tokens = sa.Table(
+    "impact_provider_tokens",
+    metadata,
+    sa.Column("company_id", sa.Text, primary_key=True),
+    sa.Column("provider", sa.Text, primary_key=True),
+    sa.Column("credential_key", sa.Text, nullable=False),
+    sa.Column("access_token_encrypted", sa.Text, nullable=False),
+    sa.Column("refresh_token_encrypted", sa.Text),
+    sa.Column("token_type", sa.Text),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)

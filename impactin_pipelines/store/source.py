@@ -1,0 +1,95 @@
+"""Reads of the source contract: the TEEI platform's events and the companies' integrations."""
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from impactin_pipelines.store.engine import read_connection
+from impactin_pipelines.store.schema import company_integrations as ci
+from impactin_pipelines.store.schema import impact_deliveries as d
+from impactin_pipelines.store.schema import impact_events as e
+
+
+@dataclass(frozen=True)
+class Integration:
+    company_id: str
+    provider: str
+    enabled: bool
+    settings: Any  # raw: dict (PostgreSQL) or JSON text (SQLite), parsed by connectors.config
+
+
+def integrations(engine: Engine, *, enabled_only: bool = True) -> list[Integration]:
+    stmt = sa.select(ci.c.company_id, ci.c.provider, ci.c.enabled, ci.c.settings).order_by(
+        ci.c.company_id, ci.c.provider
+    )
+    if enabled_only:
+        stmt = stmt.where(ci.c.enabled.is_(True))
+    with read_connection(engine) as conn:
+        return [Integration(*row) for row in conn.execute(stmt).all()]
+
+
+def integration(engine: Engine, company_id: str, provider: str) -> Integration | None:
+    stmt = sa.select(ci.c.company_id, ci.c.provider, ci.c.enabled, ci.c.settings).where(
+        ci.c.company_id == company_id, ci.c.provider == provider
+    )
+    with read_connection(engine) as conn:
+        row = conn.execute(stmt).first()
+    return Integration(*row) if row else None
+
+
+def undelivered_events(
+    engine: Engine, company_id: str, provider: str, *, batch_size: int = 1000
+) -> Iterator[list[Mapping[str, Any]]]:
+    """Events of the company that have no outbox row for this provider yet, in batches, keyset-paginated
+    (each batch is a fresh short transaction, so extraction never holds a lock for long)."""
+    no_row = ~sa.exists().where(
+        d.c.company_id == e.c.company_id, d.c.provider == provider, d.c.event_id == e.c.event_id
+    )
+    after = ""
+    while True:
+        stmt = (
+            sa.select(e)
+            .where(e.c.company_id == company_id, e.c.event_id > after, no_row)
+            .order_by(e.c.event_id)
+            .limit(batch_size)
+        )
+        with read_connection(engine) as conn:
+            rows = [dict(row._mapping) for row in conn.execute(stmt).all()]
+        if not rows:
+            return
+        yield rows
+        after = rows[-1]["event_id"]
+
+
+def work_by_provider(engine: Engine, now: datetime) -> dict[str, set[str]]:
+    """Which (provider -> companies) have something to do: events of an enabled integration without an
+    outbox row, or rows that are due (pending, or retrying with next_attempt_at passed)."""
+    no_row = ~sa.exists().where(
+        d.c.company_id == e.c.company_id, d.c.provider == ci.c.provider, d.c.event_id == e.c.event_id
+    )
+    new_events = (
+        sa.select(ci.c.provider, ci.c.company_id)
+        .distinct()
+        .join(e, e.c.company_id == ci.c.company_id)
+        .where(ci.c.enabled.is_(True), no_row)
+    )
+    due_rows = (
+        sa.select(d.c.provider, d.c.company_id)
+        .distinct()
+        .join(ci, sa.and_(ci.c.company_id == d.c.company_id, ci.c.provider == d.c.provider))
+        .where(
+            ci.c.enabled.is_(True),
+            d.c.status.in_(("pending", "retrying")),
+            sa.or_(d.c.next_attempt_at.is_(None), d.c.next_attempt_at <= now),
+        )
+    )
+    work: dict[str, set[str]] = {}
+    with read_connection(engine) as conn:
+        for stmt in (new_events, due_rows):
+            for provider, company in conn.execute(stmt).all():
+                work.setdefault(provider, set()).add(company)
+    return work

@@ -1,0 +1,98 @@
+"""Fixtures: a fresh warehouse per test on SQLite and on the real PostgreSQL server, and the sandbox.
+
+PostgreSQL tests never skip: when the server cannot be reached they fail, with the command that starts it.
+"""
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.engine.url import make_url
+
+from impactin_pipelines.sandbox.server import SandboxServer
+from impactin_pipelines.store import migrations
+from impactin_pipelines.store.engine import make_engine
+
+ADMIN_URL = os.environ.get("IMPACTIN_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+BACKENDS = ["sqlite", "postgres"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No test sees the developer's provider credentials or state."""
+    for name in list(os.environ):
+        if name.startswith(("BENEVITY_", "GOODERA_", "WORKDAY_", "IMPACTIN_")) and name != "IMPACTIN_TEST_POSTGRES_URL":
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("IMPACTIN_STATE_DIR", str(tmp_path_factory.mktemp("state")))
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A database of our own for this test session (per xdist worker), dropped at the end."""
+    admin = sa.create_engine(make_url(ADMIN_URL), isolation_level="AUTOCOMMIT")
+    name = f"impactin_test_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}_{uuid.uuid4().hex[:8]}"
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    except sa.exc.OperationalError as exc:
+        pytest.fail(
+            f"PostgreSQL is not reachable at {ADMIN_URL} ({exc.orig}). Start it with "
+            "`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` or set "
+            "IMPACTIN_TEST_POSTGRES_URL.",
+            pytrace=False,
+        )
+    yield make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()
+
+
+def fresh_postgres_url(database_url: str) -> str:
+    """A fresh schema in the session database, as a URL whose connections use it (subprocesses too)."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    engine = sa.create_engine(make_url(database_url))
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    engine.dispose()
+    url = make_url(database_url).update_query_dict({"options": f"-csearch_path={schema}"})
+    return url.render_as_string(hide_password=False)
+
+
+@pytest.fixture(params=BACKENDS)
+def warehouse_url(request: pytest.FixtureRequest, tmp_path) -> str:  # type: ignore[no-untyped-def]
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'warehouse.db'}"
+    return fresh_postgres_url(request.getfixturevalue("postgres_database"))
+
+
+def _migrated(url: str) -> Iterator[Engine]:
+    engine = make_engine(url)
+    migrations.upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def engine(warehouse_url: str) -> Iterator[Engine]:
+    """A migrated warehouse, once on SQLite and once on PostgreSQL."""
+    yield from _migrated(warehouse_url)
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path) -> Iterator[Engine]:  # type: ignore[no-untyped-def]
+    yield from _migrated(f"sqlite:///{tmp_path / 'warehouse.db'}")
+
+
+@pytest.fixture
+def pg_engine(postgres_database: str) -> Iterator[Engine]:
+    yield from _migrated(fresh_postgres_url(postgres_database))
+
+
+@pytest.fixture
+def sandbox() -> Iterator[SandboxServer]:
+    with SandboxServer() as server:
+        yield server

@@ -1,0 +1,62 @@
+"""Helpers for tests: seed the source contract, read the ledger."""
+
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from impactin_pipelines.store.schema import company_integrations, impact_deliveries, impact_events
+
+SPEC_EVENT: dict[str, Any] = {
+    "event_id": "evt_123",
+    "company_id": "company_789",
+    "user_id": "user_456",
+    "event_type": "volunteer_hours",
+    "occurred_at": datetime(2025, 11, 14, 10, 0, tzinfo=UTC),
+    "value": 5.0,
+    "unit": "hours",
+    "outcome_scores": {"community_engagement": 0.85, "skill_development": 0.72},
+    "metadata": {"program": "buddy_mentoring"},
+}
+
+
+def event(event_id: str, company_id: str = "acme", **overrides: Any) -> dict[str, Any]:
+    return {**SPEC_EVENT, "event_id": event_id, "company_id": company_id, **overrides}
+
+
+def events(company_id: str, n: int, prefix: str = "evt") -> list[dict[str, Any]]:
+    return [event(f"{prefix}_{company_id}_{i:05d}", company_id) for i in range(n)]
+
+
+def add_integration(
+    engine: Engine, company_id: str, provider: str, *, settings: Any = None, enabled: bool = True
+) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            company_integrations.insert().values(
+                company_id=company_id, provider=provider, enabled=enabled, settings=settings
+            )
+        )
+
+
+def add_events(engine: Engine, rows: list[dict[str, Any]]) -> None:
+    with engine.begin() as conn:
+        conn.execute(impact_events.insert(), rows)
+
+
+def statuses(engine: Engine, provider: str | None = None) -> Counter[str]:
+    stmt = sa.select(impact_deliveries.c.status, sa.func.count()).group_by(impact_deliveries.c.status)
+    if provider:
+        stmt = stmt.where(impact_deliveries.c.provider == provider)
+    with engine.connect() as conn:
+        return Counter(dict(conn.execute(stmt).all()))
+
+
+def rows(engine: Engine, **where: Any) -> list[dict[str, Any]]:
+    stmt = sa.select(impact_deliveries).order_by(impact_deliveries.c.event_id)
+    for name, value in where.items():
+        stmt = stmt.where(impact_deliveries.c[name] == value)
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(stmt).all()]
