@@ -21,10 +21,9 @@ DEMO_STATE = ("warehouse.db", "warehouse.db-wal", "warehouse.db-shm", "dagster_h
 def demo(events_per_company: int) -> None:
     """Create fresh embedded state (SQLite warehouse, Dagster home), seed sample events for several companies,
     start the sandbox providers, run the delivery job and show what was delivered. Safe to run again."""
+    from impactin_pipelines.cli import configure_logging
     from impactin_pipelines.sandbox.demo_data import seed
     from impactin_pipelines.sandbox.server import SandboxServer
-
-    from impactin_pipelines.cli import configure_logging
 
     configure_logging(logging.ERROR)  # retries are part of the show; the summary tells the story
     state = state_dir()

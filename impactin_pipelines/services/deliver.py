@@ -40,6 +40,7 @@ class DeliveryReport:
     by_company: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    rows: dict[str, "RowResult"] = field(default_factory=dict)  # by row id: what happened to each row
 
     def count(self, company_id: str, key: str, n: int = 1) -> None:
         self.by_company[company_id][key] += n
@@ -100,7 +101,10 @@ class DeliveryRun:
         logger: logging.Logger = LOG,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
+        only_ids: Sequence[str] | None = None,
     ) -> None:
+        """`only_ids` targets given rows (replay, deliver-now): any status but success, due or not, and no waiting
+        for rows someone else holds (those are reported as not claimed)."""
         self.engine = engine
         self.factory = factory
         self.provider = provider
@@ -112,6 +116,7 @@ class DeliveryRun:
         self.sleep = sleep
         self.rng = rng or random.Random()
         self.outbox = Outbox(engine)
+        self.only_ids = list(only_ids) if only_ids is not None else None
         self.claimant = str(Claimant.new())
         self.report = DeliveryReport(provider.value)
 
@@ -124,7 +129,8 @@ class DeliveryRun:
                 ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="impactin-send") as pool,
             ):
                 self._drain(pool)
-                self._wait_for_foreign_claims(pool)
+                if self.only_ids is None:
+                    self._wait_for_foreign_claims(pool)
         finally:
             try:
                 self.outbox.release_all(self.claimant)
@@ -134,6 +140,18 @@ class DeliveryRun:
         return self.report
 
     def _claim(self, dead: Sequence[str]) -> list[ClaimedDelivery]:
+        if self.only_ids is not None:
+            return self.outbox.claim(
+                claimant=self.claimant,
+                provider=self.provider.value,
+                company_ids=self.company_ids,
+                limit=self.settings.claim_batch,
+                lease_s=self.settings.lease_s,
+                dead=dead,
+                ids=[i for i in self.only_ids if i not in self.report.rows],
+                statuses=(DeliveryStatus.PENDING, DeliveryStatus.RETRYING, DeliveryStatus.FAILED),
+                due_only=False,
+            )
         return self.outbox.claim(
             claimant=self.claimant,
             provider=self.provider.value,
@@ -189,6 +207,7 @@ class DeliveryRun:
                 self._collect(future.result())
 
     def _collect(self, result: RowResult) -> None:
+        self.report.rows[result.row.id] = result
         company = result.row.company_id
         self.report.count(company, result.status)
         self.report.count(company, "attempts", result.attempts)
