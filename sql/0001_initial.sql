@@ -1,17 +1,20 @@
 -- 0001: the source contract (written by the TEEI platform) and our delivery log.
--- Portable DDL: runs unchanged on PostgreSQL and SQLite. JSON is `JSON` (not JSONB) so key order survives:
--- outcome scores become Goodera dimensions in the order the platform wrote them.
+-- Portable DDL: runs unchanged on PostgreSQL and SQLite.
+--
+-- impact_events and company_integrations are landing tables: values are kept as the platform sent them (TEXT; JSON
+-- documents as JSON text, key order intact) so that a malformed event lands, is seen and is quarantined with a
+-- clear error by the pipeline instead of being refused at write time and lost to everyone downstream.
 
 CREATE TABLE impact_events (
     event_id        TEXT PRIMARY KEY,
     company_id      TEXT NOT NULL,
     user_id         TEXT,
     event_type      TEXT,
-    occurred_at     TIMESTAMP WITH TIME ZONE,
-    value           NUMERIC,
+    occurred_at     TEXT,            -- ISO 8601 with an offset
+    value           TEXT,            -- a decimal number
     unit            TEXT,
-    outcome_scores  JSON,
-    metadata        JSON,
+    outcome_scores  TEXT,            -- JSON object: dimension -> score in [0, 1]
+    metadata        TEXT,            -- JSON object
     created_at      TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT CURRENT_TIMESTAMP
 );
 
@@ -21,7 +24,7 @@ CREATE TABLE company_integrations (
     company_id  TEXT NOT NULL,
     provider    TEXT NOT NULL,
     enabled     BOOLEAN NOT NULL DEFAULT TRUE,
-    settings    JSON,
+    settings    TEXT,                -- JSON object; secrets only as {"encrypted": "<fernet token>"}
     PRIMARY KEY (company_id, provider)
 );
 

@@ -2,12 +2,16 @@
 
 from collections import Counter
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from impactin_pipelines.store.schema import company_integrations, impact_deliveries, impact_events
+
+if TYPE_CHECKING:
+    from impactin_pipelines.connectors.registry import ConnectorFactory
+    from impactin_pipelines.settings import DeliverySettings
 
 SPEC_EVENT: dict[str, Any] = {
     "event_id": "evt_123",
@@ -58,5 +62,37 @@ def rows(engine: Engine, **where: Any) -> list[dict[str, Any]]:
     stmt = sa.select(impact_deliveries).order_by(impact_deliveries.c.event_id)
     for name, value in where.items():
         stmt = stmt.where(impact_deliveries.c[name] == value)
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(stmt).all()]
+
+
+def fast_settings(**overrides: Any) -> "DeliverySettings":
+    """Real retries with short sleeps, so tests exercise the policy without waiting for it."""
+    from impactin_pipelines.settings import DeliverySettings, RetrySettings
+
+    retry = RetrySettings(initial_delay_s=0.01, max_delay_s=0.05, rerun_base_delay_s=60, **overrides.pop("retry", {}))
+    return DeliverySettings(**{"concurrency": 4, "lease_s": 30.0, "retry": retry, **overrides})
+
+
+def factory_for(engine: Engine, sandbox: Any, **overrides: Any) -> "ConnectorFactory":
+    from impactin_pipelines.connectors.registry import ConnectorFactory
+    from impactin_pipelines.settings import ProviderEnv
+
+    return ConnectorFactory(engine, env=ProviderEnv.from_env(sandbox.env()), settings=fast_settings(**overrides))
+
+
+def deliver(engine: Engine, factory: Any, provider: str, companies: list[str] | None = None, **kwargs: Any) -> Any:
+    from impactin_pipelines.domain.providers import Provider
+    from impactin_pipelines.services.deliver import DeliveryRun
+
+    return DeliveryRun(engine, factory, provider=Provider(provider), company_ids=companies, **kwargs).run()
+
+
+def attempts(engine: Engine, delivery_id: str | None = None) -> list[dict[str, Any]]:
+    from impactin_pipelines.store.schema import impact_delivery_attempts as a
+
+    stmt = sa.select(a).order_by(a.c.delivery_id, a.c.attempt_number)
+    if delivery_id:
+        stmt = stmt.where(a.c.delivery_id == delivery_id)
     with engine.connect() as conn:
         return [dict(r._mapping) for r in conn.execute(stmt).all()]

@@ -1,6 +1,7 @@
 """SQLAlchemy Core views of the tables the SQL migrations create (the migrations are the source of truth;
 a test checks these match them)."""
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,51 +31,24 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-class _Raw(TypeDecorator[Any]):
-    """A source column written by another system: typed on the way in, but read back exactly as the driver
-    gives it, so a malformed value (text in a number column, broken JSON on SQLite) reaches validation
-    instead of crashing the whole query. Strings are written verbatim."""
+class Raw(TypeDecorator[Any]):
+    """A landing column (TEXT) written by another system and read back exactly as stored, so a malformed value
+    reaches validation instead of crashing the query. Python values are written in their canonical text form."""
 
+    impl = sa.Text
     cache_ok = True
 
-    def bind_processor(self, dialect: sa.Dialect) -> Any:
-        inner = self.impl_instance.bind_processor(dialect)
-        if inner is None:
-            return None
+    def process_bind_param(self, value: Any, dialect: sa.Dialect) -> Any:
+        if value is None or isinstance(value, str):
+            return value
+        if isinstance(value, datetime):
+            return value.isoformat()
+        if isinstance(value, dict | list):
+            return json.dumps(value, ensure_ascii=False)
+        return str(value)
 
-        def process(value: Any) -> Any:
-            return value if isinstance(value, str) else inner(value)
-
-        return process
-
-    def result_processor(self, dialect: sa.Dialect, coltype: Any) -> None:
-        return None
-
-
-class RawJSON(_Raw):
-    impl = sa.JSON(none_as_null=True)
-    cache_ok = True
-
-
-class RawNumber(_Raw):
-    impl = sa.Numeric
-    cache_ok = True
-
-
-class RawTimestamp(_Raw):
-    """On SQLite, datetimes are written as ISO 8601 with their offset (SQLAlchemy's default drops it)."""
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def bind_processor(self, dialect: sa.Dialect) -> Any:
-        if dialect.name != "sqlite":
-            return super().bind_processor(dialect)
-
-        def process(value: Any) -> Any:
-            return value.isoformat() if isinstance(value, datetime) else value
-
-        return process
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> Any:
+        return value
 
 
 metadata = sa.MetaData()
@@ -86,11 +60,11 @@ impact_events = sa.Table(
     sa.Column("company_id", sa.Text, nullable=False),
     sa.Column("user_id", sa.Text),
     sa.Column("event_type", sa.Text),
-    sa.Column("occurred_at", RawTimestamp),
-    sa.Column("value", RawNumber),
+    sa.Column("occurred_at", Raw),
+    sa.Column("value", Raw),
     sa.Column("unit", sa.Text),
-    sa.Column("outcome_scores", RawJSON),
-    sa.Column("metadata", RawJSON),
+    sa.Column("outcome_scores", Raw),
+    sa.Column("metadata", Raw),
     sa.Column("created_at", UTCDateTime, nullable=False, server_default=sa.func.current_timestamp()),
 )
 
@@ -100,7 +74,7 @@ company_integrations = sa.Table(
     sa.Column("company_id", sa.Text, primary_key=True),
     sa.Column("provider", sa.Text, primary_key=True),
     sa.Column("enabled", sa.Boolean, nullable=False, server_default=sa.true()),
-    sa.Column("settings", RawJSON),
+    sa.Column("settings", Raw),
 )
 
 impact_deliveries = sa.Table(

@@ -1,0 +1,174 @@
+"""Golden payloads: for the guide's example event each mapper's output equals the guide's example exactly."""
+
+import json
+from decimal import Decimal
+
+import pytest
+
+from impactin_pipelines.domain.errors import InvalidEvent
+from impactin_pipelines.domain.events import parse_event
+from impactin_pipelines.domain.providers import Provider
+from impactin_pipelines.mapping.benevity import benevity_payload
+from impactin_pipelines.mapping.encoding import encode_json
+from impactin_pipelines.mapping.goodera import goodera_payload
+from impactin_pipelines.mapping.payloads import build_payload
+from impactin_pipelines.mapping.workday import prettify, unit_label, workday_rest_payload, workday_soap_report
+from tests.support import SPEC_EVENT
+
+# Copied verbatim from ../shared/spec/impact-in-integration-guide.md
+SPEC_BENEVITY = """
+{
+  "schema_version": "v1.0",
+  "event": {
+    "id": "evt_123",
+    "type": "volunteer_hours",
+    "timestamp": "2025-11-14T10:00:00Z",
+    "user": {
+      "external_id": "user_456",
+      "company_id": "company_789"
+    },
+    "impact": {
+      "value": 5.0,
+      "unit": "hours",
+      "metadata": {
+        "program": "buddy_mentoring"
+      }
+    }
+  }
+}
+"""
+SPEC_GOODERA = """
+{
+  "schema_version": "v2.1",
+  "event": {
+    "external_id": "evt_123",
+    "event_type": "volunteer_hours",
+    "timestamp": "2025-11-14T10:00:00Z",
+    "participant": {
+      "external_user_id": "user_456"
+    },
+    "impact": {
+      "dimensions": [
+        {
+          "dimension_name": "community_engagement",
+          "score": 0.85,
+          "scale": "normalized_0_1"
+        },
+        {
+          "dimension_name": "skill_development",
+          "score": 0.72,
+          "scale": "normalized_0_1"
+        }
+      ],
+      "metadata": {
+        "program": "buddy_mentoring"
+      }
+    }
+  }
+}
+"""
+SPEC_WORKDAY_REST = """
+{
+  "schema_version": "v3.0",
+  "impact_report": {
+    "external_reference_id": "evt_123",
+    "report_date": "2025-11-14T10:00:00Z",
+    "worker": {
+      "worker_id": "user_456"
+    },
+    "csr_activity": {
+      "activity_type": "volunteer_hours",
+      "value": 5.0,
+      "unit_of_measure": "Hours"
+    }
+  }
+}
+"""
+
+
+@pytest.fixture
+def spec_event():  # type: ignore[no-untyped-def]
+    return parse_event(SPEC_EVENT)
+
+
+def test_benevity_payload_equals_the_guide(spec_event) -> None:  # type: ignore[no-untyped-def]
+    assert benevity_payload(spec_event) == json.loads(SPEC_BENEVITY)
+
+
+def test_goodera_payload_equals_the_guide(spec_event) -> None:  # type: ignore[no-untyped-def]
+    assert goodera_payload(spec_event) == json.loads(SPEC_GOODERA)
+
+
+def test_workday_rest_payload_equals_the_guide(spec_event) -> None:  # type: ignore[no-untyped-def]
+    assert workday_rest_payload(spec_event) == json.loads(SPEC_WORKDAY_REST)
+
+
+def test_workday_soap_values_follow_the_guide_example(spec_event) -> None:  # type: ignore[no-untyped-def]
+    report = workday_soap_report(spec_event)["CSR_Impact_Report"]
+    assert report["External_Reference_ID"] == "evt_123"
+    assert report["Report_Date"] == "2025-11-14"
+    assert report["CSR_Activity"] == {"Activity_Type": "Volunteer Hours", "Value": "5.0", "Unit_of_Measure": "Hours"}
+
+
+def test_encoded_body_keeps_the_spec_number_shape_and_key_order(spec_event) -> None:  # type: ignore[no-untyped-def]
+    body = encode_json(benevity_payload(spec_event))
+    assert b'"value":5.0' in body
+    assert body.startswith(b'{"schema_version":"v1.0","event":{"id":"evt_123"')
+    assert json.loads(body) == json.loads(SPEC_BENEVITY)
+
+
+def test_goodera_dimensions_keep_the_platform_order() -> None:
+    event = parse_event({**SPEC_EVENT, "outcome_scores": {"zeta": 0.1, "alpha": 1, "mid": 0}})
+    assert [d["dimension_name"] for d in goodera_payload(event)["event"]["impact"]["dimensions"]] == [
+        "zeta",
+        "alpha",
+        "mid",
+    ]
+
+
+def test_no_outcome_scores_gives_an_empty_dimension_list() -> None:
+    event = parse_event({**SPEC_EVENT, "outcome_scores": None})
+    assert goodera_payload(event)["event"]["impact"]["dimensions"] == []
+
+
+@pytest.mark.parametrize(
+    ("score", "reason"),
+    [(7.5, "between 0 and 1"), (-0.1, "between 0 and 1"), ("high", "a number"), (True, "a number"), (None, "a number")],
+)
+def test_goodera_refuses_scores_that_are_not_normalised(score, reason) -> None:  # type: ignore[no-untyped-def]
+    event = parse_event({**SPEC_EVENT, "outcome_scores": {"community_engagement": score}})
+    with pytest.raises(InvalidEvent) as err:
+        goodera_payload(event)
+    assert err.value.field == "outcome_scores.community_engagement"
+    assert reason in str(err.value)
+    # Benevity does not carry scores: the same event is deliverable there.
+    assert build_payload(Provider.BENEVITY, event)["event"]["id"] == "evt_123"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("volunteer_hours", "Volunteer Hours"), ("course_completion", "Course Completion"), ("donation", "Donation")],
+)
+def test_activity_types_are_prettified_for_soap(raw: str, expected: str) -> None:
+    assert prettify(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("unit", "label"), [("hours", "Hours"), ("HOURS", "Hours"), ("usd", "USD"), ("trees", "Trees")]
+)
+def test_units_are_labelled(unit: str, label: str) -> None:
+    assert unit_label(unit) == label
+
+
+def test_workday_soap_value_keeps_a_decimal_place() -> None:
+    whole = parse_event({**SPEC_EVENT, "value": 5})
+    fractional = parse_event({**SPEC_EVENT, "value": "2.25"})
+    assert workday_soap_report(whole)["CSR_Impact_Report"]["CSR_Activity"]["Value"] == "5.0"
+    assert workday_soap_report(fractional)["CSR_Impact_Report"]["CSR_Activity"]["Value"] == "2.25"
+    assert fractional.value == Decimal("2.25")
+
+
+def test_offset_timestamps_are_sent_in_utc() -> None:
+    event = parse_event({**SPEC_EVENT, "occurred_at": "2025-11-14T12:00:00+02:00"})
+    assert benevity_payload(event)["event"]["timestamp"] == "2025-11-14T10:00:00Z"
+    assert workday_soap_report(event)["CSR_Impact_Report"]["Report_Date"] == "2025-11-14"
