@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from impactin_pipelines.sandbox import benevity
+from impactin_pipelines.sandbox import benevity, goodera, workday
 from impactin_pipelines.sandbox.core import ProviderSandbox, Request, Response
 
 
@@ -67,7 +67,7 @@ class SandboxServer:
 
 
 def default_providers() -> list[ProviderSandbox]:
-    return [benevity.BenevitySandbox()]
+    return [benevity.BenevitySandbox(), goodera.GooderaSandbox(), workday.WorkdaySandbox()]
 
 
 def provider_env(provider: ProviderSandbox, base_url: str) -> dict[str, str]:
