@@ -5,6 +5,7 @@ import dagster as dg
 from impactin_pipelines.defs.assets.delivery import impact_deliveries, impact_outbox
 from impactin_pipelines.defs.assets.stats import delivery_stats
 from impactin_pipelines.defs.jobs import delivery_stats_job, impact_delivery_job
+from impactin_pipelines.defs.loggers import run_loggers
 from impactin_pipelines.defs.resources import DeliveryResource, ProvidersResource, WarehouseResource
 from impactin_pipelines.defs.schedules import nightly_delivery_schedule
 from impactin_pipelines.defs.sensors import company_partitions_sensor, stats_after_delivery_sensor
@@ -16,6 +17,7 @@ def build_defs() -> dg.Definitions:
         jobs=[impact_delivery_job, delivery_stats_job],
         schedules=[nightly_delivery_schedule()],
         sensors=[company_partitions_sensor, stats_after_delivery_sensor],
+        loggers=run_loggers(),
         resources={
             "warehouse": WarehouseResource.from_env(),
             "providers": ProvidersResource.from_env(),
