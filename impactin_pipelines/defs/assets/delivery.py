@@ -98,7 +98,7 @@ def impact_deliveries(
                         provider=provider,
                         company_ids=companies,
                         settings=settings,
-                        run_id=context.run_id,
+                        run_id=context.run.run_id,
                         logger=logger,
                     ).run
                 )

@@ -1,0 +1,200 @@
+"""The code location: loads, materialises partitions and ranges, schedules the nightly work, adds companies."""
+
+from datetime import UTC, datetime
+
+import dagster as dg
+import pytest
+
+from impactin_pipelines.defs.assets.delivery import impact_deliveries, impact_outbox
+from impactin_pipelines.defs.jobs import impact_delivery_job
+from impactin_pipelines.defs.planning import (
+    PROVIDER_TAG,
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+    covering_range,
+    plan_ranges,
+    segments,
+)
+from impactin_pipelines.defs.resources import DeliveryResource, ProvidersResource, WarehouseResource
+from impactin_pipelines.defs.schedules import nightly_delivery_schedule
+from impactin_pipelines.defs.sensors import company_partitions_sensor
+from impactin_pipelines.definitions import build_defs
+from impactin_pipelines.partitions import company_partitions, partition_key
+from impactin_pipelines.settings import ScheduleSettings
+from tests.support import add_events, add_integration, events, rows, statuses
+
+
+def test_definitions_load() -> None:
+    dg.Definitions.validate_loadable(build_defs())
+
+
+def test_provider_resource_carries_every_spec_variable() -> None:
+    from dataclasses import fields
+
+    from impactin_pipelines.settings import ProviderEnv
+
+    assert {f.name for f in fields(ProviderEnv)} == set(ProvidersResource.model_fields)
+
+
+def test_secrets_are_wired_as_env_vars_not_values(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("BENEVITY_API_KEY", "super-secret-key-value")
+    resource = ProvidersResource.from_env()
+    assert isinstance(resource.BENEVITY_API_KEY, dg.EnvVar)
+    assert "super-secret-key-value" not in repr(resource)
+
+
+def _resources(engine, sandbox):  # type: ignore[no-untyped-def]
+    env = sandbox.env()
+    return {
+        "warehouse": WarehouseResource(url=engine.url.render_as_string(hide_password=False)),
+        "providers": ProvidersResource(**env),
+        "delivery": DeliveryResource(concurrency=4, lease_s=30),
+    }
+
+
+def _all_resources(engine):  # type: ignore[no-untyped-def]
+    return {
+        "warehouse": WarehouseResource(url=engine.url.render_as_string(hide_password=False)),
+        "providers": ProvidersResource(),
+        "delivery": DeliveryResource(),
+    }
+
+
+def test_materialize_one_partition(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+    add_integration(engine, "acme", "benevity")
+    add_integration(engine, "globex", "benevity")
+    add_events(engine, events("acme", 3) + events("globex", 2))
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("company", ["acme", "globex"])
+        result = dg.materialize(
+            [impact_outbox, impact_deliveries],
+            instance=instance,
+            partition_key=partition_key("acme", "benevity"),
+            resources=_resources(engine, sandbox),
+        )
+        assert result.success
+        mats = result.asset_materializations_for_node("impact_deliveries")
+        assert [m.partition for m in mats] == ["acme|benevity"]
+        assert mats[0].metadata["delivered"].value == 3
+        outbox = result.asset_materializations_for_node("impact_outbox")[0]
+        assert outbox.metadata["new_rows"].value == 3
+    assert statuses(engine) == {"success": 3}
+    assert {r["company_id"] for r in rows(engine)} == {"acme"}
+
+
+def test_a_range_run_covers_many_partitions_with_their_own_metadata(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+    companies = ["a1", "a2", "a3", "a4"]
+    for c in companies:
+        add_integration(engine, c, "benevity")
+    add_events(engine, events("a1", 1) + events("a2", 2) + events("a4", 4))
+    sandbox.providers["benevity"].configure({"reject_events": ["evt_a4_00000"]})
+    defs = dg.Definitions(
+        assets=[impact_outbox, impact_deliveries],
+        resources=_resources(engine, sandbox),
+        jobs=[dg.define_asset_job("j", selection=[impact_outbox, impact_deliveries])],
+    )
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("company", companies)
+        result = defs.resolve_job_def("j").execute_in_process(
+            instance=instance,
+            tags={RANGE_START_TAG: "a1|benevity", RANGE_END_TAG: "a4|benevity"},
+        )
+        assert result.success
+        delivered = {m.partition: m.metadata for m in result.asset_materializations_for_node("impact_deliveries")}
+    assert set(delivered) == {f"{c}|benevity" for c in companies}
+    assert delivered["a2|benevity"]["delivered"].value == 2
+    assert delivered["a3|benevity"]["delivered"].value == 0
+    assert (delivered["a4|benevity"]["delivered"].value, delivered["a4|benevity"]["rejected"].value) == (3, 1)
+
+
+def test_segments_and_ranges_cover_exactly_the_selection() -> None:
+    order = ["a", "b", "c", "d", "e"]
+    assert segments(order, {"a", "b", "d"}) == [("a", "b"), ("d", "d")]
+    assert segments(order, set()) == []
+    ranges = plan_ranges(order, ["a", "c"], ["benevity", "workday"])
+    assert [(r.start, r.end) for r in ranges] == [
+        ("a|benevity", "a|benevity"),
+        ("a|workday", "a|workday"),
+        ("c|benevity", "c|benevity"),
+        ("c|workday", "c|workday"),
+    ]
+    everything = plan_ranges(order, order, ["benevity", "goodera", "workday"])
+    assert [(r.start, r.end) for r in everything] == [("a|benevity", "e|workday")]
+    assert covering_range(order, {"b", "d"}, "goodera").tags("schedule")[PROVIDER_TAG] == "goodera"
+    assert covering_range(order, set(), "goodera") is None
+
+
+def test_nightly_schedule_requests_one_range_run_per_provider_with_work(engine) -> None:  # type: ignore[no-untyped-def]
+    for c in ("acme", "globex", "initech"):
+        add_integration(engine, c, "benevity")
+    add_integration(engine, "globex", "goodera")
+    add_integration(engine, "initech", "workday", enabled=False)
+    add_events(engine, events("acme", 1) + events("globex", 1) + events("initech", 1))
+    schedule = nightly_delivery_schedule(ScheduleSettings(cron="30 3 * * *", timezone="Europe/Paris"))
+    assert (schedule.cron_schedule, schedule.execution_timezone) == ("30 3 * * *", "Europe/Paris")
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("company", ["acme", "globex", "initech"])
+        defs = dg.Definitions(
+            assets=[impact_outbox, impact_deliveries],
+            schedules=[schedule],
+            jobs=[impact_delivery_job],
+            resources=_all_resources(engine),
+        )
+        with dg.build_schedule_context(
+            instance=instance,
+            scheduled_execution_time=datetime(2026, 1, 2, 2, 30, tzinfo=UTC),
+            repository_def=defs.get_repository_def(),
+            resources=_all_resources(engine),
+        ) as context:
+            result = schedule.evaluate_tick(context)
+    requests = {r.tags[PROVIDER_TAG]: r for r in result.run_requests}
+    assert set(requests) == {"benevity", "goodera"}
+    assert (requests["benevity"].tags[RANGE_START_TAG], requests["benevity"].tags[RANGE_END_TAG]) == (
+        "acme|benevity",
+        "initech|benevity",
+    )
+    assert requests["goodera"].tags[RANGE_START_TAG] == requests["goodera"].tags[RANGE_END_TAG] == "globex|goodera"
+    assert requests["benevity"].run_key == "nightly-benevity-2026-01-02T0230"
+
+
+def test_schedule_skips_when_nothing_is_due(engine) -> None:  # type: ignore[no-untyped-def]
+    add_integration(engine, "acme", "benevity")
+    schedule = nightly_delivery_schedule()
+    with dg.instance_for_test() as instance:
+        defs = dg.Definitions(
+            assets=[impact_outbox, impact_deliveries],
+            schedules=[schedule],
+            jobs=[impact_delivery_job],
+            resources=_all_resources(engine),
+        )
+        with dg.build_schedule_context(
+            instance=instance,
+            scheduled_execution_time=datetime(2026, 1, 2, 2, 0, tzinfo=UTC),
+            repository_def=defs.get_repository_def(),
+            resources=_all_resources(engine),
+        ) as context:
+            result = schedule.evaluate_tick(context)
+    assert not result.run_requests and result.skip_message
+
+
+def test_company_sensor_adds_valid_companies_once(engine) -> None:  # type: ignore[no-untyped-def]
+    add_integration(engine, "acme", "benevity")
+    add_integration(engine, "globex", "goodera", enabled=False)
+    add_integration(engine, "bad|company", "benevity")
+    resources = {"warehouse": WarehouseResource(url=engine.url.render_as_string(hide_password=False))}
+    with dg.instance_for_test() as instance:
+        with dg.build_sensor_context(instance=instance, resources=resources) as context:
+            result = company_partitions_sensor(context)
+        [request] = result.dynamic_partitions_requests
+        assert request.partitions_def_name == company_partitions.name
+        assert sorted(request.partition_keys) == ["acme", "globex"]
+        instance.add_dynamic_partitions("company", list(request.partition_keys))
+        with dg.build_sensor_context(instance=instance, resources=resources) as context:
+            again = company_partitions_sensor(context)
+        assert isinstance(again, dg.SkipReason)
+
+
+@pytest.mark.parametrize("cron", ["0 2 * * *"])
+def test_default_schedule_is_02_00_utc(cron: str) -> None:
+    schedule = nightly_delivery_schedule(ScheduleSettings.from_env({}))
+    assert (schedule.cron_schedule, schedule.execution_timezone) == (cron, "UTC")
