@@ -6,6 +6,7 @@ from impactin_pipelines.defs.assets.delivery import impact_deliveries, impact_ou
 from impactin_pipelines.defs.assets.stats import delivery_stats
 from impactin_pipelines.defs.jobs import delivery_stats_job, impact_delivery_job
 from impactin_pipelines.defs.loggers import run_loggers
+from impactin_pipelines.defs.replay import impact_replay_job
 from impactin_pipelines.defs.resources import DeliveryResource, ProvidersResource, WarehouseResource
 from impactin_pipelines.defs.schedules import nightly_delivery_schedule
 from impactin_pipelines.defs.sensors import company_partitions_sensor, stats_after_delivery_sensor
@@ -14,7 +15,7 @@ from impactin_pipelines.defs.sensors import company_partitions_sensor, stats_aft
 def build_defs() -> dg.Definitions:
     return dg.Definitions(
         assets=[impact_outbox, impact_deliveries, delivery_stats],
-        jobs=[impact_delivery_job, delivery_stats_job],
+        jobs=[impact_delivery_job, delivery_stats_job, impact_replay_job],
         schedules=[nightly_delivery_schedule()],
         sensors=[company_partitions_sensor, stats_after_delivery_sensor],
         loggers=run_loggers(),

@@ -1,16 +1,23 @@
 """Replay against the real sandbox over loopback, on SQLite and PostgreSQL."""
 
 import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import dagster as dg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from impactin_pipelines.connectors.benevity import sign
 from impactin_pipelines.connectors.registry import ConnectorFactory
+from impactin_pipelines.defs.replay import impact_replay_job
+from impactin_pipelines.defs.resources import DeliveryResource, ProvidersResource, WarehouseResource
 from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.sandbox.benevity import API_KEY, SIGNATURE_SECRET
 from impactin_pipelines.sandbox.server import SandboxServer
@@ -297,3 +304,132 @@ def test_quarantined_row_whose_event_is_gone_is_refused(engine, factory, sandbox
     [result] = replay_many(engine, factory, [row["id"]])
     assert result.success is False
     assert result.error == "Cannot replay: event bad_2 no longer exists in impact_events"
+
+
+# -- the doors: CLI (a real subprocess) and the Dagster job ---------------------------------------------------
+IMPACTIN = str(Path(sys.executable).parent / "impactin")
+
+
+def run_cli(args: list[str], warehouse_url: str, sandbox: SandboxServer, **extra: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BENEVITY_", "GOODERA_", "WORKDAY_"))}
+    env.update(sandbox.env(), IMPACTIN_WAREHOUSE_URL=warehouse_url, IMPACTIN_RETRY_INITIAL_DELAY_S="0.01", **extra)
+    return subprocess.run([IMPACTIN, *args], env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_cli_replay_ids_json_and_refusals(engine, factory, sandbox, warehouse_url):
+    a, b = seed_rejected(engine, factory, sandbox, n=2)
+    done = run_cli(["replay", a["id"], "nope", "--json"], warehouse_url, sandbox)
+    assert done.returncode == 1, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["summary"] == {"total": 2, "successful": 1, "failed": 1}
+    assert doc["results"] == [
+        {"id": a["id"], "success": True, "newStatus": "success"},
+        {"id": "nope", "success": False, "newStatus": None, "error": "delivery nope not found"},
+    ]
+    again = run_cli(["replay", a["id"]], warehouse_url, sandbox)
+    assert again.returncode == 1
+    assert "Cannot replay delivery with status: success" in again.stdout
+    assert len(requests_for(sandbox, a["delivery_id"])) == 1
+    assert rows(engine, id=b["id"])[0]["status"] == "failed"
+
+
+def test_cli_replay_all_failed_dry_run_then_for_real(engine, factory, sandbox, warehouse_url):
+    failed = seed_rejected(engine, factory, sandbox, n=3)
+    dry = run_cli(["replay", "--all-failed", "--company", "acme", "--dry-run"], warehouse_url, sandbox)
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.count("would send") == 3
+    assert f"X-Idempotency-Key: {failed[0]['delivery_id']}" in dry.stdout
+    assert "X-API-Key: ***" in dry.stdout and API_KEY not in dry.stdout + dry.stderr
+    assert sandbox.providers["benevity"].snapshot()["requests"] == []
+
+    real = run_cli(["replay", "--all-failed", "--company", "acme", "--provider", "benevity"], warehouse_url, sandbox)
+    assert real.returncode == 0, real.stderr
+    assert "3 replay(s): 3 delivered, 0 not" in real.stdout
+    assert {r["status"] for r in rows(engine)} == {"success"}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "give delivery IDs, or --all-failed --company C"),
+        (["x", "--all-failed", "--company", "acme"], "not both"),
+        (["--all-failed"], "--all-failed needs --company"),
+        (["x", "--company", "acme"], "--company and --provider go with --all-failed"),
+        (["--all-failed", "--company", "a", "--provider", "nope"], "'nope' is not one of"),
+    ],
+)
+def test_cli_replay_rejects_bad_choices(args, message, sqlite_engine, sandbox):
+    done = run_cli(["replay", *args], str(sqlite_engine.url), sandbox)
+    assert done.returncode == 2
+    assert message in done.stderr
+
+
+def _resources(warehouse_url: str, sandbox: SandboxServer) -> dict[str, object]:
+    return {
+        "warehouse": WarehouseResource(url=warehouse_url),
+        "providers": ProvidersResource(**sandbox.env()),
+        "delivery": DeliveryResource(concurrency=2, lease_s=30, max_run_attempts=5),
+    }
+
+
+def _op_config(**config: object) -> dict[str, object]:
+    return {"ops": {"replay_deliveries": {"config": config}}}
+
+
+def test_dagster_replay_job_replays_ids_and_records_its_run(engine, factory, sandbox, warehouse_url):
+    a, b = seed_rejected(engine, factory, sandbox, n=2)
+    with dg.instance_for_test() as instance:
+        result = impact_replay_job.execute_in_process(
+            run_config=_op_config(ids=[a["id"], b["delivery_id"]]),
+            resources=_resources(warehouse_url, sandbox),
+            instance=instance,
+        )
+        assert result.success
+        [materialized] = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
+        metadata = materialized.event_specific_data.metadata
+        assert (metadata["total"].value, metadata["successful"].value, metadata["failed"].value) == (2, 2, 0)
+        attempts = attempts_for(engine, a["delivery_id"])
+        assert attempts[-1]["run_id"] == result.run_id and attempts[-1]["outcome"] == "success"
+        messages = [e.message or "" for e in instance.all_logs(result.run_id)]
+        assert any(f"deliveryId={a['delivery_id']}" in m and "replay requested" in m for m in messages)
+
+
+def test_dagster_replay_job_dry_run_and_all_failed(engine, factory, sandbox, warehouse_url):
+    seed_rejected(engine, factory, sandbox, n=2)
+    with dg.instance_for_test() as instance:
+        dry = impact_replay_job.execute_in_process(
+            run_config=_op_config(all_failed=True, company="acme", dry_run=True),
+            resources=_resources(warehouse_url, sandbox),
+            instance=instance,
+        )
+        assert dry.success
+        [output] = [e for e in dry.all_events if e.event_type_value == "STEP_OUTPUT"]
+        plans = output.event_specific_data.metadata["would_send"].value
+        assert len(plans) == 2 and all(p["request"]["headers"]["X-API-Key"] == "***" for p in plans)
+        assert API_KEY not in json.dumps(plans)
+        assert sandbox.providers["benevity"].snapshot()["requests"] == []
+
+        sandbox.providers["benevity"].configure({"reject_events": ["evt_acme_00001"]})
+        real = impact_replay_job.execute_in_process(
+            run_config=_op_config(all_failed=True, company="acme", provider="benevity"),
+            resources=_resources(warehouse_url, sandbox),
+            instance=instance,
+            raise_on_error=False,
+        )
+        assert not real.success  # one replay was rejected again: the run says so
+        [failure] = [e for e in real.all_events if e.is_step_failure]
+        assert "1 of 2 replays did not end in success" in failure.step_failure_data.error.message
+        assert [r["status"] for r in rows(engine)] == ["success", "failed"]
+
+
+def test_dagster_replay_job_rejects_bad_config(sqlite_engine, sandbox):
+    with dg.instance_for_test() as instance:
+        result = impact_replay_job.execute_in_process(
+            run_config=_op_config(ids=["x"], all_failed=True, provider="nope"),
+            resources=_resources(str(sqlite_engine.url), sandbox),
+            instance=instance,
+            raise_on_error=False,
+        )
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    message = failure.step_failure_data.error.message
+    assert "not both" in message and "all_failed needs company" in message and "provider='nope'" in message
