@@ -25,8 +25,8 @@ from typing import Any
 import requests
 from lxml import etree
 from zeep import Client, Settings, xsd
+from zeep.exceptions import DTDForbidden, EntitiesForbidden, ExternalReferenceForbidden, Fault, TransportError
 from zeep.exceptions import Error as ZeepError
-from zeep.exceptions import Fault, TransportError
 from zeep.transports import Transport
 from zeep.wsdl import Document
 from zeep.wsdl.utils import etree_to_string
@@ -257,7 +257,9 @@ class WorkdaySoapConnector:
                 return self._finish(call, started), None
             return self._fault(call, started, fault), fault
         except TransportError:  # non-XML or empty body: the HTTP status decides
-            return self._finish(call, started, unreadable=True), None
+            return self._finish(call, started, unreadable="the body is not a SOAP envelope"), None
+        except (DTDForbidden, EntitiesForbidden, ExternalReferenceForbidden) as exc:
+            return self._finish(call, started, unreadable=f"the reply was refused ({type(exc).__name__})"), None
         except ZeepError as exc:
             if call.result is None:  # the envelope could not even be built from the payload
                 error = self.redactor.scrub(f"payload does not fit the WSDL: {exc}")
@@ -266,12 +268,13 @@ class WorkdaySoapConnector:
         finally:
             self.transport.end()
 
-    def _finish(self, call: _Call, started: datetime, *, unreadable: bool = False) -> AttemptResult:
+    def _finish(self, call: _Call, started: datetime, *, unreadable: str | None = None) -> AttemptResult:
+        """The exchange's own classification (by HTTP status), with the masked envelope attached. A 2xx whose
+        body we cannot read is retried: we cannot tell it was stored, and External_Reference_ID makes it safe."""
         assert call.result is not None
         result = replace(call.result, request_body=call.request_body)
-        if unreadable and result.outcome is AttemptOutcome.SUCCESS and result.http_status not in (201, 202):
-            # 2xx but not an envelope: we cannot tell it was stored; retrying is safe (External_Reference_ID).
-            error = f"HTTP {result.http_status} but the body is not a SOAP envelope"
+        if unreadable and result.outcome is AttemptOutcome.SUCCESS:
+            error = f"HTTP {result.http_status} but {unreadable}"
             result = replace(result, outcome=AttemptOutcome.RETRYABLE, error=error)
         return result
 

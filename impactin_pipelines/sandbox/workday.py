@@ -249,7 +249,7 @@ class WorkdaySandbox(ProviderSandbox):
         try:
             envelope = parse_xml(request.body, None, settings=_PARSE_SETTINGS)
         except (ZeepError, etree.XMLSyntaxError, ValueError) as exc:
-            return fault_response(SoapFault("SOAP-ENV:Client", f"request is not well-formed XML: {exc}"))
+            return fault_response(SoapFault("SOAP-ENV:Client", f"request XML refused: {exc!r}"))
         try:
             password_type = self._authenticate(envelope)
             injected = self._take_soap_fault()
