@@ -5,6 +5,7 @@ import warnings
 
 import click
 
+from impactin_pipelines.cli.api import api, api_keys
 from impactin_pipelines.cli.db import db
 from impactin_pipelines.cli.deliveries import deliveries
 from impactin_pipelines.cli.demo import demo
@@ -35,7 +36,7 @@ def cli() -> None:
         raise click.ClickException(str(exc)) from None
 
 
-for command in (db, run, demo, sandbox, deliveries, stats, replay):
+for command in (db, run, demo, sandbox, deliveries, stats, replay, api, api_keys):
     cli.add_command(command)
 
 

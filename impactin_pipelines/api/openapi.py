@@ -1,0 +1,407 @@
+"""The OpenAPI 3.1 document served at `/openapi.json`: request bodies from the same pydantic models that
+validate them (so the two cannot drift), responses written out from the spec's shapes."""
+
+from functools import cache
+from typing import Any
+
+from pydantic.json_schema import models_json_schema
+
+from impactin_pipelines.api import validation
+from impactin_pipelines.domain.providers import PROVIDERS
+from impactin_pipelines.domain.statuses import DeliveryStatus
+
+VERSION = "1.0.0"
+_REF = "#/components/schemas/{model}"
+STATUSES = [s.value for s in DeliveryStatus]
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+_TIME = {"type": "string", "format": "date-time", "example": "2025-11-14T10:05:00Z"}
+_ANY_JSON = {"description": "The stored document: JSON when it is JSON, else the text (SOAP XML)."}
+
+RESPONSE_SCHEMAS: dict[str, Any] = {
+    "FieldError": {
+        "type": "object",
+        "required": ["field", "message"],
+        "properties": {
+            "field": {"type": "string", "example": "limit"},
+            "message": {"type": "string"},
+            "value": {"description": "The offending value, shortened."},
+        },
+    },
+    "Error": {
+        "type": "object",
+        "required": ["error", "message"],
+        "properties": {
+            "error": {"type": "string", "example": "Validation error"},
+            "message": {"type": "string"},
+            "details": {"type": "array", "items": _ref("FieldError")},
+            "id": {"type": "string", "description": "The delivery id the error is about."},
+            "ref": {"type": "string", "description": "Log reference of an unexpected error."},
+        },
+    },
+    "DeliverySummary": {
+        "type": "object",
+        "required": ["id", "companyId", "provider", "deliveryId", "status", "attemptCount", "deliveredAt", "createdAt"],
+        "properties": {
+            "id": {"type": "string", "format": "uuid"},
+            "companyId": {"type": "string"},
+            "provider": {"type": "string", "enum": list(PROVIDERS)},
+            "deliveryId": {"type": "string", "format": "uuid", "description": "The X-Idempotency-Key."},
+            "status": {"type": "string", "enum": STATUSES},
+            "attemptCount": {"type": "integer", "minimum": 0},
+            "deliveredAt": _nullable(_TIME),
+            "createdAt": _TIME,
+        },
+    },
+    "DeliveryDetail": {
+        "type": "object",
+        "required": [
+            "id",
+            "companyId",
+            "provider",
+            "deliveryId",
+            "payload",
+            "status",
+            "attemptCount",
+            "providerResponse",
+            "deliveredAt",
+            "createdAt",
+            "updatedAt",
+        ],
+        "properties": {
+            "id": {"type": "string", "format": "uuid"},
+            "companyId": {"type": "string"},
+            "provider": {"type": "string", "enum": list(PROVIDERS)},
+            "deliveryId": {"type": "string", "format": "uuid"},
+            "payload": _ANY_JSON,
+            "status": {"type": "string", "enum": STATUSES},
+            "attemptCount": {"type": "integer", "minimum": 0},
+            "providerResponse": _ANY_JSON,
+            "deliveredAt": _nullable(_TIME),
+            "createdAt": _TIME,
+            "updatedAt": _TIME,
+        },
+    },
+    "Pagination": {
+        "type": "object",
+        "required": ["page", "limit", "total", "totalPages", "hasNext", "hasPrev"],
+        "properties": {
+            "page": {"type": "integer", "minimum": 1},
+            "limit": {"type": "integer", "minimum": 1, "maximum": validation.MAX_LIMIT},
+            "total": {"type": "integer", "minimum": 0},
+            "totalPages": {"type": "integer", "minimum": 0},
+            "hasNext": {"type": "boolean"},
+            "hasPrev": {"type": "boolean"},
+        },
+    },
+    "DeliveryList": {
+        "type": "object",
+        "required": ["data", "pagination"],
+        "properties": {"data": {"type": "array", "items": _ref("DeliverySummary")}, "pagination": _ref("Pagination")},
+    },
+    "DeliveryResponse": {"type": "object", "required": ["data"], "properties": {"data": _ref("DeliveryDetail")}},
+    "Stats": {
+        "type": "object",
+        "required": ["overall", "byProvider"],
+        "properties": {
+            "overall": {
+                "type": "object",
+                "required": ["total", "successful", "failed", "pending", "retrying"],
+                "properties": {
+                    k: {"type": "integer", "minimum": 0}
+                    for k in ("total", "successful", "failed", "pending", "retrying")
+                },
+            },
+            "byProvider": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["provider", "status", "count", "avgAttempts"],
+                    "properties": {
+                        "provider": {"type": "string"},
+                        "status": {"type": "string", "enum": STATUSES},
+                        "count": {"type": "integer", "minimum": 0},
+                        "avgAttempts": {"type": "number"},
+                    },
+                },
+            },
+        },
+    },
+    "StatsResponse": {"type": "object", "required": ["data"], "properties": {"data": _ref("Stats")}},
+    "ReplayResponse": {
+        "type": "object",
+        "required": ["success", "message", "newStatus"],
+        "properties": {
+            "success": {"type": "boolean"},
+            "message": {"type": "string", "example": "Delivery replayed successfully"},
+            "newStatus": {"type": "string", "enum": STATUSES},
+        },
+    },
+    "ReplayItem": {
+        "type": "object",
+        "required": ["id", "success"],
+        "properties": {
+            "id": {"type": "string"},
+            "success": {"type": "boolean"},
+            "newStatus": {"type": "string", "enum": STATUSES},
+            "error": {"type": "string"},
+        },
+    },
+    "ReplaySummaryResponse": {
+        "type": "object",
+        "required": ["summary", "results"],
+        "properties": {
+            "summary": {
+                "type": "object",
+                "required": ["total", "successful", "failed"],
+                "properties": {k: {"type": "integer", "minimum": 0} for k in ("total", "successful", "failed")},
+            },
+            "results": {"type": "array", "items": _ref("ReplayItem")},
+        },
+    },
+    "Health": {
+        "type": "object",
+        "required": ["status", "service"],
+        "properties": {
+            "status": {"type": "string", "enum": ["ok", "alive", "ready", "unavailable"]},
+            "service": {"type": "string"},
+            "checks": {"type": "object", "additionalProperties": {"type": "string"}},
+        },
+    },
+}
+
+
+def _json(schema_name: str, description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": _ref(schema_name)}},
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+_ERRORS = {
+    "400": _json("Error", "Invalid input: `details` names each bad field."),
+    "401": _json("Error", "No API key, or a wrong or revoked one."),
+    "429": _json(
+        "Error",
+        "Rate limit of the API key exceeded.",
+        {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}},
+    ),
+    "503": _json("Error", "The warehouse database is unavailable."),
+}
+
+
+def _errors(*codes: str) -> dict[str, Any]:
+    return {code: _ERRORS[code] for code in codes}
+
+
+_FORBIDDEN = {"403": _json("Error", "A company key named another company.")}
+_NOT_FOUND = {"404": _json("Error", "Unknown delivery, or another company's.")}
+
+
+def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+
+
+_COMPANY = _query(
+    "companyId",
+    "Only this company. A company key may name only its own company (default: its own).",
+    {"type": "string", "maxLength": 128, "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$"},
+)
+_PERIOD = [
+    _query("startDate", "Created at or after: YYYY-MM-DD (UTC) or ISO 8601.", {"type": "string", "maxLength": 40}),
+    _query("endDate", "Created before; a date includes that whole UTC day.", {"type": "string", "maxLength": 40}),
+]
+_ID = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "description": "The delivery's id or its deliveryId.",
+    "schema": {"type": "string", "format": "uuid"},
+}
+
+
+def _body(model: str) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": _ref(model)}}}
+
+
+def _paths() -> dict[str, Any]:
+    public: list[dict[str, list[str]]] = []
+    return {
+        "/v1/impact-in/deliver": {
+            "post": {
+                "operationId": "deliver",
+                "summary": "Store one event and deliver it now (idempotent on eventId).",
+                "requestBody": _body("DeliverBody"),
+                "responses": {
+                    "201": _json("DeliveryResponse", "Created and sent; `status` says how the send went."),
+                    "200": _json("DeliveryResponse", "This event was already delivered to this provider."),
+                    "409": _json("Error", "The eventId exists with different content."),
+                    **_errors("400", "401"),
+                    **_FORBIDDEN,
+                    **_errors("429", "503"),
+                },
+            }
+        },
+        "/v1/impact-in/deliveries": {
+            "get": {
+                "operationId": "listDeliveries",
+                "summary": "Deliveries, newest first, one page.",
+                "parameters": [
+                    _COMPANY,
+                    _query("provider", "Only this provider.", {"type": "string", "enum": list(PROVIDERS)}),
+                    _query("status", "Only this status.", {"type": "string", "enum": STATUSES}),
+                    *_PERIOD,
+                    _query("page", "1-based page.", {"type": "integer", "minimum": 1, "maximum": validation.MAX_PAGE}),
+                    _query(
+                        "limit",
+                        "Rows per page.",
+                        {"type": "integer", "minimum": 1, "maximum": validation.MAX_LIMIT, "default": 20},
+                    ),
+                ],
+                "responses": {
+                    "200": _json("DeliveryList", "A page of deliveries."),
+                    **_errors("400", "401"),
+                    **_FORBIDDEN,
+                    **_errors("429", "503"),
+                },
+            }
+        },
+        "/v1/impact-in/deliveries/{id}": {
+            "get": {
+                "operationId": "getDelivery",
+                "summary": "One delivery with its payload and the provider's response.",
+                "parameters": [_ID],
+                "responses": {
+                    "200": _json("DeliveryResponse", "The delivery."),
+                    **_errors("400", "401"),
+                    **_NOT_FOUND,
+                    **_errors("429", "503"),
+                },
+            }
+        },
+        "/v1/impact-in/deliveries/{id}/replay": {
+            "post": {
+                "operationId": "replayDelivery",
+                "summary": "Send one delivery again now, with its original deliveryId as idempotency key.",
+                "parameters": [_ID],
+                "responses": {
+                    "200": _json("ReplayResponse", "Replayed; `success` false means the send failed again."),
+                    "400": _json("Error", "Invalid id, or the replay is refused (e.g. the delivery succeeded)."),
+                    "401": _ERRORS["401"],
+                    **_NOT_FOUND,
+                    **_errors("429", "503"),
+                },
+            }
+        },
+        "/v1/impact-in/deliveries/bulk-replay": {
+            "post": {
+                "operationId": "bulkReplay",
+                "summary": f"Replay up to {validation.MAX_BULK_IDS} deliveries.",
+                "requestBody": _body("BulkReplayBody"),
+                "responses": {
+                    "200": _json("ReplaySummaryResponse", "One result per id, in order."),
+                    **_errors("400", "401", "429", "503"),
+                },
+            }
+        },
+        "/v1/impact-in/deliveries/retry-all-failed": {
+            "post": {
+                "operationId": "retryAllFailed",
+                "summary": "Replay every failed delivery of a company (optionally one provider), oldest first.",
+                "requestBody": _body("RetryAllFailedBody"),
+                "responses": {
+                    "200": _json("ReplaySummaryResponse", "One result per failed delivery."),
+                    **_errors("400", "401"),
+                    **_FORBIDDEN,
+                    **_errors("429", "503"),
+                },
+            }
+        },
+        "/v1/impact-in/stats": {
+            "get": {
+                "operationId": "deliveryStats",
+                "summary": "Totals by status, and by provider x status with average attempts.",
+                "parameters": [_COMPANY, *_PERIOD],
+                "responses": {
+                    "200": _json("StatsResponse", "Delivery statistics."),
+                    **_errors("400", "401"),
+                    **_FORBIDDEN,
+                    **_errors("429", "503"),
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document.",
+                "responses": {
+                    "200": {"description": "OpenAPI 3.1 document.", "content": {"application/json": {}}},
+                    **_errors("401", "429"),
+                },
+            }
+        },
+        "/health": {
+            "get": {
+                "operationId": "health",
+                "summary": "Overall health (checks the warehouse).",
+                "security": public,
+                "responses": {"200": _json("Health", "Healthy."), "503": _json("Health", "Unhealthy.")},
+            }
+        },
+        "/health/liveness": {
+            "get": {
+                "operationId": "liveness",
+                "summary": "Liveness probe: the process serves requests.",
+                "security": public,
+                "responses": {"200": _json("Health", "Alive.")},
+            }
+        },
+        "/health/readiness": {
+            "get": {
+                "operationId": "readiness",
+                "summary": "Readiness probe: the warehouse answers and its schema is current.",
+                "security": public,
+                "responses": {"200": _json("Health", "Ready."), "503": _json("Health", "Not ready.")},
+            }
+        },
+    }
+
+
+@cache
+def document() -> dict[str, Any]:
+    _, request_schemas = models_json_schema(
+        [
+            (validation.DeliverBody, "validation"),
+            (validation.BulkReplayBody, "validation"),
+            (validation.RetryAllFailedBody, "validation"),
+        ],
+        ref_template=_REF,
+    )
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Impact-In API",
+            "version": VERSION,
+            "description": "Deliveries of TEEI impact events to Benevity, Goodera and Workday: find, inspect, "
+            "replay, trigger, and statistics. Every route but the health probes needs `Authorization: Bearer "
+            "<key>` (`impactin api-keys create`); a company key sees only its own company.",
+        },
+        "servers": [{"url": "http://localhost:3007"}],
+        "security": [{"bearerAuth": []}],
+        "paths": _paths(),
+        "components": {
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
+            "schemas": {**request_schemas.get("$defs", {}), **RESPONSE_SCHEMAS},
+        },
+    }

@@ -1,0 +1,20 @@
+"""What routes share: the warehouse, the connector factory and the settings, kept on `app.state`."""
+
+from dataclasses import dataclass
+
+from sqlalchemy.engine import Engine
+from starlette.requests import Request
+
+from impactin_pipelines.api.config import ApiSettings
+from impactin_pipelines.connectors.registry import ConnectorFactory
+
+
+@dataclass(frozen=True)
+class ApiContext:
+    engine: Engine
+    factory: ConnectorFactory
+    settings: ApiSettings
+
+
+def context(request: Request) -> ApiContext:
+    return request.app.state.ctx

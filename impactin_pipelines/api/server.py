@@ -1,0 +1,49 @@
+"""Serving the app with uvicorn: in the foreground (`impactin api`) or on a background thread (tests, demos).
+uvicorn's own access log is off: it would print query strings, and the API logs what it needs."""
+
+import threading
+import time
+
+import uvicorn
+from starlette.applications import Starlette
+
+STARTUP_TIMEOUT_S = 10.0
+
+
+def serve(app: Starlette, host: str, port: int, *, log_level: str = "info") -> None:
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, server_header=False)
+
+
+class BackgroundServer:
+    """The app on a real socket in this process; port 0 picks a free one. Use as a context manager."""
+
+    def __init__(self, app: Starlette, host: str = "127.0.0.1", port: int = 0) -> None:
+        config = uvicorn.Config(
+            app, host=host, port=port, log_level="warning", access_log=False, server_header=False, lifespan="on"
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="impactin-api", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.servers[0].sockets[0].getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> "BackgroundServer":
+        self._thread.start()
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the API server did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=STARTUP_TIMEOUT_S)
+
+    def __enter__(self) -> "BackgroundServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

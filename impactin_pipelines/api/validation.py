@@ -1,0 +1,188 @@
+"""Request shapes (the spec's camelCase, exactly) and the helpers that read them from a request.
+
+Every field is bounded (length, range, enumeration, pattern), so hostile input (SQL fragments, huge strings,
+absurd pages) is a 400 naming the field before anything reaches a query; queries are parameterised anyway.
+"""
+
+import json
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator
+from starlette.requests import Request
+
+from impactin_pipelines.api.errors import bad_request, field_error
+from impactin_pipelines.domain.companies import validate_company_id
+from impactin_pipelines.domain.errors import InvalidEvent
+from impactin_pipelines.domain.events import MAX_TEXT_CHARS
+from impactin_pipelines.domain.periods import parse_bound
+from impactin_pipelines.domain.providers import Provider
+from impactin_pipelines.domain.statuses import DeliveryStatus
+
+MAX_PAGE = 1_000_000
+MAX_LIMIT = 100
+MAX_BULK_IDS = 100
+_MAX_BOUND_CHARS = 40
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def _company(value: str) -> str:
+    try:
+        return validate_company_id(value)
+    except InvalidEvent as exc:
+        raise ValueError(exc.reason) from None
+
+
+def _delivery_id(value: str) -> str:
+    """Row ids and delivery ids are both UUIDs; anything else cannot name a delivery."""
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise ValueError("must be a UUID (the delivery's id or deliveryId)") from None
+
+
+CompanyId = Annotated[str, Field(max_length=128), AfterValidator(_company)]
+DeliveryIdent = Annotated[str, Field(max_length=36), AfterValidator(_delivery_id)]
+Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# -- query strings -------------------------------------------------------------------------------------------------
+class PeriodQuery(_Strict):
+    startDate: datetime | None = Field(None, description="Created at or after: YYYY-MM-DD (UTC midnight) or ISO 8601.")
+    endDate: datetime | None = Field(None, description="Created before: a date includes that whole UTC day.")
+
+    @field_validator("startDate", mode="before")
+    @classmethod
+    def _start(cls, value: Any) -> Any:
+        return _bound(value, "startDate", end=False)
+
+    @field_validator("endDate", mode="before")
+    @classmethod
+    def _end(cls, value: Any) -> Any:
+        return _bound(value, "endDate", end=True)
+
+
+def _bound(value: Any, name: str, *, end: bool) -> Any:
+    if not isinstance(value, str):
+        return value
+    if len(value) > _MAX_BOUND_CHARS:
+        raise ValueError(f"is longer than {_MAX_BOUND_CHARS} characters")
+    try:
+        return parse_bound(value, name, end=end)
+    except ValueError:
+        raise ValueError("is not a date (YYYY-MM-DD) or an ISO 8601 datetime") from None
+
+
+class StatsQuery(PeriodQuery):
+    companyId: CompanyId | None = None
+
+
+class ListQuery(PeriodQuery):
+    companyId: CompanyId | None = None
+    provider: Provider | None = None
+    status: DeliveryStatus | None = None
+    page: int = Field(1, ge=1, le=MAX_PAGE)
+    limit: int = Field(20, ge=1, le=MAX_LIMIT)
+
+
+class DeliveryPath(_Strict):
+    id: DeliveryIdent
+
+
+# -- bodies --------------------------------------------------------------------------------------------------------
+class BulkReplayBody(_Strict):
+    ids: list[DeliveryIdent] = Field(min_length=1, max_length=MAX_BULK_IDS)
+
+
+class RetryAllFailedBody(_Strict):
+    companyId: CompanyId
+    provider: Provider | None = None
+
+
+class EventBody(_Strict):
+    """The event as the spec's `POST /deliver` carries it. Shape and bounds here; meaning in parse_event."""
+
+    eventId: Text
+    userId: Text
+    eventType: Text
+    timestamp: Annotated[str, Field(max_length=64)]
+    value: StrictInt | StrictFloat
+    unit: Text
+    outcomeScores: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class DeliverBody(_Strict):
+    companyId: CompanyId
+    provider: Provider
+    event: EventBody
+
+    def raw_event(self) -> dict[str, Any]:
+        """The snake_case row `parse_event` (and the warehouse) take."""
+        e = self.event
+        return {
+            "event_id": e.eventId,
+            "company_id": self.companyId,
+            "user_id": e.userId,
+            "event_type": e.eventType,
+            "occurred_at": e.timestamp,
+            "value": e.value,
+            "unit": e.unit,
+            "outcome_scores": e.outcomeScores,
+            "metadata": e.metadata,
+        }
+
+
+# -- readers -------------------------------------------------------------------------------------------------------
+def query(request: Request, model: type[Model]) -> Model:
+    """A query string as the model; a parameter given twice is an error, not a silent pick."""
+    params = request.query_params
+    repeated = sorted({k for k in params if len(params.getlist(k)) > 1})
+    if repeated:
+        raise bad_request([field_error(k, "is given more than once", params.getlist(k)[0]) for k in repeated])
+    return model.model_validate(dict(params))
+
+
+def path(request: Request, model: type[Model]) -> Model:
+    return model.model_validate(dict(request.path_params))
+
+
+async def body(request: Request, model: type[Model], max_bytes: int) -> Model:
+    """A JSON object body, at most `max_bytes`, as the model."""
+    data = await _read_capped(request, max_bytes)
+    if not data.strip():
+        raise bad_request([field_error("body", "a JSON object is required", with_value=False)])
+    try:
+        parsed = json.loads(data, parse_constant=_reject_constant)
+    except RecursionError:
+        raise bad_request([field_error("body", "is nested too deeply", with_value=False)]) from None
+    except ValueError as exc:
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+        raise bad_request([field_error("body", f"is not valid JSON ({reason})", with_value=False)]) from None
+    if not isinstance(parsed, dict):
+        raise bad_request([field_error("body", "must be a JSON object", parsed)])
+    return model.model_validate(parsed)
+
+
+async def _read_capped(request: Request, max_bytes: int) -> bytes:
+    too_big = bad_request([field_error("body", f"is larger than {max_bytes} bytes", with_value=False)])
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise too_big
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _reject_constant(token: str) -> Any:
+    raise ValueError(f"{token} is not allowed in JSON")

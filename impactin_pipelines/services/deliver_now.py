@@ -1,0 +1,138 @@
+"""Deliver now: one event handed to us directly (the API's `POST /deliver`) goes through exactly the path a
+nightly run takes: it is written to `impact_events`, gets its outbox row from the same pure `outbox_row`, and is
+sent by a `DeliveryRun` targeted at that row (claim, retries, attempts, settlement).
+
+Idempotent on the event id: the same event again returns the existing delivery and sends nothing; a different
+event under an existing id is a conflict, never an overwrite (the warehouse row is the platform's record).
+"""
+
+import logging
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+
+from impactin_pipelines.connectors.config import parse_settings
+from impactin_pipelines.connectors.registry import ConnectorFactory
+from impactin_pipelines.domain.errors import ConfigError, InvalidEvent
+from impactin_pipelines.domain.events import ImpactEvent, parse_event
+from impactin_pipelines.domain.providers import Provider
+from impactin_pipelines.mapping.payloads import build_payload
+from impactin_pipelines.services.deliver import DeliveryRun
+from impactin_pipelines.services.extract import outbox_row, workday_protocol
+from impactin_pipelines.store import source
+from impactin_pipelines.store.delivery_log import get_delivery
+from impactin_pipelines.store.engine import read_connection
+from impactin_pipelines.store.outbox import Outbox
+from impactin_pipelines.store.schema import impact_events as e
+
+LOG = logging.getLogger("impactin.deliver_now")
+
+
+class OutOfScope(PermissionError):
+    """The caller may not act for this company."""
+
+
+class EventConflict(ValueError):
+    """The event id exists already with different content."""
+
+
+class DeliverNowRefused(ValueError):
+    """The event is valid but cannot be delivered to this provider (no enabled integration, bad settings)."""
+
+
+@dataclass(frozen=True)
+class DeliverNowResult:
+    row: dict[str, Any]  # the delivery row as it stands after the attempt
+    created: bool  # False: the delivery existed already and nothing was sent
+
+
+def deliver_now(
+    engine: Engine,
+    factory: ConnectorFactory,
+    raw: Mapping[str, Any],
+    provider: Provider,
+    *,
+    company_ids: Sequence[str] | None = None,
+    run_id: str | None = None,
+    logger: logging.Logger = LOG,
+) -> DeliverNowResult:
+    """`raw` is a snake_case event (as `parse_event` takes it). `company_ids` is the caller's tenant scope
+    (None: any company). Raises InvalidEvent, OutOfScope, DeliverNowRefused or EventConflict."""
+    event = parse_event(raw)
+    if company_ids is not None and event.company_id not in company_ids:
+        raise OutOfScope(f"companyId {event.company_id!r} is outside this API key's scope")
+    protocol = _protocol(engine, factory, event.company_id, provider)
+    build_payload(provider, event, workday_protocol=protocol)  # provider-specific rules raise InvalidEvent here
+    normalized = _as_row(event)
+
+    _store_event(engine, event, normalized)
+    new = outbox_row(normalized, provider, protocol=protocol)
+    created = Outbox(engine).add([new]) == 1
+    row = get_delivery(engine, new.delivery_id)
+    assert row is not None, "the outbox row exists: it was just inserted or found"
+    if created:
+        DeliveryRun(
+            engine,
+            factory,
+            provider=provider,
+            company_ids=[event.company_id],
+            run_id=run_id or f"deliver-now-{uuid.uuid4().hex[:12]}",
+            logger=logger,
+            only_ids=[row["id"]],
+        ).run()
+        row = get_delivery(engine, new.delivery_id) or row
+    return DeliverNowResult(row, created)
+
+
+def _protocol(engine: Engine, factory: ConnectorFactory, company_id: str, provider: Provider) -> str:
+    """Only companies that enabled the integration get deliveries (as in nightly extraction)."""
+    integration = source.integration(engine, company_id, provider.value)
+    if integration is None or not integration.enabled:
+        raise DeliverNowRefused(f"company {company_id!r} has no enabled {provider.value} integration")
+    if provider is not Provider.WORKDAY:
+        return "soap"
+    try:
+        settings = parse_settings(integration.settings, company_id=company_id, provider=provider.value)
+        return workday_protocol(settings, factory.env)
+    except ConfigError as exc:
+        raise DeliverNowRefused(str(exc)) from None
+
+
+def _as_row(event: ImpactEvent) -> dict[str, Any]:
+    return {
+        "event_id": event.event_id,
+        "company_id": event.company_id,
+        "user_id": event.user_id,
+        "event_type": event.event_type,
+        "occurred_at": event.occurred_at,
+        "value": event.value,
+        "unit": event.unit,
+        "outcome_scores": dict(event.outcome_scores),
+        "metadata": dict(event.metadata),
+    }
+
+
+def _store_event(engine: Engine, event: ImpactEvent, row: Mapping[str, Any]) -> None:
+    """Insert the event unless its id exists; an existing id must hold the same event."""
+    insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+    stmt = insert(e).values(**row).on_conflict_do_nothing(index_elements=[e.c.event_id]).returning(e.c.event_id)
+    with engine.begin() as conn:
+        inserted = conn.execute(stmt).first() is not None
+    if inserted:
+        return
+    with read_connection(engine) as conn:
+        stored = conn.execute(sa.select(e).where(e.c.event_id == event.event_id)).first()
+    if stored is None or not _same_event(stored._mapping, event):
+        raise EventConflict(f"eventId {event.event_id!r} already exists with different content")
+
+
+def _same_event(stored: Mapping[str, Any], event: ImpactEvent) -> bool:
+    try:
+        return parse_event(stored) == event
+    except InvalidEvent:
+        return False
