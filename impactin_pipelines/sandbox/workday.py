@@ -26,6 +26,7 @@ from zeep.exceptions import Error as ZeepError
 from zeep.loader import parse_xml
 
 from impactin_pipelines.sandbox.core import ProviderSandbox, Request, Response
+from impactin_pipelines.sandbox.oauth import OAuthTokenIssuer
 
 TENANT_ID = "sandbox_tenant"
 USERNAME = "isu_impactin@sandbox_tenant"
@@ -141,6 +142,31 @@ def read_report(submit: etree._Element) -> dict[str, Any]:
     }
 
 
+def rest_schema_problem(doc: Any) -> str | None:
+    """What is wrong with a REST `csr-impact-reports` body (schema v3.0), naming the field; None if nothing."""
+    if not isinstance(doc, dict) or doc.get("schema_version") != "v3.0":
+        return "schema_version must be v3.0"
+    report = doc.get("impact_report")
+    if not isinstance(report, dict):
+        return "impact_report is required"
+    for key in ("external_reference_id", "report_date"):
+        if not isinstance(report.get(key), str) or not report[key]:
+            return f"impact_report.{key} is required"
+    worker = report.get("worker")
+    if not isinstance(worker, dict) or not isinstance(worker.get("worker_id"), str) or not worker["worker_id"]:
+        return "impact_report.worker.worker_id is required"
+    activity = report.get("csr_activity")
+    if not isinstance(activity, dict):
+        return "impact_report.csr_activity is required"
+    value = activity.get("value")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "impact_report.csr_activity.value must be a number"
+    for key in ("activity_type", "unit_of_measure"):
+        if not isinstance(activity.get(key), str) or not activity[key]:
+            return f"impact_report.csr_activity.{key} is required"
+    return None
+
+
 def _is_decimal(text: str) -> bool:
     try:
         return Decimal(text).is_finite()
@@ -191,6 +217,7 @@ class WorkdaySandbox(ProviderSandbox):
         self._nonces: dict[str, float] = {}  # digest nonce -> when seen (replays are refused)
         self._nonce_lock = threading.Lock()
         self.soap_faults: list[dict[str, Any]] = []
+        self.oauth = OAuthTokenIssuer(client_id, client_secret, token_prefix="wd")
 
     def env(self, base_url: str) -> dict[str, str]:
         """The guide's Workday variables (both modes) pointing at this fake. Protocol defaults to SOAP."""
@@ -207,7 +234,9 @@ class WorkdaySandbox(ProviderSandbox):
     # -- knobs -----------------------------------------------------------------------------------------------
     def configure_extra(self, spec: Mapping[str, Any]) -> None:
         """`tenants`: extra tenant ids this fake serves; `soap_fault_next`: SOAP faults answered (after the
-        UsernameToken check) in order, e.g. {"kind": "server", "message": "...", "count": 2} or {"kind": "client"}."""
+        UsernameToken check) in order, e.g. {"kind": "server", "message": "...", "count": 2} or {"kind": "client"};
+        plus the token endpoint's knobs (`token_expires_in`, `token_fail_next`, `expire_tokens`)."""
+        self.oauth.configure(spec)
         if "tenants" in spec:
             self.tenants |= set(spec["tenants"])
         if "soap_fault_next" in spec:
@@ -217,8 +246,12 @@ class WorkdaySandbox(ProviderSandbox):
     def reset_extra(self) -> None:
         self.tenants = {self.tenant_id}
         self.soap_faults.clear()
+        self.oauth.reset()
         with self._nonce_lock:
             self._nonces.clear()
+
+    def snapshot(self) -> dict[str, Any]:
+        return {**super().snapshot(), "oauth": self.oauth.stats()}
 
     def _take_soap_fault(self) -> dict[str, Any] | None:
         with self.lock:
@@ -238,7 +271,52 @@ class WorkdaySandbox(ProviderSandbox):
         soap = _SOAP_PATH.match(request.path)
         if soap and request.method == "POST":
             return self._soap(request, soap["tenant"])
+        if request.path == TOKEN_PATH:
+            return self.oauth.token_response(request)
+        rest = _REST_PATH.match(request.path)
+        if rest and request.method == "POST":
+            return self._rest(request, rest["tenant"])
         return Response.json(404, {"error": "not_found"})
+
+    # -- REST ------------------------------------------------------------------------------------------------
+    def _rest(self, request: Request, tenant: str) -> Response:
+        if tenant not in self.tenants:
+            return Response.json(404, {"error": "unknown_tenant", "tenant": tenant})
+        refused = self.oauth.refuse_bearer(request)
+        if refused is not None:
+            return refused
+        if not (request.header("Content-Type") or "").startswith("application/json"):
+            return Response.json(415, {"error": "content type must be application/json"})
+        key = request.header("X-Idempotency-Key")
+        if not key:
+            return Response.json(400, {"error": "X-Idempotency-Key is required"})
+        try:
+            doc = request.json()
+        except ValueError:
+            return Response.json(400, {"error": "body is not JSON"})
+        problem = rest_schema_problem(doc)
+        if problem:
+            return Response.json(400, {"error": problem})
+        event_id = doc["impact_report"]["external_reference_id"]
+        if event_id in self.faults.reject_events:
+            return Response.json(422, {"error": "impact_report_rejected", "external_reference_id": event_id})
+        record, duplicate = self.accept_once(
+            f"rest:{tenant}:{key}",
+            {
+                "id": f"wd_{next(self._ids):06d}",
+                "event_id": event_id,
+                "tenant": tenant,
+                "protocol": "rest",
+                "idempotency_key": key,
+                "body": doc,
+            },
+        )
+        response = Response.json(
+            200 if duplicate else 201,
+            {"id": record["id"], "external_reference_id": event_id, "status": "accepted", "duplicate": duplicate},
+        )
+        response.duplicate = duplicate
+        return response
 
     # -- SOAP ------------------------------------------------------------------------------------------------
     def _soap(self, request: Request, tenant: str) -> Response:
