@@ -7,6 +7,7 @@ from impactin_pipelines.defs.assets.stats import delivery_stats
 from impactin_pipelines.defs.jobs import delivery_stats_job, impact_delivery_job
 from impactin_pipelines.defs.loggers import run_loggers
 from impactin_pipelines.defs.replay import impact_replay_job
+from impactin_pipelines.defs.rerun import impact_rerun_sensor
 from impactin_pipelines.defs.resources import DeliveryResource, ProvidersResource, WarehouseResource
 from impactin_pipelines.defs.schedules import nightly_delivery_schedule
 from impactin_pipelines.defs.sensors import company_partitions_sensor, stats_after_delivery_sensor
@@ -17,7 +18,7 @@ def build_defs() -> dg.Definitions:
         assets=[impact_outbox, impact_deliveries, delivery_stats],
         jobs=[impact_delivery_job, delivery_stats_job, impact_replay_job],
         schedules=[nightly_delivery_schedule()],
-        sensors=[company_partitions_sensor, stats_after_delivery_sensor],
+        sensors=[company_partitions_sensor, stats_after_delivery_sensor, impact_rerun_sensor],
         loggers=run_loggers(),
         resources={
             "warehouse": WarehouseResource.from_env(),
