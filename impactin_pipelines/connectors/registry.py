@@ -11,7 +11,7 @@ from typing import Any
 import requests
 from sqlalchemy.engine import Engine
 
-from impactin_pipelines.connectors import benevity, workday
+from impactin_pipelines.connectors import benevity, goodera, workday
 from impactin_pipelines.connectors.base import Connector, ConnectorContext
 from impactin_pipelines.connectors.config import ConfigResolver, parse_settings
 from impactin_pipelines.connectors.http import new_session
@@ -25,6 +25,7 @@ Builder = Callable[[ConfigResolver, ConnectorContext], Connector]
 
 BUILDERS: dict[Provider, Builder] = {
     Provider.BENEVITY: benevity.build,
+    Provider.GOODERA: goodera.build,
     Provider.WORKDAY: workday.build,
 }
 

@@ -11,8 +11,8 @@ from impactin_pipelines.store.schema import company_integrations, impact_events
 
 COMPANIES = ("acme", "globex", "initech", "umbrella")
 INTEGRATIONS: dict[str, tuple[str, ...]] = {
-    "acme": ("benevity",),
-    "globex": ("benevity",),
+    "acme": ("benevity", "goodera"),
+    "globex": ("benevity", "goodera"),
     "initech": ("benevity",),
     "umbrella": ("benevity",),
 }

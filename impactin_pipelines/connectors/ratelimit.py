@@ -1,0 +1,339 @@
+"""Provider rate limits shared by every process and run on the machine or deployment (pyrate-limiter 4).
+
+A quota belongs to the provider credential, not to a connector object: the original service kept its counter per
+client object and built one per request, so it had no limit at all. Here the bucket lives where every sender sees it:
+a SQLite file in the state folder (`ratelimit.db`, with pyrate-limiter's file lock, exact across processes) for the
+embedded default, or the PostgreSQL warehouse in production. One bucket per (provider, credential hash).
+
+Requests are spread evenly (at most one per `window / limit`), with a small safety margin on the window: a provider
+counts arrivals on its own clock, and a burst of a whole window at its edges would turn network jitter into 429s.
+
+When the provider itself says stop (`429` with `Retry-After`, or `X-RateLimit-Remaining: 0` with a reset), a shared
+pause is recorded next to the bucket and every sender for that key waits it out. Waiting happens before a request
+is made, so it never costs a delivery attempt.
+"""
+
+import math
+import re
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from pyrate_limiter import Limiter, PostgresBucket, Rate, SQLiteBucket
+from sqlalchemy.engine import Engine
+
+from impactin_pipelines.connectors.retry import parse_retry_after
+from impactin_pipelines.domain.errors import ConfigError
+from impactin_pipelines.settings import state_dir
+from impactin_pipelines.store.engine import is_sqlite, make_engine
+
+RATE_LIMIT_DB = "ratelimit.db"
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)?\s*([a-z]+)\s*$", re.IGNORECASE)
+_UNITS_S = {
+    "ms": 0.001,
+    "s": 1.0,
+    "sec": 1.0,
+    "second": 1.0,
+    "seconds": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "minute": 60.0,
+    "minutes": 60.0,
+    "h": 3600.0,
+    "hour": 3600.0,
+    "hours": 3600.0,
+}
+_EPOCH_THRESHOLD_S = 1_000_000_000  # an X-RateLimit-Reset above this is a Unix time, below it a delay
+_MAX_PAUSE_S = 3600.0  # a provider header asking for more is capped: the retry policy parks the row anyway
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    limit: int
+    window_s: float
+    margin_s: float = 0.0  # added to the window we enforce, never to the one we report
+
+    @property
+    def enforced_window_s(self) -> float:
+        return self.window_s + self.margin_s
+
+    @property
+    def spacing_s(self) -> float:
+        return self.enforced_window_s / self.limit
+
+    @property
+    def per_second(self) -> float:
+        return self.limit / self.window_s
+
+    def __str__(self) -> str:
+        return f"{self.limit}/{self.window_s:g}s"
+
+
+def default_margin_s(window_s: float) -> float:
+    """2 % of the window, at least 150 ms: room for arrival jitter at the provider."""
+    return max(0.15, 0.02 * window_s)
+
+
+def parse_rate_limit(raw: str, *, name: str) -> RateLimit:
+    """`100/minute`, `100/min`, `20/5s`, `1000/hour`, `5/second`, `50/1500ms`."""
+    match = _RATE.match(raw or "")
+    unit = match and _UNITS_S.get(match.group(3).lower())
+    if not match or unit is None:
+        raise ConfigError(
+            f"{name}={raw!r} is not a rate: write it as <requests>/<period>, e.g. '100/minute' or '20/5s' "
+            f"(units: {', '.join(sorted(set(_UNITS_S)))})"
+        )
+    limit = int(match.group(1))
+    window_s = float(match.group(2) or 1) * unit
+    if limit < 1:
+        raise ConfigError(f"{name}={raw!r}: the number of requests must be at least 1")
+    if window_s < 0.05:
+        raise ConfigError(f"{name}={raw!r}: the period must be at least 50 ms")
+    return RateLimit(limit, window_s, default_margin_s(window_s))
+
+
+def limit_key(provider: str, credential_key: str) -> str:
+    """Bucket name: the provider and a short hash of the credential (never the credential itself)."""
+    safe_provider = re.sub(r"[^a-z0-9]", "_", provider.lower())
+    return f"{safe_provider}_{credential_key[:16]}"
+
+
+class RateLimitWait(Exception):
+    """The shared quota had no room within the wait we allow; nothing was sent."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+def reset_after_s(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """When the provider's window frees up: Retry-After first, then X-RateLimit-Reset (a delay, or a Unix time)."""
+    retry_after = parse_retry_after(headers.get("Retry-After"))
+    if retry_after is not None:
+        return min(retry_after, _MAX_PAUSE_S)
+    raw = headers.get("X-RateLimit-Reset")
+    try:
+        value = float(raw) if raw is not None else None
+    except ValueError:
+        return None
+    if value is None or not math.isfinite(value) or value < 0:
+        return None
+    if value > _EPOCH_THRESHOLD_S:
+        value -= now if now is not None else time.time()
+    return min(max(0.0, value), _MAX_PAUSE_S)
+
+
+def pause_requested_s(status: int, headers: Mapping[str, str]) -> float | None:
+    """How long every sender should hold off after this response, or None if the provider did not ask."""
+    remaining = headers.get("X-RateLimit-Remaining")
+    exhausted = remaining is not None and remaining.strip() in ("0", "0.0")
+    if status != 429 and not exhausted:
+        return None
+    return reset_after_s(headers)
+
+
+# -- the shared pause ----------------------------------------------------------------------------------------
+_pauses = sa.Table(
+    "impactin_rate_limit_pauses",
+    sa.MetaData(),
+    sa.Column("limit_key", sa.Text, primary_key=True),
+    sa.Column("until_epoch", sa.Float, nullable=False),
+)
+
+
+class PauseStore:
+    """`until` per key, only ever moved forward. Kept beside the bucket (same file or same database), created on
+    first use like pyrate-limiter's own bucket tables."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._ready = False
+        self._lock = threading.Lock()
+
+    def _ensure(self) -> None:
+        if self._ready:
+            return
+        with self._lock:
+            if self._ready:
+                return
+            with self.engine.begin() as conn:
+                if not is_sqlite(self.engine):  # concurrent CREATE ... IF NOT EXISTS can still collide
+                    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(zlib.crc32(_pauses.name.encode()))))
+                _pauses.create(conn, checkfirst=True)
+            self._ready = True
+
+    def remaining_s(self, key: str, now: float | None = None) -> float:
+        self._ensure()
+        with self.engine.connect() as conn:
+            until = conn.execute(sa.select(_pauses.c.until_epoch).where(_pauses.c.limit_key == key)).scalar()
+        if until is None:
+            return 0.0
+        return max(0.0, float(until) - (now if now is not None else time.time()))
+
+    def extend(self, key: str, until_epoch: float) -> None:
+        self._ensure()
+        if is_sqlite(self.engine):
+            from sqlalchemy.dialects.sqlite import insert
+
+            stmt = insert(_pauses).values(limit_key=key, until_epoch=until_epoch)
+            later = sa.func.max(stmt.excluded.until_epoch, _pauses.c.until_epoch)
+        else:
+            from sqlalchemy.dialects.postgresql import insert
+
+            stmt = insert(_pauses).values(limit_key=key, until_epoch=until_epoch)
+            later = sa.func.greatest(stmt.excluded.until_epoch, _pauses.c.until_epoch)
+        with self.engine.begin() as conn:
+            conn.execute(stmt.on_conflict_do_update(index_elements=["limit_key"], set_={"until_epoch": later}))
+
+
+# -- buckets -------------------------------------------------------------------------------------------------
+class _EnginePool:
+    """The slice of `psycopg_pool.ConnectionPool` that PostgresBucket uses, served from the warehouse engine's
+    own pool: no second pool, and the same connection options (search_path) as everything else."""
+
+    closed = False
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @contextmanager
+    def connection(self) -> Iterator[Any]:
+        import psycopg
+
+        raw = self.engine.raw_connection()
+        try:
+            conn = raw.driver_connection
+            assert isinstance(conn, psycopg.Connection)
+            try:
+                yield conn
+            except BaseException:
+                conn.rollback()
+                raise
+            if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+                conn.rollback()  # the bucket swallowed LockNotAvailable: nothing to keep
+            else:
+                conn.commit()
+        finally:
+            raw.close()
+
+    def close(self) -> None:
+        return None  # the engine belongs to the warehouse
+
+
+def _rates(rate: RateLimit) -> list[Rate]:
+    """At most one request per spacing, and at most `limit` per (margined) window."""
+    window_ms = math.ceil(rate.enforced_window_s * 1000)
+    spacing_ms = math.ceil(window_ms / rate.limit)
+    if rate.limit == 1:
+        return [Rate(1, window_ms)]
+    return [Rate(1, spacing_ms), Rate(rate.limit, window_ms)]
+
+
+class SharedRateLimiter:
+    """One credential's quota, as seen by every sender on the machine or deployment."""
+
+    def __init__(
+        self,
+        key: str,
+        rate: RateLimit,
+        limiter: Limiter,
+        pauses: PauseStore,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.key = key
+        self.rate = rate
+        self.limiter = limiter
+        self.pauses = pauses
+        self.sleep = sleep
+        self._slice_s = max(0.05, rate.spacing_s)
+
+    def acquire(self, max_wait_s: float) -> float:
+        """Block until this process may send one request; returns the seconds waited. Raises RateLimitWait
+        (nothing sent) when the quota or a provider pause would keep us longer than `max_wait_s`."""
+        started = time.monotonic()
+        deadline = started + max_wait_s
+        for _ in range(100_000):  # every round waits; the deadline ends the loop long before this
+            pause = self.pauses.remaining_s(self.key)
+            if pause > 0:
+                if time.monotonic() + pause > deadline:
+                    message = f"the provider asked to pause {pause:.1f} s (over the {max_wait_s:g} s we wait)"
+                    raise RateLimitWait(message, pause)
+                self.sleep(pause)
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RateLimitWait(
+                    f"no room in the shared {self.rate} quota within {max_wait_s:g} s", self.rate.spacing_s
+                )
+            # Short slices: pyrate-limiter advances a waiting item's timestamp by the time it meant to sleep, not
+            # by the time that passed (lock waits, oversleep), so a long wait would record the request earlier
+            # than it really goes out. A fresh item per slice keeps the recorded time honest.
+            if not self.limiter.try_acquire(self.key, blocking=True, timeout=min(left, self._slice_s)):
+                continue
+            if self.pauses.remaining_s(self.key) <= 0:
+                return time.monotonic() - started
+            # a pause arrived while we queued for the slot: the slot is spent, the pause wins
+        raise RateLimitWait("rate limiter gave up waiting", self.rate.spacing_s)
+
+    def observe(self, status: int, headers: Mapping[str, str]) -> float | None:
+        """Record a pause for every sender when the response asks for one; returns its length."""
+        pause = pause_requested_s(status, headers)
+        if pause is not None and pause > 0:
+            self.pauses.extend(self.key, time.time() + pause)
+        return pause
+
+
+_registry: dict[tuple[str, str, RateLimit], SharedRateLimiter] = {}
+_registry_lock = threading.Lock()
+_sqlite_stores: dict[str, PauseStore] = {}
+
+
+def _location(engine: Engine) -> str:
+    if is_sqlite(engine):
+        return f"sqlite:{state_dir() / RATE_LIMIT_DB}"
+    return engine.url.render_as_string(hide_password=True)
+
+
+def shared_limiter(engine: Engine, provider: str, credential_key: str, rate: RateLimit) -> SharedRateLimiter:
+    """The process-wide limiter for (provider, credential). Its bucket lives in the state folder when the
+    warehouse is SQLite (embedded default), in the warehouse when it is PostgreSQL."""
+    key = limit_key(provider, credential_key)
+    registry_key = (_location(engine), key, rate)
+    with _registry_lock:
+        found = _registry.get(registry_key)
+        if found is not None:
+            return found
+        if is_sqlite(engine):
+            path: Path = state_dir() / RATE_LIMIT_DB
+            path.parent.mkdir(parents=True, exist_ok=True)
+            bucket = SQLiteBucket.init_from_file(
+                _rates(rate), table=f"ratelimit_{key}", db_path=str(path), use_file_lock=True
+            )
+            pauses = _sqlite_stores.get(str(path))
+            if pauses is None:
+                pauses = _sqlite_stores[str(path)] = PauseStore(make_engine(f"sqlite:///{path}"))
+            limiter = Limiter(bucket, buffer_ms=0)
+        else:
+            bucket = PostgresBucket(_EnginePool(engine), key, _rates(rate))  # type: ignore[arg-type]
+            pauses = PauseStore(engine)
+            limiter = Limiter(bucket, buffer_ms=5)  # lock contention reports no wait: never spin at 0
+        found = _registry[registry_key] = SharedRateLimiter(key, rate, limiter, pauses)
+        return found
+
+
+def close_shared_limiters() -> None:
+    """For tests and benchmarks that change the state folder: drop every cached bucket."""
+    with _registry_lock:
+        for limiter in _registry.values():
+            limiter.limiter.close()
+        _registry.clear()
+        for store in _sqlite_stores.values():
+            store.engine.dispose()
+        _sqlite_stores.clear()

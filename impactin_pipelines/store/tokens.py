@@ -1,0 +1,138 @@
+"""OAuth tokens per (company, provider) in `impact_provider_tokens`, encrypted at rest with the KeyRing.
+
+A token is only ever handed back for the credentials it was issued to: `credential_key` is a hash of (token URL,
+client id), so changing either makes the stored token invisible rather than wrongly reused.
+
+`exclusive()` is the cross-process half of single-flight refresh: a transaction that holds a lock for the
+(company, provider) pair while the caller checks, fetches and saves. PostgreSQL: a transaction-scoped advisory lock
+(it also covers the first fetch, when there is no row to `SELECT ... FOR UPDATE`). SQLite: the engine's
+`BEGIN IMMEDIATE`, the database's single writer lock.
+"""
+
+import hashlib
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from impactin_pipelines.security.crypto import DecryptionError, KeyRing
+from impactin_pipelines.store.engine import is_sqlite, read_connection
+from impactin_pipelines.store.schema import impact_provider_tokens as t
+
+LOG = logging.getLogger("impactin.tokens")
+
+
+def credential_key(token_url: str, client_id: str) -> str:
+    """Which credentials a token belongs to, without storing them."""
+    return hashlib.sha256(f"{token_url.rstrip('/')}\n{client_id}".encode()).hexdigest()
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class StoredToken:
+    access_token: str
+    issued_at: datetime
+    expires_at: datetime
+    token_type: str = "Bearer"  # noqa: S105 - a scheme name, not a secret
+    refresh_token: str | None = None
+
+    def __repr__(self) -> str:  # never print the token
+        return f"StoredToken(token_type={self.token_type!r}, expires_at={self.expires_at.isoformat()})"
+
+    def refresh_at(self, skew_s: float) -> datetime:
+        """`skew_s` before expiry, but never earlier than half the token's life: a provider issuing short tokens
+        must not make every request fetch a new one."""
+        lifetime = max(0.0, (self.expires_at - self.issued_at).total_seconds())
+        return self.expires_at - timedelta(seconds=min(skew_s, lifetime / 2))
+
+    def is_fresh(self, skew_s: float, now: datetime | None = None) -> bool:
+        return (now or _utcnow()) < self.refresh_at(skew_s)
+
+
+def _lock_id(company_id: str, provider: str) -> int:
+    """A signed 64-bit advisory lock id, the same in every process."""
+    digest = hashlib.sha256(f"impact_provider_tokens\n{company_id}\n{provider}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+class TokenStore:
+    def __init__(self, engine: Engine, keyring: Callable[[], KeyRing]) -> None:
+        self.engine = engine
+        self._keyring = keyring
+
+    def load(self, company_id: str, provider: str, cred_key: str) -> StoredToken | None:
+        """The stored token for these credentials, fresh or not; None if absent, for other credentials, or no
+        longer decryptable (a rotated-away key): then the caller fetches a new one and overwrites it."""
+        with read_connection(self.engine) as conn:
+            return self._read(conn, company_id, provider, cred_key)
+
+    @contextmanager
+    def exclusive(self, company_id: str, provider: str) -> Iterator["TokenTransaction"]:
+        with self.engine.begin() as conn:  # SQLite: BEGIN IMMEDIATE
+            if not is_sqlite(self.engine):
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_lock_id(company_id, provider))))
+            yield TokenTransaction(self, conn, company_id, provider)
+
+    # -- rows ----------------------------------------------------------------------------------------------
+    def _read(self, conn: Connection, company_id: str, provider: str, cred_key: str) -> StoredToken | None:
+        row = conn.execute(sa.select(t).where(t.c.company_id == company_id, t.c.provider == provider)).first()
+        if row is None or row.credential_key != cred_key:
+            return None
+        keyring = self._keyring()
+        try:
+            access = keyring.decrypt(row.access_token_encrypted)
+            refresh = keyring.decrypt(row.refresh_token_encrypted) if row.refresh_token_encrypted else None
+        except DecryptionError:
+            LOG.warning(f"stored {provider} token of company {company_id} cannot be decrypted; fetching a new one")
+            return None
+        return StoredToken(access, row.updated_at, row.expires_at, row.token_type or "Bearer", refresh)
+
+    def _write(self, conn: Connection, company_id: str, provider: str, cred_key: str, token: StoredToken) -> None:
+        keyring = self._keyring()
+        values = {
+            "credential_key": cred_key,
+            "access_token_encrypted": keyring.encrypt(token.access_token),
+            "refresh_token_encrypted": keyring.encrypt(token.refresh_token) if token.refresh_token else None,
+            "token_type": token.token_type,
+            "expires_at": token.expires_at,
+            "updated_at": token.issued_at,
+        }
+        if is_sqlite(self.engine):
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert
+        stmt = insert(t).values(company_id=company_id, provider=provider, created_at=token.issued_at, **values)
+        conn.execute(stmt.on_conflict_do_update(index_elements=["company_id", "provider"], set_=values))
+
+
+class TokenTransaction:
+    """Reads and writes inside `TokenStore.exclusive()`: nobody else refreshes this pair meanwhile."""
+
+    def __init__(self, store: TokenStore, conn: Connection, company_id: str, provider: str) -> None:
+        self._store, self._conn, self.company_id, self.provider = store, conn, company_id, provider
+
+    def current(self, cred_key: str) -> StoredToken | None:
+        return self._store._read(self._conn, self.company_id, self.provider, cred_key)
+
+    def save(self, cred_key: str, token: StoredToken) -> None:
+        self._store._write(self._conn, self.company_id, self.provider, cred_key, token)
+
+    def expire(self, cred_key: str, access_token: str) -> bool:
+        """Mark the stored token expired, only if it is still this one (a 401 seen late must not throw away
+        the token someone else has just fetched)."""
+        current = self.current(cred_key)
+        if current is None or current.access_token != access_token:
+            return False
+        self._conn.execute(
+            sa.update(t)
+            .where(t.c.company_id == self.company_id, t.c.provider == self.provider)
+            .values(expires_at=current.issued_at)
+        )
+        return True
