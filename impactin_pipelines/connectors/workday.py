@@ -10,11 +10,13 @@ environment variables. Both modes send `X-Idempotency-Key`; on SOAP the key Work
 import re
 from dataclasses import dataclass
 
-from impactin_pipelines.connectors import workday_soap
+from impactin_pipelines.connectors import workday_rest, workday_soap
 from impactin_pipelines.connectors.base import Connector, ConnectorContext
 from impactin_pipelines.connectors.config import ConfigResolver
 from impactin_pipelines.connectors.http import require_secure_url
+from impactin_pipelines.connectors.oauth import OAuthClientCredentials
 from impactin_pipelines.domain.errors import ConfigError, show_value
+from impactin_pipelines.domain.providers import Provider
 
 PROTOCOLS = ("soap", "rest")
 PASSWORD_TYPES = {"text": False, "passwordtext": False, "digest": True, "passworddigest": True}
@@ -97,4 +99,23 @@ def build(resolver: ConfigResolver, ctx: ConnectorContext) -> Connector:
             timeout=ctx.timeout,
             company_id=ctx.company_id,
         )
-    raise ConfigError("Workday REST is not available yet")  # replaced below once connectors/oauth.py lands
+    assert config.client_id and config.client_secret and config.token_url
+    oauth = OAuthClientCredentials(
+        engine=ctx.engine,
+        keyring=ctx.keyring,
+        company_id=ctx.company_id,
+        provider=Provider.WORKDAY.value,
+        token_url=config.token_url,
+        client_id=config.client_id,
+        client_secret=config.client_secret,
+        session=ctx.session,
+        timeout=ctx.timeout,
+    )
+    return workday_rest.WorkdayRestConnector(
+        url=workday_rest.reports_url(config.api_url, config.tenant_id),
+        oauth=oauth,
+        session=ctx.session,
+        timeout=ctx.timeout,
+        company_id=ctx.company_id,
+        client_secret=config.client_secret,
+    )

@@ -220,7 +220,7 @@ class WorkdaySandbox(ProviderSandbox):
         self.oauth = OAuthTokenIssuer(client_id, client_secret, token_prefix="wd")
 
     def env(self, base_url: str) -> dict[str, str]:
-        """The guide's Workday variables (both modes) pointing at this fake. Protocol defaults to SOAP."""
+        """The guide's Workday variables (both modes) pointing at this fake; the protocol defaults to SOAP."""
         return {
             "WORKDAY_API_URL": base_url,
             "WORKDAY_TENANT_ID": self.tenant_id,
@@ -229,6 +229,7 @@ class WorkdaySandbox(ProviderSandbox):
             "WORKDAY_CLIENT_ID": self.client_id,
             "WORKDAY_CLIENT_SECRET": self.client_secret,
             "WORKDAY_TOKEN_URL": base_url + TOKEN_PATH,
+            "OAUTHLIB_INSECURE_TRANSPORT": "1",  # plain http to the loopback fake only; never set outside it
         }
 
     # -- knobs -----------------------------------------------------------------------------------------------
