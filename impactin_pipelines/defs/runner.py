@@ -4,6 +4,8 @@ Same job and same assets as the schedule; runs are recorded in the instance at D
 shows them next to scheduled ones.
 """
 
+import contextlib
+import fcntl
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -70,15 +72,11 @@ def run_delivery_job(
 ) -> list[RunOutcome]:
     from impactin_pipelines.definitions import build_defs  # after the caller has set the environment
 
-    ensure_dagster_home()
+    home = ensure_dagster_home()
     job = build_defs().resolve_job_def(DELIVERY_JOB)
     outcomes = []
-    with dg.DagsterInstance.get() as instance:
-        known = instance.get_dynamic_partitions(company_partitions.name)
-        missing = [c for c in companies if c not in set(known)]
-        if missing:
-            instance.add_dynamic_partitions(company_partitions.name, missing)
-            known = instance.get_dynamic_partitions(company_partitions.name)
+    with _open_instance(home) as instance:
+        known = _ensure_company_partitions(instance, companies)
         for rng in plan_ranges(known, companies, providers):
             result = job.execute_in_process(
                 instance=instance,
@@ -98,3 +96,29 @@ def run_delivery_job(
                 )
             outcomes.append(RunOutcome(result.run_id, result.success, rng, error))
     return outcomes
+
+
+def _open_instance(home: Path) -> dg.DagsterInstance:
+    """The instance at DAGSTER_HOME. Creating it initialises its SQLite storage on first use, which two processes
+    starting at once on a fresh home would race on ("table runs already exists"): serialise just that step."""
+    with open(home / ".instance.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return dg.DagsterInstance.get()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _ensure_company_partitions(instance: dg.DagsterInstance, companies: Sequence[str]) -> list[str]:
+    """Add missing company partitions (the sensor does this too; a concurrent adder may win the race)."""
+    known = instance.get_dynamic_partitions(company_partitions.name)
+    missing = [c for c in companies if c not in set(known)]
+    if missing:
+        # Another process may add some of them first; what matters is that they exist afterwards.
+        with contextlib.suppress(Exception):
+            instance.add_dynamic_partitions(company_partitions.name, missing)
+        known = instance.get_dynamic_partitions(company_partitions.name)
+        still_missing = [c for c in missing if c not in set(known)]
+        if still_missing:
+            raise RuntimeError(f"could not add company partitions: {', '.join(still_missing)}")
+    return known

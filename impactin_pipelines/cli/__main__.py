@@ -1,0 +1,3 @@
+from impactin_pipelines.cli import main
+
+main()
