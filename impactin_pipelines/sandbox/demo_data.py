@@ -13,9 +13,10 @@ COMPANIES = ("acme", "globex", "initech", "umbrella")
 INTEGRATIONS: dict[str, tuple[str, ...]] = {
     "acme": ("benevity", "goodera"),
     "globex": ("benevity", "goodera"),
-    "initech": ("benevity",),
-    "umbrella": ("benevity",),
+    "initech": ("benevity", "workday"),
+    "umbrella": ("benevity", "workday"),
 }
+SETTINGS: dict[tuple[str, str], dict[str, Any]] = {("umbrella", "workday"): {"protocol": "rest"}}  # initech: SOAP
 EVENT_TYPES = (
     ("volunteer_hours", "hours"),
     ("donation", "usd"),
@@ -59,7 +60,12 @@ def seed(engine: Engine, *, per_company: int = 12) -> int:
         conn.execute(
             company_integrations.insert(),
             [
-                {"company_id": company, "provider": provider, "enabled": True, "settings": None}
+                {
+                    "company_id": company,
+                    "provider": provider,
+                    "enabled": True,
+                    "settings": SETTINGS.get((company, provider)),
+                }
                 for company, providers in INTEGRATIONS.items()
                 for provider in providers
             ],
