@@ -1,13 +1,47 @@
-"""Delivery statistics for analysts, recomputed after deliveries."""
+"""Delivery statistics for analysts, recomputed after deliveries: written to `impact_delivery_stats` (SQL) and
+returned as materialization metadata with stable numeric keys (plotted by the UI over time) plus markdown."""
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import dagster as dg
+from pydantic import Field
 
 from impactin_pipelines.defs.assets.delivery import GROUP, impact_deliveries
 from impactin_pipelines.defs.resources import WarehouseResource
-from impactin_pipelines.services.stats import delivery_stats as compute_stats
+from impactin_pipelines.domain.providers import PROVIDERS
+from impactin_pipelines.domain.statuses import ErrorKind
+from impactin_pipelines.services.stats import (
+    COUNT_NAME_OF_STATUS,
+    STATUS_NAMES,
+    StatsFilter,
+    full_stats,
+    snapshot_rows,
+    success_rate,
+)
+from impactin_pipelines.store.stats_snapshots import write_snapshot
+
+MARKDOWN_ROWS = 20  # companies / days shown in the markdown; the table in SQL has all of them
 
 
-def _markdown(stats: dict) -> str:
+class StatsConfig(dg.Config):
+    period_days: int = Field(30, ge=0, description="Deliveries created in the last N days (0: every delivery).")
+    keep_days: int = Field(400, ge=1, description="Snapshots older than this are dropped from the stats table.")
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2%}" if isinstance(value, float) and 0 <= value <= 1 else str(value)
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_fmt(v) if not isinstance(v, str) else v for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _provider_markdown(stats: dict) -> str:  # type: ignore[type-arg]
     lines = ["| provider | status | count | avg attempts |", "|---|---|---:|---:|"]
     lines += [
         f"| {r['provider']} | {r['status']} | {r['count']} | {r['avgAttempts']:.2f} |" for r in stats["byProvider"]
@@ -15,13 +49,91 @@ def _markdown(stats: dict) -> str:
     return "\n".join(lines)
 
 
+def stats_markdown(stats: dict) -> str:  # type: ignore[type-arg]
+    latency = stats["latency"]
+    counts = ["total", *STATUS_NAMES]
+    worst = sorted(stats["byCompany"], key=lambda r: (-r["failed"], r["companyId"]))[:MARKDOWN_ROWS]
+    return "\n\n".join(
+        [
+            "**Overall**",
+            _table(
+                [*counts, "success rate", "latency p50 (s)", "latency p95 (s)"],
+                [
+                    [
+                        *(stats["overall"][k] for k in counts),
+                        stats["successRate"],
+                        str(latency["p50Seconds"] or "-"),
+                        str(latency["p95Seconds"] or "-"),
+                    ]
+                ],
+            ),
+            "**By provider and status**",
+            _provider_markdown(stats),
+            "**By error kind**",
+            _table(["error kind", "count"], [[r["errorKind"], r["count"]] for r in stats["byErrorKind"]]),
+            f"**By day** (UTC, last {MARKDOWN_ROWS})",
+            _table(
+                ["day", *counts, "success rate"],
+                [[r["day"], *(r[k] for k in counts), r["successRate"]] for r in stats["byDay"][-MARKDOWN_ROWS:]],
+            ),
+            f"**By company** (most failures first, top {MARKDOWN_ROWS} of {len(stats['byCompany'])})",
+            _table(
+                ["company", *counts, "success rate"],
+                [[r["companyId"], *(r[k] for k in counts), r["successRate"]] for r in worst],
+            ),
+        ]
+    )
+
+
+def stats_metadata(stats: dict) -> dict[str, float | int]:  # type: ignore[type-arg]
+    """Numeric metadata under stable keys: the same names every run (0 when nothing matched) so the UI can plot
+    them; a rate or a latency that is undefined (nothing settled, nothing delivered) is left out."""
+    values: dict[str, float | int] = {f"total_{k}": v for k, v in stats["overall"].items()}
+    by_provider = {p: dict.fromkeys(("total", *STATUS_NAMES), 0) for p in PROVIDERS}
+    for r in stats["byProvider"]:
+        counts = by_provider.setdefault(r["provider"], dict.fromkeys(("total", *STATUS_NAMES), 0))
+        counts[COUNT_NAME_OF_STATUS[r["status"]]] += r["count"]
+        counts["total"] += r["count"]
+    for provider, counts in by_provider.items():
+        values.update({f"{provider}_{k}": v for k, v in counts.items()})
+        rate = success_rate(counts)
+        if rate is not None:
+            values[f"{provider}_success_rate"] = rate
+    kinds = {r["errorKind"]: r["count"] for r in stats["byErrorKind"]}
+    values.update({f"error_kind_{k.value}": kinds.get(k.value, 0) for k in ErrorKind})
+    values["companies"] = len(stats["byCompany"])
+    values["latency_samples"] = stats["latency"]["samples"]
+    optional = {
+        "success_rate": stats["successRate"],
+        "latency_p50_s": stats["latency"]["p50Seconds"],
+        "latency_p95_s": stats["latency"]["p95Seconds"],
+    }
+    values.update({k: v for k, v in optional.items() if v is not None})
+    return values
+
+
 @dg.asset(deps=[impact_deliveries], group_name=GROUP, kinds={"sql"})
-def delivery_stats(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
-    """Totals by status and by provider x status (the spec's /stats shape) over every delivery."""
-    stats = compute_stats(warehouse.engine)
-    overall = stats["overall"]
-    done = overall["successful"] + overall["failed"]
-    metadata: dict[str, object] = {f"total_{k}": v for k, v in overall.items()}
-    metadata["success_rate"] = round(overall["successful"] / done, 4) if done else 1.0
-    metadata["by_provider"] = dg.MetadataValue.md(_markdown(stats))
+def delivery_stats(
+    context: dg.AssetExecutionContext, config: StatsConfig, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
+    """Delivery statistics over a period: totals by status, by provider x status with average attempts (the
+    spec's /stats shape), by company, by day, by error kind, success rate and created->delivered latency.
+    Each materialization appends a snapshot to `impact_delivery_stats`."""
+    now = datetime.now(UTC)
+    since = now - timedelta(days=config.period_days) if config.period_days else None
+    stats = full_stats(warehouse.engine, StatsFilter(since=since))
+    written = write_snapshot(
+        warehouse.engine,
+        snapshot_rows(stats),
+        computed_at=now,
+        period_start=since,
+        period_end=now,
+        keep_days=config.keep_days,
+    )
+    context.log.info(f"delivery stats: {stats['overall']['total']} deliveries, {written} rows in impact_delivery_stats")
+    metadata: dict[str, object] = dict(stats_metadata(stats))
+    metadata["by_provider"] = dg.MetadataValue.md(_provider_markdown(stats))
+    metadata["summary"] = dg.MetadataValue.md(stats_markdown(stats))
+    metadata["period_days"] = config.period_days
+    metadata["snapshot_computed_at"] = now.isoformat()
     return dg.MaterializeResult(metadata=metadata)
