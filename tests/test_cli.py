@@ -1,0 +1,80 @@
+"""The operator's commands, run as a subprocess: db upgrade, deliveries list/show, stats, demo."""
+
+import json
+
+from tests.cli_support import cli_env, run_cli
+from tests.support import add_events, add_integration, events
+
+
+def test_db_upgrade_twice_then_status(warehouse_url, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    env = cli_env(tmp_path, warehouse_url)
+    first = run_cli(["db", "upgrade", "--json"], env)
+    second = run_cli(["db", "upgrade", "--json"], env)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["applied"][0] == "0001_initial"
+    assert json.loads(second.stdout)["applied"] == []
+    assert json.loads(second.stdout)["version"] == json.loads(first.stdout)["version"]
+    status = json.loads(run_cli(["db", "status", "--json"], env).stdout)
+    assert status["pending"] == []
+
+
+def test_commands_refuse_an_unmigrated_warehouse(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    env = cli_env(tmp_path, f"sqlite:///{tmp_path / 'empty.db'}")
+    result = run_cli(["deliveries", "list"], env)
+    assert result.returncode != 0 and "impactin db upgrade" in result.stderr
+
+
+def test_list_show_and_stats(engine, warehouse_url, sandbox, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    add_integration(engine, "acme", "benevity")
+    add_integration(engine, "globex", "benevity")
+    add_events(engine, events("acme", 3) + events("globex", 2))
+    sandbox.providers["benevity"].configure({"reject_events": ["evt_globex_00001"]})
+    env = cli_env(tmp_path, warehouse_url, sandbox)
+    assert run_cli(["run"], env).returncode == 0
+
+    listed = json.loads(run_cli(["deliveries", "list", "--json", "--limit", "2"], env).stdout)
+    assert listed["pagination"] == {"page": 1, "limit": 2, "total": 5, "totalPages": 3}
+    assert len(listed["data"]) == 2
+    failed = json.loads(run_cli(["deliveries", "list", "--json", "--status", "failed"], env).stdout)
+    assert [r["event_id"] for r in failed["data"]] == ["evt_globex_00001"]
+    only_acme = json.loads(run_cli(["deliveries", "list", "--json", "--company", "acme"], env).stdout)
+    assert {r["company_id"] for r in only_acme["data"]} == {"acme"} and only_acme["pagination"]["total"] == 3
+    future = json.loads(run_cli(["deliveries", "list", "--json", "--since", "2999-01-01"], env).stdout)
+    assert future["pagination"]["total"] == 0
+    bad_date = run_cli(["deliveries", "list", "--since", "yesterday"], env)
+    assert bad_date.returncode == 2 and "'yesterday'" in bad_date.stderr
+
+    row_id = failed["data"][0]["id"]
+    shown = json.loads(run_cli(["deliveries", "show", row_id, "--json"], env).stdout)
+    assert shown["status"] == "failed" and shown["error_kind"] == "rejected"
+    assert [a["http_status"] for a in shown["attempts"]] == [422]
+    assert json.loads(shown["payload"])["event"]["id"] == "evt_globex_00001"
+    by_delivery_id = json.loads(run_cli(["deliveries", "show", shown["delivery_id"], "--json"], env).stdout)
+    assert by_delivery_id["id"] == row_id
+    text = run_cli(["deliveries", "show", row_id], env).stdout
+    assert "HTTP 422" in text and "attempts:" in text
+    missing = run_cli(["deliveries", "show", "no-such-id"], env)
+    assert missing.returncode == 1 and "not found" in missing.stderr
+
+    stats = json.loads(run_cli(["stats", "--json"], env).stdout)["data"]
+    assert (stats["overall"]["total"], stats["overall"]["successful"], stats["overall"]["failed"]) == (5, 4, 1)
+    assert {(r["provider"], r["status"], r["count"]) for r in stats["byProvider"]} >= {("benevity", "success", 4)}
+    acme_stats = json.loads(run_cli(["stats", "--json", "--company", "acme"], env).stdout)["data"]
+    assert acme_stats["overall"]["total"] == 3
+
+
+def test_demo_works_twice_from_a_fresh_folder(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    env = cli_env(tmp_path, "", IMPACTIN_STATE_DIR=str(tmp_path / ".impactin"))
+    env.pop("IMPACTIN_WAREHOUSE_URL")
+    env.pop("DAGSTER_HOME")
+    env.pop("IMPACTIN_ENCRYPTION_KEY")
+    runs = [run_cli(["demo"], env, cwd=tmp_path, timeout=300) for _ in range(2)]
+    for result in runs:
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "benevity" in result.stdout and "total" in result.stdout
+    assert runs[0].stdout.count("\n") == runs[1].stdout.count("\n")
+    assert (tmp_path / ".impactin" / "warehouse.db").exists()
+    assert (tmp_path / ".impactin" / "dagster_home" / "dagster.yaml").exists()
+    env["IMPACTIN_STATE_DIR"] = str(tmp_path / ".impactin")
+    listed = json.loads(run_cli(["deliveries", "list", "--json", "--status", "failed"], env, cwd=tmp_path).stdout)
+    assert {r["error_kind"] for r in listed["data"]} == {"invalid_event"}
