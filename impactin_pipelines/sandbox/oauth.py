@@ -70,6 +70,7 @@ class OAuthTokenIssuer:
         self.tokens: dict[str, IssuedToken] = {}
         self.token_requests = 0  # every request that reached the token endpoint, refused ones included
         self.tokens_issued = 0
+        self.auth_methods: list[str] = []  # "body" or "basic", per accepted token request (no values kept)
         self.token_faults: list[dict[str, Any]] = []
 
     # -- control -----------------------------------------------------------------------------------------
@@ -92,6 +93,7 @@ class OAuthTokenIssuer:
             self.tokens.clear()
             self.token_requests = 0
             self.tokens_issued = 0
+            self.auth_methods.clear()
             self.token_faults.clear()
 
     def revoke_all(self) -> None:
@@ -100,7 +102,11 @@ class OAuthTokenIssuer:
 
     def stats(self) -> dict[str, Any]:
         with self.lock:
-            return {"token_requests": self.token_requests, "tokens_issued": self.tokens_issued}
+            return {
+                "token_requests": self.token_requests,
+                "tokens_issued": self.tokens_issued,
+                "auth_methods": list(self.auth_methods),
+            }
 
     # -- the token endpoint ------------------------------------------------------------------------------
     def token_response(self, request: Request) -> Response:
@@ -133,6 +139,7 @@ class OAuthTokenIssuer:
             token = f"{self.token_prefix}_{secrets.token_urlsafe(24)}"
             self.tokens[token] = IssuedToken(client_id, now, now + self.expires_in, form.get("scope"))
             self.tokens_issued += 1
+            self.auth_methods.append("body" if form.get("client_id") else "basic")
             lifetime = self.expires_in
         body: dict[str, Any] = {
             "access_token": token,
