@@ -5,6 +5,7 @@ Nothing else leaves: an unexpected exception becomes a 500 with an id to find it
 """
 
 import logging
+import math
 import uuid
 from typing import Any
 
@@ -50,8 +51,10 @@ def error_response(
 
 def echo(value: Any) -> Any:
     """A bad value as it may be shown back: scalars as they are, long text cut, structures by type only."""
-    if value is None or isinstance(value, bool | int | float):
+    if value is None or isinstance(value, bool | int):
         return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)  # JSON has no inf or nan
     if isinstance(value, str):
         return value if len(value) <= _MAX_ECHO_CHARS else value[: _MAX_ECHO_CHARS - 3] + "..."
     return f"<{type(value).__name__}>"

@@ -9,7 +9,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 from starlette.requests import Request
 
 from impactin_pipelines.api.errors import bad_request, field_error
@@ -43,9 +43,17 @@ def _delivery_id(value: str) -> str:
         raise ValueError("must be a UUID (the delivery's id or deliveryId)") from None
 
 
+def _json_number(value: Any) -> Any:
+    """A JSON number (not a numeric string, not a boolean); its range is parse_event's business."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a JSON number")
+    return value
+
+
 CompanyId = Annotated[str, Field(max_length=128), AfterValidator(_company)]
 DeliveryIdent = Annotated[str, Field(max_length=36), AfterValidator(_delivery_id)]
 Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+Number = Annotated[Any, AfterValidator(_json_number), WithJsonSchema({"type": "number", "minimum": 0})]
 
 
 class _Strict(BaseModel):
@@ -112,7 +120,7 @@ class EventBody(_Strict):
     userId: Text
     eventType: Text
     timestamp: Annotated[str, Field(max_length=64)]
-    value: StrictInt | StrictFloat
+    value: Number
     unit: Text
     outcomeScores: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
