@@ -4,6 +4,7 @@ import dagster as dg
 
 from impactin_pipelines.defs.assets.delivery import impact_deliveries, impact_outbox
 from impactin_pipelines.defs.assets.stats import delivery_stats
+from impactin_pipelines.defs.checks import delivery_checks
 from impactin_pipelines.defs.jobs import delivery_stats_job, impact_delivery_job
 from impactin_pipelines.defs.loggers import run_loggers
 from impactin_pipelines.defs.replay import impact_replay_job
@@ -16,6 +17,7 @@ from impactin_pipelines.defs.sensors import company_partitions_sensor, stats_aft
 def build_defs() -> dg.Definitions:
     return dg.Definitions(
         assets=[impact_outbox, impact_deliveries, delivery_stats],
+        asset_checks=delivery_checks,
         jobs=[impact_delivery_job, delivery_stats_job, impact_replay_job],
         schedules=[nightly_delivery_schedule()],
         sensors=[company_partitions_sensor, stats_after_delivery_sensor, impact_rerun_sensor],

@@ -89,6 +89,35 @@ class DeliverySettings:
 
 
 @dataclass(frozen=True)
+class CheckSettings:
+    """Thresholds of the asset checks on the deliveries."""
+
+    stuck_pending_hours: float = 26.0  # a pending row older than this missed a nightly run
+    stuck_claim_minutes: float = 60.0  # a claim that has not moved for this long belongs to a hung run
+    failure_rate_warn: float = 0.05  # failed / settled, over the window
+    failure_rate_error: float = 0.20
+    failure_window_hours: float = 24.0
+    ledger_grace_hours: float = 26.0  # events younger than this may not be extracted yet
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> "CheckSettings":
+        settings = cls(
+            stuck_pending_hours=_float(env, "IMPACTIN_CHECK_STUCK_PENDING_HOURS", 26.0),
+            stuck_claim_minutes=_float(env, "IMPACTIN_CHECK_STUCK_CLAIM_MINUTES", 60.0),
+            failure_rate_warn=_float(env, "IMPACTIN_CHECK_FAILURE_RATE_WARN", 0.05),
+            failure_rate_error=_float(env, "IMPACTIN_CHECK_FAILURE_RATE_ERROR", 0.20),
+            failure_window_hours=_float(env, "IMPACTIN_CHECK_FAILURE_WINDOW_HOURS", 24.0),
+            ledger_grace_hours=_float(env, "IMPACTIN_CHECK_LEDGER_GRACE_HOURS", 26.0),
+        )
+        if not settings.failure_rate_warn <= settings.failure_rate_error <= 1:
+            raise ValueError(
+                f"IMPACTIN_CHECK_FAILURE_RATE_WARN={settings.failure_rate_warn!r} and "
+                f"IMPACTIN_CHECK_FAILURE_RATE_ERROR={settings.failure_rate_error!r} must satisfy warn <= error <= 1"
+            )
+        return settings
+
+
+@dataclass(frozen=True)
 class ProviderEnv:
     """The integration guide's variables, verbatim. Per-company settings override them."""
 
