@@ -55,10 +55,12 @@ class GooderaConfig:
         rate_raw = r.value("rate_limit", "GOODERA_RATE_LIMIT", default=DEFAULT_RATE_LIMIT)
         r.done()
         assert api_url and token_url and client_id and client_secret and rate_raw
-        where = f" (settings of company {r.company_id})"
 
         def name(key: str, env_var: str) -> str:
-            return f"settings.{key}{where}" if r.settings.get(key) not in (None, "") else env_var
+            """Errors name where the value came from: the company's settings or the environment."""
+            if r.settings.get(key) not in (None, ""):
+                return f"settings.{key} for {r.company_id}/{r.provider}"
+            return env_var
 
         return cls(
             api_url=require_secure_url(name("api_url", "GOODERA_API_URL"), api_url),

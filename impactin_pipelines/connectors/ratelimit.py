@@ -228,11 +228,10 @@ class _EnginePool:
 
 def _rates(rate: RateLimit) -> list[Rate]:
     """At most one request per spacing, and at most `limit` per (margined) window."""
-    window_ms = math.ceil(rate.enforced_window_s * 1000)
-    spacing_ms = math.ceil(window_ms / rate.limit)
+    spacing_ms = math.ceil(rate.enforced_window_s * 1000 / rate.limit)
     if rate.limit == 1:
-        return [Rate(1, window_ms)]
-    return [Rate(1, spacing_ms), Rate(rate.limit, window_ms)]
+        return [Rate(1, spacing_ms)]
+    return [Rate(1, spacing_ms), Rate(rate.limit, spacing_ms * rate.limit)]  # whole spacings: never denser
 
 
 class SharedRateLimiter:

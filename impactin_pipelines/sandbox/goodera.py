@@ -85,6 +85,7 @@ class GooderaSandbox(ProviderSandbox):
         self._window_lock = threading.Lock()
         self.admitted_at: list[float] = []
         self.rate_limited = 0
+        self.rate_limit_headers = True  # False: successes carry no X-RateLimit-* (the provider only ever says 429)
         self._ids = itertools.count(1)
 
     def env(self, base_url: str) -> dict[str, str]:
@@ -101,7 +102,8 @@ class GooderaSandbox(ProviderSandbox):
 
     # -- control -----------------------------------------------------------------------------------------
     def configure_extra(self, spec: Mapping[str, Any]) -> None:
-        """`rate_limit`: {"limit": 20, "window_s": 5}; the OAuth knobs of `OAuthTokenIssuer.configure`."""
+        """`rate_limit`: {"limit": 20, "window_s": 5}; `rate_limit_headers`: false to answer successes without
+        X-RateLimit-*; the OAuth knobs of `OAuthTokenIssuer.configure`."""
         rate = spec.get("rate_limit")
         if rate is not None:
             limit, window_s = int(rate["limit"]), float(rate["window_s"])
@@ -109,6 +111,8 @@ class GooderaSandbox(ProviderSandbox):
                 raise ValueError("rate_limit needs limit >= 1 and window_s > 0")
             with self._window_lock:
                 self.limit, self.window_s = limit, window_s
+        if "rate_limit_headers" in spec:
+            self.rate_limit_headers = bool(spec["rate_limit_headers"])
         self.oauth.configure(spec)
 
     def reset_extra(self) -> None:
@@ -117,6 +121,7 @@ class GooderaSandbox(ProviderSandbox):
             self._window.clear()
             self.admitted_at.clear()
             self.rate_limited = 0
+            self.rate_limit_headers = True
 
     def snapshot(self) -> dict[str, Any]:
         snap = super().snapshot()
@@ -140,14 +145,15 @@ class GooderaSandbox(ProviderSandbox):
         limit_headers = {
             "X-RateLimit-Limit": str(self.limit),
             "X-RateLimit-Remaining": str(remaining),
-            "X-RateLimit-Reset": f"{reset_s:.3f}",  # seconds until a slot frees up
+            "X-RateLimit-Reset": f"{math.ceil(reset_s * 1000) / 1000:.3f}",  # seconds until a slot frees, rounded up
         }
         if not admitted:
             response = Response.json(429, {"error": "rate_limit_exceeded"}, **limit_headers)
             response.headers["Retry-After"] = str(max(1, math.ceil(reset_s)))
             return response
         response = self._accept(request)
-        response.headers.update(limit_headers)
+        if self.rate_limit_headers:
+            response.headers.update(limit_headers)
         return response
 
     def _admit(self) -> tuple[bool, int, float]:
