@@ -1,6 +1,9 @@
 """The run logger of the code location: with IMPACTIN_LOG_FORMAT=json, Dagster's console logger is replaced by one
 that writes one JSON object per line, with the delivery fields of each line at top level (Dagster passes a
-record's `extra` on to run loggers). The event log the UI shows is unaffected: it keeps every line as text."""
+record's `extra` on to run loggers). The event log the UI shows is unaffected: it keeps every line as text.
+
+Dagster instantiates a job's loggers only when the run config names them (otherwise it falls back to its
+colored console logger), so the runs we request carry `logging_run_config()`."""
 
 import logging
 
@@ -28,3 +31,11 @@ def run_loggers() -> dict[str, dg.LoggerDefinition]:
         return {}
     install_json_logging("impactin")
     return {"console": json_lines_logger}
+
+
+def logging_run_config(level: str = "INFO") -> dict[str, object]:
+    """Run config that selects the code location's console logger (the JSON one when IMPACTIN_LOG_FORMAT=json);
+    empty otherwise, so Dagster's defaults stay untouched."""
+    if log_format() != "json":
+        return {}
+    return {"loggers": {"console": {"config": {"log_level": level}}}}

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from impactin_pipelines.defs.loggers import logging_run_config
 from impactin_pipelines.domain.providers import PROVIDERS
 from impactin_pipelines.partitions import partition_key
 
@@ -81,4 +82,4 @@ def covering_range(known_companies: Sequence[str], companies: Iterable[str], pro
 
 
 def run_request(rng: PartitionRange, *, trigger: str, run_key: str | None = None) -> dg.RunRequest:
-    return dg.RunRequest(run_key=run_key, tags=rng.tags(trigger))
+    return dg.RunRequest(run_key=run_key, tags=rng.tags(trigger), run_config=logging_run_config())

@@ -105,7 +105,7 @@ def _busy(instance: dg.DagsterInstance, known: Sequence[str]) -> Partitions:
 
 
 def _with_tags(request: dg.RunRequest, **tags: str) -> dg.RunRequest:
-    return dg.RunRequest(run_key=request.run_key, tags={**request.tags, **tags})
+    return dg.RunRequest(run_key=request.run_key, tags={**request.tags, **tags}, run_config=request.run_config)
 
 
 @dg.sensor(

@@ -221,10 +221,8 @@ class DeliveryRun:
         try:
             return self._send_until_settled(row)
         except Exception as exc:  # the warehouse went away mid-row: the lease brings the row back later
-            self.log.error(
-                f"delivery {row.delivery_id} could not be recorded: {type(exc).__name__}: {exc}",
-                extra={"deliveryId": row.delivery_id, "provider": row.provider, "eventId": row.event_id},
-            )
+            message = f"delivery could not be recorded: {type(exc).__name__}: {exc}"
+            self._log_row(logging.ERROR, message, row, row.status, row.attempt_count)
             return RowResult(row, "error", None, 0, f"{type(exc).__name__}: {exc}")
 
     def _send_until_settled(self, row: ClaimedDelivery) -> RowResult:
@@ -327,7 +325,8 @@ class DeliveryRun:
             settlement=settlement,
         )
         if not applied:
-            self.log.warning(f"delivery {row.delivery_id}: claim lost before settling (another claimant holds it now)")
+            message = "claim lost before settling (another claimant holds it now)"
+            self._log_row(logging.WARNING, message, row, settlement.status, row.attempt_count)
         return count
 
     def _log_row(
