@@ -19,10 +19,11 @@ from impactin_pipelines.connectors.config import ConfigResolver
 from impactin_pipelines.connectors.http import new_session
 from impactin_pipelines.connectors.registry import ConnectorFactory
 from impactin_pipelines.connectors.workday import build
+from impactin_pipelines.domain.errors import ConfigError
 from impactin_pipelines.domain.events import parse_event
 from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.mapping.encoding import encode_json
-from impactin_pipelines.mapping.workday import workday_soap_report
+from impactin_pipelines.mapping.workday import workday_rest_payload, workday_soap_report
 from impactin_pipelines.sandbox import workday as fake
 from impactin_pipelines.security.crypto import load_keyring
 from impactin_pipelines.services.extract import extract
@@ -401,3 +402,34 @@ def test_dry_run_request_masks_the_password(sandbox) -> None:  # type: ignore[no
     )
     assert prepared.url == f"{sandbox.provider_url('workday')}/ccx/service/{fake.TENANT_ID}/CSR_Impact_Report"
     assert sandbox.providers["workday"].snapshot()["requests"] == []
+
+
+def test_a_gateway_503_keeps_its_status_even_with_a_fault_body(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+    _setup(engine, "acme", n=1)
+    body = fake.fault_response(fake.SoapFault(fake.VALIDATION_FAULT, "busy, try later")).body.decode()
+    sandbox.providers["workday"].configure(
+        {"fail_next": {"status": 503, "body": body, "content_type": "text/xml", "retry_after": "0"}}
+    )
+    deliver(engine, _factory(engine, sandbox), "workday")
+    [row] = rows(engine)
+    first, second = attempts(engine, row["delivery_id"])
+    assert (first["http_status"], first["outcome"]) == (503, "retryable") and "busy, try later" in first["error"]
+    assert row["status"] == "success" and second["outcome"] == "success"
+
+
+def test_a_2xx_that_is_not_an_envelope_is_retried(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+    _setup(engine, "acme", n=1)
+    sandbox.providers["workday"].configure({"fail_next": {"status": 200, "body": "OK", "content_type": "text/plain"}})
+    deliver(engine, _factory(engine, sandbox), "workday")
+    [row] = rows(engine)
+    first, second = attempts(engine, row["delivery_id"])
+    assert (first["http_status"], first["outcome"]) == (200, "retryable")
+    assert first["error"] == "HTTP 200 but the body is not a SOAP envelope"
+    assert row["status"] == "success" and second["outcome"] == "success"
+    assert len(sandbox.providers["workday"].snapshot()["accepted"]) == 1
+
+
+def test_dry_run_of_a_mismatched_payload_is_a_config_error(sandbox) -> None:  # type: ignore[no-untyped-def]
+    rest_payload = encode_json(workday_rest_payload(parse_event(SPEC_EVENT))).decode()
+    with pytest.raises(ConfigError, match="REST report but the company now uses SOAP"):
+        _connector(sandbox.env()).prepare(OutboundDelivery("d-1", "company_789", "workday", "evt_123", rest_payload))

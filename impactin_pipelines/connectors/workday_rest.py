@@ -84,6 +84,9 @@ class WorkdayRestConnector:
 
     def prepare(self, delivery: OutboundDelivery) -> PreparedRequest:
         """For dry runs: no token is fetched (the Authorization header is masked in any case)."""
+        problem = payload_problem(delivery.payload)
+        if problem:
+            raise ConfigError(problem)
         return self._request(delivery, MASK)
 
     def send(self, delivery: OutboundDelivery) -> AttemptResult:

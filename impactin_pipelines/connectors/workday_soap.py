@@ -39,6 +39,8 @@ from impactin_pipelines.connectors.base import (
     PreparedRequest,
 )
 from impactin_pipelines.connectors.http import exchange
+from impactin_pipelines.connectors.retry import RETRYABLE_STATUSES
+from impactin_pipelines.domain.errors import ConfigError
 from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.domain.statuses import AttemptOutcome
 from impactin_pipelines.security.redaction import MASK, Redactor
@@ -83,7 +85,7 @@ def is_validation_fault(code: str | None) -> bool:
     return "validation" in (code or "").lower()
 
 
-class PayloadMismatch(ValueError):
+class PayloadMismatch(ConfigError):
     """The stored payload is not a SOAP report (for example extracted while the company used REST)."""
 
 
@@ -283,7 +285,10 @@ class WorkdaySoapConnector:
         assert base is not None
         status = f"HTTP {base.http_status} " if base.http_status else ""
         error = self.redactor.scrub(f"{status}SOAP fault {fault.code}: {fault.message}")
-        return replace(base, outcome=fault_outcome(fault.code), error=error, request_body=call.request_body)
+        # A gateway's 429/502/503/504 speaks for itself whatever the body; SOAP puts every fault on a 500.
+        gateway = base.http_status in RETRYABLE_STATUSES and base.http_status != 500
+        outcome = base.outcome if gateway else fault_outcome(fault.code)
+        return replace(base, outcome=outcome, error=error, request_body=call.request_body)
 
 
 def endpoint_for(api_url: str, tenant_id: str) -> str:
