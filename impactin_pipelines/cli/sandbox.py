@@ -1,6 +1,7 @@
 """`impactin sandbox`: the fake providers on loopback, in the foreground."""
 
 import shlex
+import sys
 
 import click
 
@@ -23,6 +24,8 @@ def sandbox(host: str, port: int, print_env: bool) -> None:
     click.echo(f"sandbox listening on {server.url}; faults: POST {server.url}/_sandbox/<provider>/faults", err=True)
     for name, value in server.env().items():
         click.echo(f"export {name}={shlex.quote(value)}")
+    click.echo(f"# sandbox ready at {server.url}")
+    sys.stdout.flush()
     try:
         server.serve_forever()
     except KeyboardInterrupt:

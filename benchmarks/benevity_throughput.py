@@ -1,0 +1,79 @@
+"""Issue 2's first benchmark: 2,000 Benevity events to the sandbox with 20 ms of added latency.
+
+Baseline: the same connector sending the same stored payloads one request at a time (no outbox, no threads).
+Pipeline: extract + DeliveryRun (claims, attempts, settlement in the warehouse, bounded concurrency).
+Both are measured in this run, against the same sandbox, and printed with their ratio.
+"""
+
+import argparse
+import logging
+import time
+
+import sqlalchemy as sa
+
+from benchmarks.common import SandboxProcess, scratch_warehouse, seed
+from impactin_pipelines.connectors.base import OutboundDelivery
+from impactin_pipelines.connectors.registry import ConnectorFactory
+from impactin_pipelines.domain.providers import Provider
+from impactin_pipelines.services.deliver import DeliveryRun
+from impactin_pipelines.services.extract import extract
+from impactin_pipelines.settings import DeliverySettings, ProviderEnv
+from impactin_pipelines.store.schema import impact_deliveries
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=2000)
+    parser.add_argument("--latency-ms", type=float, default=20)
+    parser.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args(argv)
+    logging.getLogger("impactin").setLevel(logging.WARNING)
+
+    companies = [f"bench{c:02d}" for c in range(10)]
+    with scratch_warehouse() as (engine, _), SandboxProcess() as sandbox:
+        seed(engine, "benevity", companies, args.events // len(companies))
+        sandbox.configure("benevity", {"latency_ms": args.latency_ms})
+        env = ProviderEnv.from_env(sandbox.env)
+        settings = DeliverySettings(concurrency=args.concurrency)
+        factory = ConnectorFactory(engine, env=env, settings=settings)
+
+        started = time.perf_counter()
+        for company in companies:
+            extract(engine, company, Provider.BENEVITY)
+        extracted_s = time.perf_counter() - started
+
+        # Baseline: one request at a time, same connector, same payloads, nothing recorded.
+        with engine.connect() as conn:
+            payloads = [dict(r._mapping) for r in conn.execute(sa.select(impact_deliveries)).all()]
+        baseline_connector = factory.connector(companies[0], Provider.BENEVITY)
+        started = time.perf_counter()
+        for row in payloads:
+            outbound = OutboundDelivery(
+                "baseline-" + row["delivery_id"], row["company_id"], "benevity", row["event_id"], row["payload"]
+            )
+            result = baseline_connector.send(outbound)
+            assert result.http_status == 201, result.error
+        baseline_s = time.perf_counter() - started
+        sandbox.reset()
+        sandbox.configure("benevity", {"latency_ms": args.latency_ms})
+
+        started = time.perf_counter()
+        report = DeliveryRun(engine, factory, provider=Provider.BENEVITY, company_ids=companies).run()
+        pipeline_s = time.perf_counter() - started
+        factory.close()
+        delivered = report.totals["success"]
+        assert delivered == len(payloads), report.totals
+        assert len(sandbox.requests_seen("benevity")["accepted"]) == delivered
+
+    baseline_rate = len(payloads) / baseline_s
+    pipeline_rate = delivered / pipeline_s
+    print(f"benevity_throughput: {delivered} events, {args.latency_ms:g} ms latency, concurrency {args.concurrency}")
+    print(f"  extract (outbox rows):      {len(payloads) / extracted_s:8.0f} events/s")
+    print(f"  sequential baseline:        {baseline_rate:8.1f} events/s  ({baseline_s:.1f} s)")
+    print(f"  pipeline (DeliveryRun):     {pipeline_rate:8.1f} events/s  ({pipeline_s:.1f} s)")
+    print(f"  ratio pipeline / baseline:  {pipeline_rate / baseline_rate:8.2f}x")
+    return {"baseline_eps": baseline_rate, "pipeline_eps": pipeline_rate, "ratio": pipeline_rate / baseline_rate}
+
+
+if __name__ == "__main__":
+    main()

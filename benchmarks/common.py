@@ -1,0 +1,96 @@
+"""Shared setup for benchmarks: a throwaway warehouse, seeded events, a sandbox."""
+
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import requests
+from sqlalchemy.engine import Engine
+
+from impactin_pipelines.store import migrations
+from impactin_pipelines.store.engine import make_engine
+from impactin_pipelines.store.schema import company_integrations, impact_events
+
+
+@contextmanager
+def scratch_warehouse() -> Iterator[tuple[Engine, Path]]:
+    with tempfile.TemporaryDirectory(prefix="impactin-bench-") as tmp:
+        os.environ["IMPACTIN_STATE_DIR"] = tmp
+        engine = make_engine(f"sqlite:///{tmp}/warehouse.db")
+        migrations.upgrade(engine)
+        try:
+            yield engine, Path(tmp)
+        finally:
+            engine.dispose()
+
+
+def seed(engine: Engine, provider: str, companies: list[str], events_per_company: int) -> int:
+    rows = [
+        {
+            "event_id": f"evt_{company}_{i:06d}",
+            "company_id": company,
+            "user_id": f"user_{i % 97}",
+            "event_type": "volunteer_hours",
+            "occurred_at": datetime(2025, 11, 14, 10, tzinfo=UTC),
+            "value": 2.5,
+            "unit": "hours",
+            "outcome_scores": {"community_engagement": 0.5},
+            "metadata": {"program": "bench"},
+        }
+        for company in companies
+        for i in range(events_per_company)
+    ]
+    with engine.begin() as conn:
+        conn.execute(
+            company_integrations.insert(),
+            [{"company_id": c, "provider": provider, "enabled": True, "settings": None} for c in companies],
+        )
+        conn.execute(impact_events.insert(), rows)
+    return len(rows)
+
+
+class SandboxProcess:
+    """The sandbox in its own process, as a real provider would be: its CPU does not compete with ours for the GIL."""
+
+    def __init__(self) -> None:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "impactin_pipelines.cli", "sandbox", "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        self.env: dict[str, str] = {}
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            if line.startswith("# sandbox ready at "):
+                self.url = line.removeprefix("# sandbox ready at ").strip()
+                break
+            name, _, value = line.removeprefix("export ").strip().partition("=")
+            self.env[name] = shlex.split(value)[0] if value else ""
+        else:
+            raise RuntimeError("the sandbox process exited before announcing its address")
+
+    def configure(self, provider: str, faults: dict) -> None:  # type: ignore[type-arg]
+        requests.post(f"{self.url}/_sandbox/{provider}/faults", json=faults, timeout=5).raise_for_status()
+
+    def reset(self) -> None:
+        requests.post(f"{self.url}/_sandbox/reset", timeout=5).raise_for_status()
+
+    def requests_seen(self, provider: str) -> dict:  # type: ignore[type-arg]
+        return requests.get(f"{self.url}/_sandbox/{provider}/requests", timeout=30).json()
+
+    def stop(self) -> None:
+        self._proc.terminate()
+        self._proc.wait(timeout=10)
+
+    def __enter__(self) -> "SandboxProcess":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
