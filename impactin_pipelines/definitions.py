@@ -7,6 +7,12 @@ from impactin_pipelines.defs.assets.stats import delivery_stats
 from impactin_pipelines.defs.checks import delivery_checks
 from impactin_pipelines.defs.jobs import delivery_stats_job, impact_delivery_job
 from impactin_pipelines.defs.loggers import run_loggers
+from impactin_pipelines.defs.provider_health import (
+    provider_health_job,
+    provider_health_schedule,
+    provider_integrations,
+    providers_can_authenticate,
+)
 from impactin_pipelines.defs.replay import impact_replay_job
 from impactin_pipelines.defs.rerun import impact_rerun_sensor
 from impactin_pipelines.defs.resources import DeliveryResource, ProvidersResource, WarehouseResource
@@ -16,10 +22,10 @@ from impactin_pipelines.defs.sensors import company_partitions_sensor, stats_aft
 
 def build_defs() -> dg.Definitions:
     return dg.Definitions(
-        assets=[impact_outbox, impact_deliveries, delivery_stats],
-        asset_checks=delivery_checks,
-        jobs=[impact_delivery_job, delivery_stats_job, impact_replay_job],
-        schedules=[nightly_delivery_schedule()],
+        assets=[impact_outbox, impact_deliveries, delivery_stats, provider_integrations],
+        asset_checks=[providers_can_authenticate, *delivery_checks],
+        jobs=[impact_delivery_job, delivery_stats_job, impact_replay_job, provider_health_job],
+        schedules=[nightly_delivery_schedule(), provider_health_schedule],
         sensors=[company_partitions_sensor, stats_after_delivery_sensor, impact_rerun_sensor],
         loggers=run_loggers(),
         resources={

@@ -1,0 +1,105 @@
+"""Provider connectivity checks ("provider health checks"): the service, `impactin providers check` and the Dagster
+asset check, against the sandbox over loopback. Each says which configurations authenticate and sends no impact data."""
+
+import json
+
+import dagster as dg
+import pytest
+
+from impactin_pipelines.connectors.ratelimit import close_shared_limiters
+from impactin_pipelines.sandbox.goodera import CLIENT_SECRET
+from impactin_pipelines.security.crypto import generate_key, load_keyring
+from impactin_pipelines.services.provider_checks import check_providers
+from impactin_pipelines.settings import ProviderEnv
+from tests.cli_support import cli_env, run_cli
+from tests.support import add_integration
+
+KEY = generate_key()
+WRONG = "globex-has-a-stale-goodera-secret"
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
+    monkeypatch.setenv("IMPACTIN_ENCRYPTION_KEY", KEY)
+    yield
+    close_shared_limiters()
+
+
+def seed(engine) -> None:  # type: ignore[no-untyped-def]
+    add_integration(engine, "acme", "goodera")
+    add_integration(engine, "acme", "benevity")
+    add_integration(
+        engine, "globex", "goodera", settings={"client_secret": {"encrypted": load_keyring().encrypt(WRONG)}}
+    )
+    add_integration(engine, "initech", "goodera", settings={"client_secret": "plain-text-secret"})
+    add_integration(engine, "umbrella", "goodera", enabled=False)
+
+
+def no_impact_data_sent(sandbox) -> bool:  # type: ignore[no-untyped-def]
+    return all(p.snapshot()["accepted"] == [] for p in sandbox.providers.values())
+
+
+def test_check_reports_each_enabled_integration(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+    seed(engine)
+    results = check_providers(engine, env=ProviderEnv.from_env(sandbox.env()))
+    by_key = {(r.company_id, r.provider): r for r in results}
+    assert list(by_key) == [("acme", "benevity"), ("acme", "goodera"), ("globex", "goodera"), ("initech", "goodera")]
+    assert by_key["acme", "goodera"].ok and "token issued" in by_key["acme", "goodera"].detail
+    assert by_key["acme", "benevity"].ok
+    globex = by_key["globex", "goodera"]
+    assert not globex.ok and "refused the client credentials" in globex.detail and WRONG not in globex.detail
+    initech = by_key["initech", "goodera"]
+    assert not initech.ok and "must be stored encrypted" in initech.detail and "plain-text-secret" not in initech.detail
+    assert no_impact_data_sent(sandbox)
+
+
+def test_filters_and_missing_configuration(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+    seed(engine)
+    [only] = check_providers(engine, company_ids=["acme"], providers=["goodera"], env=ProviderEnv())
+    assert not only.ok and "GOODERA_API_URL" in only.detail and "GOODERA_CLIENT_SECRET" in only.detail
+    assert check_providers(engine, company_ids=["nobody"], env=ProviderEnv()) == []
+
+
+def test_cli_exits_1_when_a_configuration_fails_and_prints_no_secret(engine, sandbox, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    seed(engine)
+    env = cli_env(tmp_path, engine.url.render_as_string(hide_password=False), sandbox, IMPACTIN_ENCRYPTION_KEY=KEY)
+    everything = run_cli(["providers", "check", "--json"], env)
+    assert everything.returncode == 1, everything.stderr
+    doc = json.loads(everything.stdout)
+    assert doc["ok"] is False
+    assert [(d["company"], d["provider"], d["ok"]) for d in doc["data"]] == [
+        ("acme", "benevity", True),
+        ("acme", "goodera", True),
+        ("globex", "goodera", False),
+        ("initech", "goodera", False),
+    ]
+    one = run_cli(["providers", "check", "--company", "acme", "--provider", "goodera"], env)
+    assert one.returncode == 0, one.stderr
+    assert "acme" in one.stdout and "ok" in one.stdout and "globex" not in one.stdout
+    for output in (everything.stdout + everything.stderr, one.stdout + one.stderr):
+        assert CLIENT_SECRET not in output and WRONG not in output
+    assert no_impact_data_sent(sandbox)
+
+
+def test_dagster_asset_check_reports_which_integrations_authenticate(engine, sandbox, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    seed(engine)
+    for name, value in sandbox.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("IMPACTIN_WAREHOUSE_URL", engine.url.render_as_string(hide_password=False))
+    from impactin_pipelines.definitions import build_defs
+
+    job = build_defs().resolve_job_def("provider_health_job")
+    with dg.instance_for_test() as instance:
+        result = job.execute_in_process(instance=instance)
+    assert result.success
+    [evaluation] = [
+        e.asset_check_evaluation_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    ]
+    assert evaluation.check_name == "providers_can_authenticate" and evaluation.passed is False
+    metadata = {k: getattr(v, "value", v) for k, v in evaluation.metadata.items()}
+    assert metadata["checked"] == 4 and metadata["failed"] == 2
+    assert metadata["failing"] == "globex/goodera, initech/goodera"
+    assert "| acme | goodera | ok |" in metadata["results"]
+    assert CLIENT_SECRET not in json.dumps(metadata, default=str) and WRONG not in json.dumps(metadata, default=str)
+    assert no_impact_data_sent(sandbox)
