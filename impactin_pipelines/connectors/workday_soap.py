@@ -251,26 +251,26 @@ class WorkdaySoapConnector:
         self.transport.begin(call)
         try:
             getattr(self.service, OPERATION)(**arguments)
-            return self._finish(call, started), None
+            return self._finish(call), None
         except _NoResponse:
-            return self._finish(call, started), None
+            return self._finish(call), None
         except Fault as fault:
             if fault.code is None:  # zeep's "Unknown fault": a non-fault error body; the HTTP status decides
-                return self._finish(call, started), None
-            return self._fault(call, started, fault), fault
+                return self._finish(call), None
+            return self._fault(call, fault), fault
         except TransportError:  # non-XML or empty body: the HTTP status decides
-            return self._finish(call, started, unreadable="the body is not a SOAP envelope"), None
+            return self._finish(call, unreadable="the body is not a SOAP envelope"), None
         except (DTDForbidden, EntitiesForbidden, ExternalReferenceForbidden) as exc:
-            return self._finish(call, started, unreadable=f"the reply was refused ({type(exc).__name__})"), None
+            return self._finish(call, unreadable=f"the reply was refused ({type(exc).__name__})"), None
         except ZeepError as exc:
             if call.result is None:  # the envelope could not even be built from the payload
                 error = self.redactor.scrub(f"payload does not fit the WSDL: {exc}")
                 return AttemptResult(AttemptOutcome.PERMANENT, started, datetime.now(UTC), error=error), None
-            return self._finish(call, started), None  # a reply we could not parse: the HTTP status decides
+            return self._finish(call), None  # a reply we could not parse: the HTTP status decides
         finally:
             self.transport.end()
 
-    def _finish(self, call: _Call, started: datetime, *, unreadable: str | None = None) -> AttemptResult:
+    def _finish(self, call: _Call, *, unreadable: str | None = None) -> AttemptResult:
         """The exchange's own classification (by HTTP status), with the masked envelope attached. A 2xx whose
         body we cannot read is retried: we cannot tell it was stored, and External_Reference_ID makes it safe."""
         assert call.result is not None
@@ -280,7 +280,7 @@ class WorkdaySoapConnector:
             result = replace(result, outcome=AttemptOutcome.RETRYABLE, error=error)
         return result
 
-    def _fault(self, call: _Call, started: datetime, fault: Fault) -> AttemptResult:
+    def _fault(self, call: _Call, fault: Fault) -> AttemptResult:
         base = call.result
         assert base is not None
         status = f"HTTP {base.http_status} " if base.http_status else ""
