@@ -117,6 +117,7 @@ class DeliveryRun:
         self.rng = rng or random.Random()
         self.outbox = Outbox(engine)
         self.only_ids = list(only_ids) if only_ids is not None else None
+        self._taken: set[str] = set()  # targeted rows claimed once already: a settled row is never re-claimed
         self.claimant = str(Claimant.new())
         self.report = DeliveryReport(provider.value)
 
@@ -141,17 +142,19 @@ class DeliveryRun:
 
     def _claim(self, dead: Sequence[str]) -> list[ClaimedDelivery]:
         if self.only_ids is not None:
-            return self.outbox.claim(
+            claimed = self.outbox.claim(
                 claimant=self.claimant,
                 provider=self.provider.value,
                 company_ids=self.company_ids,
                 limit=self.settings.claim_batch,
                 lease_s=self.settings.lease_s,
                 dead=dead,
-                ids=[i for i in self.only_ids if i not in self.report.rows],
+                ids=[i for i in self.only_ids if i not in self._taken],
                 statuses=(DeliveryStatus.PENDING, DeliveryStatus.RETRYING, DeliveryStatus.FAILED),
                 due_only=False,
             )
+            self._taken.update(row.id for row in claimed)
+            return claimed
         return self.outbox.claim(
             claimant=self.claimant,
             provider=self.provider.value,
