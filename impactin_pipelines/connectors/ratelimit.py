@@ -322,7 +322,7 @@ def shared_limiter(engine: Engine, provider: str, credential_key: str, rate: Rat
         else:
             bucket = PostgresBucket(_EnginePool(engine), key, _rates(rate))  # type: ignore[arg-type]
             pauses = PauseStore(engine)
-            limiter = Limiter(bucket, buffer_ms=5)  # lock contention reports no wait: never spin at 0
+            limiter = Limiter(bucket, buffer_ms=1)  # lock contention can report no wait: never spin at 0
         found = _registry[registry_key] = SharedRateLimiter(key, rate, limiter, pauses)
         return found
 
