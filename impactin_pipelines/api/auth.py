@@ -30,7 +30,7 @@ class AuthMiddleware:
         request = Request(scope)
         try:
             key = await self._authenticate(request.headers.get("authorization"))
-        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        except sa.exc.DBAPIError as exc:  # whatever the driver says, no key can be checked: unavailable
             LOG.error(f"API key lookup failed: database unavailable: {type(exc).__name__}")
             response = error_response(503, "Service unavailable", "the warehouse database is unavailable")
             await response(scope, receive, send)

@@ -56,6 +56,20 @@ def start_api(engine: Engine, factory: ConnectorFactory, settings: ApiSettings) 
     return BackgroundServer(build_app(engine, factory=factory, settings=settings)).start()
 
 
+@pytest.fixture(scope="module")
+def shared_sandbox() -> Iterator[SandboxServer]:
+    with SandboxServer() as server:
+        yield server
+
+
+@pytest.fixture
+def sandbox(shared_sandbox: SandboxServer) -> SandboxServer:
+    """One sandbox per module (stopping one costs half a second), reset for every test."""
+    for provider in shared_sandbox.providers.values():
+        provider.reset()
+    return shared_sandbox
+
+
 @pytest.fixture
 def api_settings() -> ApiSettings:
     return ApiSettings(rate_limit_per_minute=100_000)

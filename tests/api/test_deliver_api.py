@@ -116,6 +116,16 @@ def test_a_provider_rejection_is_reported_in_the_delivery(api):
     assert data["providerResponse"] == {"error": "event_rejected", "event_id": "evt_api_1"}
 
 
+def test_each_rejected_event_is_sent_exactly_once(api):
+    """Regression: a targeted run re-claimed a row that settled before its next claim query and sent it again."""
+    add_integration(api.engine, "acme", "benevity")
+    ids = [f"evt_rej_{i}" for i in range(12)]
+    api.sandbox.providers["benevity"].configure({"reject_events": ids})
+    for event_id in ids:
+        assert api.post(DELIVER, body(event_id)).json()["data"]["attemptCount"] == 1
+    assert sorted(r["event_id"] for r in api.sent()) == sorted(ids)
+
+
 def test_no_enabled_integration_is_400_and_stores_nothing(api):
     add_integration(api.engine, "acme", "benevity", enabled=False)
     for company in ("acme", "initech"):

@@ -20,6 +20,8 @@ def _schema_version(engine: Engine) -> int:
     """A read-only look (no write lock on SQLite, unlike migrations.current_version)."""
     table = migrations.schema_migrations
     with read_connection(engine) as conn:
+        if not sa.inspect(conn).has_table(table.name):
+            return 0
         return conn.execute(sa.select(sa.func.coalesce(sa.func.max(table.c.version), 0))).scalar_one()
 
 

@@ -1,0 +1,84 @@
+"""`impactin api-keys create|list|revoke` and `impactin api`, run as an operator would."""
+
+import re
+import socket
+import time
+
+import requests
+from click.testing import CliRunner
+
+from impactin_pipelines.cli import cli
+from impactin_pipelines.store.api_keys import ApiKeyStore
+from tests.cli_support import cli_env, start_cli
+
+TOKEN = re.compile(r"^imk_[0-9a-f]{12}_[A-Za-z0-9_-]{43}$")
+
+
+def invoke(args, monkeypatch, warehouse_url):
+    monkeypatch.setenv("IMPACTIN_WAREHOUSE_URL", warehouse_url)
+    return CliRunner().invoke(cli, args, catch_exceptions=False)
+
+
+def test_create_prints_the_key_once_and_list_never_shows_it(engine, warehouse_url, monkeypatch):
+    created = invoke(["api-keys", "create", "--company", "acme", "--label", "ops"], monkeypatch, warehouse_url)
+    assert created.exit_code == 0, created.output
+    token = created.stdout.strip()
+    assert TOKEN.match(token)
+    assert "not shown again" in created.stderr
+    key = ApiKeyStore(engine).authenticate(token)
+    assert key is not None and key.company_id == "acme" and not key.is_admin and key.label == "ops"
+
+    admin = invoke(["api-keys", "create", "--admin", "--json"], monkeypatch, warehouse_url)
+    assert admin.exit_code == 0 and '"admin": true' in admin.stdout and '"key": "imk_' in admin.stdout
+
+    listed = invoke(["api-keys", "list"], monkeypatch, warehouse_url)
+    assert listed.exit_code == 0 and key.key_id in listed.stdout and "company:acme" in listed.stdout
+    as_json = invoke(["api-keys", "list", "--json"], monkeypatch, warehouse_url)
+    for output in (listed.stdout, as_json.stdout):
+        assert token not in output and token.split("_", 2)[2] not in output
+
+    revoked = invoke(["api-keys", "revoke", key.key_id], monkeypatch, warehouse_url)
+    assert revoked.exit_code == 0 and ApiKeyStore(engine).authenticate(token) is None
+    assert invoke(["api-keys", "revoke", key.key_id], monkeypatch, warehouse_url).exit_code == 1
+    assert key.key_id not in invoke(["api-keys", "list"], monkeypatch, warehouse_url).stdout
+    assert key.key_id in invoke(["api-keys", "list", "--all"], monkeypatch, warehouse_url).stdout
+
+
+def test_create_needs_exactly_one_scope_and_a_valid_company(engine, warehouse_url, monkeypatch):
+    for args in ([], ["--admin", "--company", "acme"]):
+        result = invoke(["api-keys", "create", *args], monkeypatch, warehouse_url)
+        assert result.exit_code == 2 and "exactly one of --company C or --admin" in result.output
+    bad = invoke(["api-keys", "create", "--company", "acme|benevity"], monkeypatch, warehouse_url)
+    assert bad.exit_code == 2 and "company_id" in bad.output
+    assert ApiKeyStore(engine).list() == []
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_impactin_api_serves_the_api(engine, warehouse_url, tmp_path):
+    token = ApiKeyStore(engine).create(company_id="acme").token
+    port = _free_port()
+    process = start_cli(["api", "--port", str(port)], cli_env(tmp_path, warehouse_url))
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.get(url + "/health/liveness", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, "impactin api did not come up"
+            time.sleep(0.1)
+        listed = requests.get(
+            url + "/v1/impact-in/deliveries", headers={"Authorization": f"Bearer {token}"}, timeout=10
+        )
+        assert listed.status_code == 200 and listed.json()["pagination"]["total"] == 0
+        assert requests.get(url + "/v1/impact-in/deliveries", timeout=10).status_code == 401
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
