@@ -275,7 +275,16 @@ def test_token_endpoint_errors_are_retryable(engine, sandbox, fault) -> None:  #
     if fault.get("retry_after"):
         assert raised.value.retry_after_s == float(fault["retry_after"])
     assert "unavailable" in str(raised.value) and CLIENT_SECRET not in str(raised.value)
-    assert oauth_for(engine, sandbox).bearer()  # and the next attempt works
+    assert oauth_for(engine, sandbox).bearer()  # and a new run asks again, and works
+
+
+def test_an_outage_is_not_asked_again_during_its_cool_down(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+    goodera(sandbox).configure({"token_fail_next": {"status": 503, "retry_after": "20"}})
+    oauth = oauth_for(engine, sandbox)
+    for _ in range(3):  # a run's rows retrying: one request, the same answer
+        with pytest.raises(TokenEndpointUnavailable, match="HTTP 503"):
+            oauth.bearer()
+    assert token_requests(sandbox) == 1
 
 
 def test_token_endpoint_timeout_and_refused_connection_are_retryable(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
@@ -288,9 +297,13 @@ def test_token_endpoint_timeout_and_refused_connection_are_retryable(engine, san
 
 def test_refused_credentials_are_a_config_error_without_the_secret(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
     wrong = "a-wrong-but-long-secret-value"
+    oauth = oauth_for(engine, sandbox, client_secret=wrong)
     with pytest.raises(TokenRejected) as raised:
-        oauth_for(engine, sandbox, client_secret=wrong).bearer()
+        oauth.bearer()
     assert isinstance(raised.value, ConfigError) and raised.value.http_status == 401
+    with pytest.raises(TokenRejected):  # the same run asks no more with credentials the provider refused
+        oauth.bearer()
+    assert token_requests(sandbox) == 1
     assert "refused the client credentials" in str(raised.value) and "invalid_client" in str(raised.value)
     assert wrong not in str(raised.value) and CLIENT_SECRET not in str(raised.value)
     # a non-JSON 401 (requests-oauthlib loses the status there) is still a refusal, not an outage

@@ -35,6 +35,7 @@ from impactin_pipelines.store.tokens import StoredToken, TokenStore, credential_
 
 LOG = logging.getLogger("impactin.oauth")
 DEFAULT_LIFETIME_S = 300.0  # when the provider omits expires_in: short, so a wrong guess costs one 401 at most
+OUTAGE_COOLDOWN_S = (1.0, 30.0)  # after the token endpoint failed, this instance waits (Retry-After, clamped) to ask
 
 
 class _NoSecretDebug(logging.Filter):
@@ -128,6 +129,11 @@ class OAuthClientCredentials:
         self.redactor = Redactor([client_secret])
         self._flight = _flight(engine, company_id, provider, self.credential_key)
         self._cached: StoredToken | None = None
+        # The last failure, replayed without asking until `_replay_until`: refused credentials for the rest of this
+        # instance's life (one run), an outage for a short cool-down. A run with a thousand rows must not send the
+        # token endpoint a thousand requests with credentials it has refused (providers lock such accounts).
+        self._replay: Exception | None = None
+        self._replay_until = float("-inf")
 
     def __repr__(self) -> str:
         return f"OAuthClientCredentials(company_id={self.company_id!r}, provider={self.provider!r})"
@@ -144,6 +150,8 @@ class OAuthClientCredentials:
         cached = self._cached
         if cached is not None and cached.is_fresh(self.skew_s):
             return cached.access_token
+        if self._replay is not None and time.monotonic() < self._replay_until:
+            raise _copy(self._replay)
         queued_at = time.monotonic()
         with self._flight.lock:
             flight = self._flight
@@ -185,11 +193,21 @@ class OAuthClientCredentials:
             try:
                 token = self._fetch()
             except (ConfigError, TokenEndpointUnavailable) as exc:
-                self._flight.failure, self._flight.failed_at = exc, time.monotonic()
+                self._remember_failure(exc)
                 raise
             tx.save(self.credential_key, token)
-        self._flight.failure = None
+        self._flight.failure, self._replay = None, None
         return token
+
+    def _remember_failure(self, exc: Exception) -> None:
+        now = time.monotonic()
+        self._flight.failure, self._flight.failed_at = exc, now
+        self._replay = exc
+        if isinstance(exc, TokenEndpointUnavailable):
+            low, high = OUTAGE_COOLDOWN_S
+            self._replay_until = now + min(high, max(low, exc.retry_after_s or 0.0))
+        else:
+            self._replay_until = float("inf")
 
     def _fetch(self) -> StoredToken:
         oauth = OAuth2Session(client=BackendApplicationClient(client_id=self.client_id, scope=self.scope))
