@@ -1,5 +1,5 @@
-"""Serving the app with uvicorn: in the foreground (`impactin api`) or on a background thread (tests, demos).
-uvicorn's own access log is off: it would print query strings, and the API logs what it needs."""
+"""Serving the app with uvicorn: in the foreground (`impactin api`, with uvicorn's access log: method, path, status,
+never a header, so never a key) or on a background thread for tests and demos (quiet)."""
 
 import threading
 import time
@@ -11,7 +11,7 @@ STARTUP_TIMEOUT_S = 10.0
 
 
 def serve(app: Starlette, host: str, port: int, *, log_level: str = "info") -> None:
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, server_header=False)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
 
 
 class BackgroundServer:

@@ -15,12 +15,17 @@ from impactin_pipelines.store.api_keys import ApiKey, ApiKeyStore
 def api(host: str, port: int, log_level: str) -> None:
     """Serve the /v1/impact-in HTTP API (keys: `impactin api-keys create`)."""
     from impactin_pipelines.api import build_app
+    from impactin_pipelines.api.config import ApiSettings
     from impactin_pipelines.api.server import serve
 
+    try:
+        settings = ApiSettings.from_env()
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     eng = engine()
     if not ApiKeyStore(eng).list(include_revoked=False):
         click.echo("warning: no API key exists yet; every request will get 401 (`impactin api-keys create`)", err=True)
-    serve(build_app(eng), host, port, log_level=log_level)
+    serve(build_app(eng, settings=settings), host, port, log_level=log_level)
 
 
 @click.group("api-keys")

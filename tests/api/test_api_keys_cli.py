@@ -82,3 +82,9 @@ def test_impactin_api_serves_the_api(engine, warehouse_url, tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+def test_impactin_api_refuses_a_bad_setting_with_its_name(engine, warehouse_url, monkeypatch):
+    monkeypatch.setenv("IMPACTIN_API_RATE_LIMIT_PER_MINUTE", "lots")
+    result = invoke(["api"], monkeypatch, warehouse_url)
+    assert result.exit_code == 1 and "IMPACTIN_API_RATE_LIMIT_PER_MINUTE='lots' is not an integer" in result.output
