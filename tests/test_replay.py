@@ -222,17 +222,41 @@ def _age(row: dict) -> tuple:
     return (row["created_at"], row["id"])
 
 
-def test_retry_all_failed_without_provider_covers_every_provider(engine, factory, sandbox):
-    add_integration(engine, "acme", "benevity")
+def _every_provider(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> dict[str, dict]:
+    """One failed row per provider for acme (Workday over SOAP); plain-http OAuth allowed for the sandbox."""
+    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
     start = datetime(2026, 1, 1, tzinfo=UTC)
-    _add_rows_aged(engine, "acme", Provider.BENEVITY, 2, start)
-    _add_rows_aged(engine, "acme", Provider.GOODERA, 1, start)
-    results = replay_all_failed(engine, factory, company_id="acme", page_size=100)
-    assert len(results) == 3
-    by_provider = {rows(engine, id=r.id)[0]["provider"]: r for r in results}
-    assert by_provider["benevity"].success
-    goodera = by_provider["goodera"]  # no Goodera configuration in this environment: a config failure, reported
-    assert not goodera.success and goodera.new_status == "failed"
+    for provider in Provider:
+        add_integration(engine, "acme", provider.value)
+        _add_rows_aged(engine, "acme", provider, 1, start)
+    return {r["provider"]: r for r in rows(engine)}
+
+
+def test_retry_all_failed_without_provider_covers_every_provider(engine, factory, sandbox, monkeypatch):
+    by_provider = _every_provider(engine, monkeypatch)
+    results = replay_all_failed(engine, factory, company_id="acme", page_size=2)
+    assert len(results) == 3 and all(r.success for r in results), results
+    for name, row in by_provider.items():
+        sent = [r for r in sandbox.providers[name].snapshot()["requests"] if r["idempotency_key"] == row["delivery_id"]]
+        assert [r["status"] for r in sent] in ([200], [201]), (name, sent)
+    assert {r["status"] for r in rows(engine)} == {"success"}
+
+
+def test_dry_run_masks_the_secrets_of_every_provider(engine, factory, sandbox, monkeypatch):
+    by_provider = _every_provider(engine, monkeypatch)
+    results = replay_all_failed(engine, factory, company_id="acme", dry_run=True)
+    assert all(r.success for r in results), results
+    plans = {r.dry_run["provider"]: r.dry_run for r in results if r.dry_run}
+    assert set(plans) == {"benevity", "goodera", "workday"}
+    for name, plan in plans.items():
+        assert plan["request"]["headers"]["X-Idempotency-Key"] == by_provider[name]["delivery_id"]
+        assert plan["endpoint"].startswith(f"POST {sandbox.url}/{name}")
+    text = json.dumps(plans)
+    secrets = [v for k, v in sandbox.env().items() if any(w in k for w in ("SECRET", "PASSWORD", "API_KEY"))]
+    assert len(secrets) == 5 and not [s for s in secrets if s in text]
+    assert plans["goodera"]["request"]["headers"]["Authorization"] == "***"  # masked (and never fetched)
+    for provider in sandbox.providers.values():
+        assert provider.snapshot()["requests"] == []  # nothing sent, not even a token request
 
 
 def test_dry_run_shows_the_exact_request_without_sending_or_claiming(engine, factory, sandbox):
