@@ -14,6 +14,8 @@ from impactin_pipelines.defs.jobs import impact_delivery_job
 from impactin_pipelines.defs.planning import PROVIDER_TAG, RANGE_END_TAG, RANGE_START_TAG, TRIGGER_TAG
 from impactin_pipelines.defs.rerun import ATTEMPT_TAG, RERUN_OF_TAG, impact_rerun_sensor, run_partitions
 from impactin_pipelines.defs.resources import DeliveryResource, ProvidersResource, WarehouseResource
+from impactin_pipelines.domain.providers import Provider
+from impactin_pipelines.services.extract import extract
 from impactin_pipelines.store.schema import impact_deliveries as d
 from tests.support import add_events, add_integration, events, rows
 
@@ -230,3 +232,18 @@ def test_run_partitions_reads_ranges_and_single_partitions():
     assert run_partitions({"dagster/partition": "c|workday"}, known) == {"workday": {"c"}}
     assert run_partitions({RANGE_START_TAG: "zz|benevity", RANGE_END_TAG: "a|benevity"}, known) == {}
     assert run_partitions({}, known) == {}
+
+
+def test_rows_past_the_cap_are_not_rerun(engine):  # type: ignore[no-untyped-def]
+    """A run that keeps dying before it settles its rows must not be re-requested for ever."""
+    add_integration(engine, "acme", "benevity")
+    add_events(engine, events("acme", 1))
+    extract(engine, "acme", Provider.BENEVITY)
+    due = datetime.now(UTC) - timedelta(seconds=1)
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("company", ["acme"])
+        for run_count, expected in ((3, 1), (4, 0)):
+            with engine.begin() as conn:
+                conn.execute(sa.update(d).values(status="retrying", run_count=run_count, next_attempt_at=due))
+            result = evaluate(instance, engine, max_run_attempts=3)
+            assert len(result.run_requests) == expected, run_count

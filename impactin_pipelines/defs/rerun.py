@@ -8,6 +8,7 @@ Two sources of work, both re-run as range runs of `impact_delivery_job` (one per
 - `retrying` rows whose `next_attempt_at` has come. Their spacing and cap are the rows' own (DeliveryRun
   parks them with a growing `next_attempt_at` and turns them `failed/exhausted` at the cap); the run_key is
   derived from the rows' run counts, which every claim increments, so one state of the rows gets one run.
+  Rows already past the cap (a run died before settling them) are left to the asset check, not re-run.
 
 Partitions a run of the job is already working on are left alone. The cursor remembers failed runs already
 dealt with, so a tick only looks at new ones.
@@ -167,7 +168,7 @@ def impact_rerun_sensor(
         cursor.handled[run.run_id] = ended
 
     due_rows: dict[str, list] = defaultdict(list)
-    for group in due_retrying(warehouse.engine, now):
+    for group in due_retrying(warehouse.engine, now, max_run_count=cap):  # one last run settles a row at the cap
         taken = busy.get(group.provider, set()) | planned.get(group.provider, set())
         if group.company_id not in taken and group.company_id in known:
             due_rows[group.provider].append(group)

@@ -24,7 +24,9 @@ class DueRetries:
     max_run_count: int
 
 
-def due_retrying(engine: Engine, now: datetime) -> list[DueRetries]:
+def due_retrying(engine: Engine, now: datetime, *, max_run_count: int | None = None) -> list[DueRetries]:
+    """Per partition; rows that already had more than `max_run_count` runs are left out (the asset check on
+    rows retrying past the cap names them) so a run that keeps dying before it settles them cannot loop."""
     stmt = (
         sa.select(
             d.c.provider,
@@ -38,6 +40,7 @@ def due_retrying(engine: Engine, now: datetime) -> list[DueRetries]:
             ci.c.enabled.is_(True),
             d.c.status == DeliveryStatus.RETRYING.value,
             d.c.next_attempt_at <= now,
+            *([d.c.run_count <= max_run_count] if max_run_count is not None else []),
         )
         .group_by(d.c.provider, d.c.company_id)
         .order_by(d.c.provider, d.c.company_id)
