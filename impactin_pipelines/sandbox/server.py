@@ -46,7 +46,9 @@ class SandboxServer:
         return env
 
     def start(self) -> "SandboxServer":
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="impactin-sandbox", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="impactin-sandbox", daemon=True
+        )
         self._thread.start()
         return self
 
