@@ -185,7 +185,6 @@ def test_token_endpoint_down_leaves_the_row_retrying(engine, sandbox, fake) -> N
     assert "token endpoint unavailable (HTTP 503)" in row["last_error"]
     assert [a["outcome"] for a in attempts(engine, row["delivery_id"])] == ["retryable"] * 3
     assert api_requests(fake) == []  # nothing reached the API without a token
-    assert fake.oauth.stats()["token_requests"] == 1  # the quick retries replayed the outage, not re-asked it
 
 
 def test_refused_credentials_fail_only_that_company_as_config(engine, sandbox, fake) -> None:  # type: ignore[no-untyped-def]

@@ -278,13 +278,17 @@ def test_token_endpoint_errors_are_retryable(engine, sandbox, fault) -> None:  #
     assert oauth_for(engine, sandbox).bearer()  # and a new run asks again, and works
 
 
-def test_an_outage_is_not_asked_again_during_its_cool_down(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
-    goodera(sandbox).configure({"token_fail_next": {"status": 503, "retry_after": "20"}})
+def test_after_an_outage_the_next_ask_waits_out_the_cool_down(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+    goodera(sandbox).configure({"token_fail_next": {"status": 503, "retry_after": "5", "count": 2}})
     oauth = oauth_for(engine, sandbox)
-    for _ in range(3):  # a run's rows retrying: one request, the same answer
+    waits: list[float] = []
+    oauth._sleep = waits.append  # record the cool-down instead of sitting through it
+    for _ in range(2):
         with pytest.raises(TokenEndpointUnavailable, match="HTTP 503"):
             oauth.bearer()
-    assert token_requests(sandbox) == 1
+    assert oauth.bearer()  # the third ask gets a token
+    assert [round(w) for w in waits] == [5, 5]  # each ask after a failure honoured its Retry-After first
+    assert token_requests(sandbox) == 3
 
 
 def test_token_endpoint_timeout_and_refused_connection_are_retryable(engine, sandbox) -> None:  # type: ignore[no-untyped-def]

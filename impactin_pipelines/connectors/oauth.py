@@ -35,7 +35,7 @@ from impactin_pipelines.store.tokens import StoredToken, TokenStore, credential_
 
 LOG = logging.getLogger("impactin.oauth")
 DEFAULT_LIFETIME_S = 300.0  # when the provider omits expires_in: short, so a wrong guess costs one 401 at most
-OUTAGE_COOLDOWN_S = (1.0, 30.0)  # after the token endpoint failed, this instance waits (Retry-After, clamped) to ask
+OUTAGE_COOLDOWN_S = (1.0, 30.0)  # after an outage, wait Retry-After (clamped to this) before asking again
 
 
 class _NoSecretDebug(logging.Filter):
@@ -129,11 +129,12 @@ class OAuthClientCredentials:
         self.redactor = Redactor([client_secret])
         self._flight = _flight(engine, company_id, provider, self.credential_key)
         self._cached: StoredToken | None = None
-        # The last failure, replayed without asking until `_replay_until`: refused credentials for the rest of this
-        # instance's life (one run), an outage for a short cool-down. A run with a thousand rows must not send the
-        # token endpoint a thousand requests with credentials it has refused (providers lock such accounts).
+        # The last failure. Refused credentials are replayed for the rest of this instance's life (one run): a run
+        # with a thousand rows must not offer the token endpoint credentials it refused a thousand times (providers
+        # lock such accounts). After an outage, askers wait out a short cool-down (Retry-After, clamped) first.
         self._replay: Exception | None = None
         self._replay_until = float("-inf")
+        self._sleep = time.sleep
 
     def __repr__(self) -> str:
         return f"OAuthClientCredentials(company_id={self.company_id!r}, provider={self.provider!r})"
@@ -150,8 +151,10 @@ class OAuthClientCredentials:
         cached = self._cached
         if cached is not None and cached.is_fresh(self.skew_s):
             return cached.access_token
-        if self._replay is not None and time.monotonic() < self._replay_until:
+        if isinstance(self._replay, ConfigError):  # refused credentials: this run does not offer them again
             raise _copy(self._replay)
+        if self._replay is not None:  # an outage: ask again no sooner than its cool-down (waiting, not failing)
+            self._sleep(max(0.0, self._replay_until - time.monotonic()))
         queued_at = time.monotonic()
         with self._flight.lock:
             flight = self._flight
