@@ -166,7 +166,7 @@ class OAuthClientCredentials:
             stored = self.store.load(self.company_id, self.provider, self.credential_key)
             if stored is None or not stored.is_fresh(self.skew_s):
                 stored = self._refresh_exclusive()
-            self._cached = stored
+            self._cached, self._replay = stored, None
             return stored.access_token
 
     def invalidate(self, access_token: str) -> None:
