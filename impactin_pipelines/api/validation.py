@@ -19,10 +19,11 @@ from impactin_pipelines.domain.events import MAX_TEXT_CHARS
 from impactin_pipelines.domain.periods import parse_bound
 from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.domain.statuses import DeliveryStatus
+from impactin_pipelines.services.replay import MAX_BULK_IDS
 
 MAX_PAGE = 1_000_000
 MAX_LIMIT = 100
-MAX_BULK_IDS = 100
+
 _MAX_BOUND_CHARS = 40
 
 Model = TypeVar("Model", bound=BaseModel)
