@@ -58,6 +58,12 @@ def selected_partitions(
         elif not is_valid_company_id(company):
             problems.append(f"company_id {company!r} cannot be a Dagster partition key; skipped")
     chosen = [c for c in chosen if c in known_companies and is_valid_company_id(c)]
+    for i in enabled:
+        if i.provider not in PROVIDERS and i.company_id in chosen:
+            problems.append(
+                f"company {i.company_id!r} has an integration with provider {i.provider!r}, "
+                f"which is not one of {', '.join(PROVIDERS)}; ignored"
+            )
     wanted = list(providers) if providers else list(PROVIDERS)
     return chosen, [p for p in PROVIDERS if p in wanted], problems
 

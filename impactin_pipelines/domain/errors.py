@@ -7,7 +7,10 @@ _MAX_VALUE_CHARS = 80
 
 def show_value(value: Any) -> str:
     """repr() of a value, cut short so one huge field cannot flood a log line or a column."""
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an int over 4300 digits refuses to print
+        text = f"<{type(value).__name__} too long to show>"
     if len(text) > _MAX_VALUE_CHARS:
         text = text[: _MAX_VALUE_CHARS - 3] + "..."
     return text

@@ -17,6 +17,11 @@ from impactin_pipelines.domain.errors import InvalidEvent
 
 MAX_TEXT_CHARS = 256
 MAX_METADATA_BYTES = 64 * 1024
+# Bounds that keep every provider's rendering of a value finite and short: a float for the JSON providers (1e400
+# would become infinity), a plain decimal for Workday SOAP (1E-999999999 would print a billion zeros).
+MAX_VALUE = Decimal("1e15")
+MAX_VALUE_DECIMALS = 20
+_MAX = f"{MAX_VALUE:.0e}"
 
 
 @dataclass(frozen=True)
@@ -83,13 +88,18 @@ def parse_timestamp(value: Any, name: str = "occurred_at") -> datetime:
         raise InvalidEvent(name, value, "is missing or not an ISO 8601 timestamp")
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise InvalidEvent(name, value, "has no timezone offset (write it in UTC with 'Z' or with an offset)")
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is a valid local time with no UTC equivalent
+        raise InvalidEvent(name, value, "is out of range in UTC") from None
 
 
 def parse_value(value: Any, name: str = "value") -> Decimal:
     """A finite, non-negative number. Decimal keeps '5.0' as 5.0 on the wire, as the spec shows it."""
     if isinstance(value, bool) or value is None:
         raise InvalidEvent(name, value, "must be a number")
+    if isinstance(value, int) and abs(value) > MAX_VALUE:  # before str(): an int over 4300 digits cannot print
+        raise InvalidEvent(name, value, "must not be negative" if value < 0 else f"must not be larger than {_MAX}")
     try:
         number = Decimal(str(value).strip()) if isinstance(value, str | int | float | Decimal) else None
     except InvalidOperation:
@@ -100,6 +110,11 @@ def parse_value(value: Any, name: str = "value") -> Decimal:
         raise InvalidEvent(name, value, "must be a finite number")
     if number < 0:
         raise InvalidEvent(name, value, "must not be negative")
+    if number > MAX_VALUE:
+        raise InvalidEvent(name, value, f"must not be larger than {_MAX}")
+    exponent = number.as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -MAX_VALUE_DECIMALS:
+        raise InvalidEvent(name, value, f"has more than {MAX_VALUE_DECIMALS} decimal places")
     return number
 
 
@@ -125,8 +140,8 @@ def parse_json_object(value: Any, name: str) -> dict[str, Any]:
         raise InvalidEvent(name, value, "must be a JSON object")
     try:
         size = len(json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8"))
-    except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
-        raise InvalidEvent(name, value, f"is not JSON-serialisable UTF-8 ({exc})") from None
+    except (TypeError, ValueError, RecursionError) as exc:  # UnicodeEncodeError is a ValueError
+        raise InvalidEvent(name, value, f"is not JSON-serialisable UTF-8 ({type(exc).__name__}: {exc})") from None
     if size > MAX_METADATA_BYTES:
         raise InvalidEvent(name, f"<{size} bytes>", f"is larger than {MAX_METADATA_BYTES} bytes")
     return dict(value)
@@ -136,10 +151,19 @@ def _reject_constant(token: str) -> Any:
     raise ValueError(f"{token} is not allowed")
 
 
+def _event_id(raw: Mapping[str, Any]) -> str:
+    """The id is the row's key and the provider's dedup key, so it is used exactly as stored: ' evt_1' and 'evt_1'
+    are two rows, and trimming one would send two events under one id."""
+    event_id = _text(raw, "event_id")
+    if event_id != raw.get("event_id"):
+        raise InvalidEvent("event_id", raw.get("event_id"), "has leading or trailing whitespace")
+    return event_id
+
+
 def parse_event(raw: Mapping[str, Any]) -> ImpactEvent:
-    """Validate one raw event (warehouse row or API body, snake_case keys). Raises InvalidEvent."""
+    """Validate one raw event (warehouse row or API body, snake_case keys). Raises InvalidEvent, nothing else."""
     return ImpactEvent(
-        event_id=_text(raw, "event_id"),
+        event_id=_event_id(raw),
         company_id=validate_company_id(raw.get("company_id")),
         user_id=_text(raw, "user_id"),
         event_type=_text(raw, "event_type"),

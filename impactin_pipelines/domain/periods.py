@@ -12,6 +12,8 @@ def parse_bound(value: str, field: str, *, end: bool = False) -> datetime:
             moment = datetime.combine(date.fromisoformat(text), time(), tzinfo=UTC)
             return moment + timedelta(days=1) if end else moment
         moment = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
+        return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
     except ValueError:
         raise ValueError(f"{field}={value!r} is not a date (YYYY-MM-DD) or an ISO 8601 datetime") from None
-    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+    except OverflowError:  # 9999-12-31 as an end (the next midnight), or an offset past year 1 or 9999
+        raise ValueError(f"{field}={value!r} is out of range") from None

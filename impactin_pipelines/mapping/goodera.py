@@ -11,6 +11,13 @@ SCHEMA_VERSION = "v2.1"
 NORMALIZED_SCALE = "normalized_0_1"
 
 
+def _in_unit_range(score: int | float | Decimal) -> bool:
+    try:
+        return math.isfinite(score) and 0 <= score <= 1
+    except (OverflowError, ArithmeticError, ValueError):  # an int too big for a float; a signalling Decimal NaN
+        return False
+
+
 def impact_dimensions(outcome_scores: dict[str, Any]) -> list[dict[str, Any]]:
     """Label a score `normalized_0_1` only when it is one: a number in [0, 1]. Anything else is refused."""
     dimensions = []
@@ -20,7 +27,7 @@ def impact_dimensions(outcome_scores: dict[str, Any]) -> list[dict[str, Any]]:
             raise InvalidEvent("outcome_scores", name, "dimension names must be non-blank strings")
         if isinstance(score, bool) or not isinstance(score, int | float | Decimal):
             raise InvalidEvent(field, score, "must be a number between 0 and 1")
-        if not math.isfinite(float(score)) or not 0 <= score <= 1:
+        if not _in_unit_range(score):
             raise InvalidEvent(field, score, "must be between 0 and 1 (scale normalized_0_1)")
         dimensions.append({"dimension_name": name, "score": float(score), "scale": NORMALIZED_SCALE})
     return dimensions

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 
 from impactin_pipelines.connectors.config import parse_settings
 from impactin_pipelines.domain.errors import ConfigError, InvalidEvent
-from impactin_pipelines.domain.events import parse_event
+from impactin_pipelines.domain.events import is_utf8_text, parse_event
 from impactin_pipelines.domain.identity import delivery_id_for, payload_hash
 from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.domain.statuses import DeliveryStatus, ErrorKind
@@ -43,10 +43,18 @@ def workday_protocol(settings: Mapping[str, Any], env: ProviderEnv) -> str:
     return protocol
 
 
+def _writable(text: str) -> str:
+    """SQLite hands back bytes that are not UTF-8 as surrogate escapes (store.engine), which cannot be written again:
+    the quarantined row names such an id with its bad bytes shown as \\xNN."""
+    if is_utf8_text(text):
+        return text
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def outbox_row(raw: Mapping[str, Any], provider: Provider, *, protocol: str = "soap") -> NewDelivery:
     """Pure: one raw event -> one outbox row (pending with its payload, or quarantined)."""
-    company_id = str(raw.get("company_id"))
-    event_id = str(raw.get("event_id"))
+    company_id = _writable(str(raw.get("company_id")))
+    event_id = _writable(str(raw.get("event_id")))
     ident = delivery_id_for(company_id, provider.value, event_id)
     try:
         event = parse_event(raw)
@@ -85,6 +93,9 @@ def extract(
     outbox = Outbox(engine)
     for batch in source.undelivered_events(engine, company_id, provider.value, batch_size=batch_size):
         rows = [outbox_row(raw, provider, protocol=protocol) for raw in batch]
-        report.new_rows += outbox.add(rows)
-        report.invalid += sum(row.error_kind is ErrorKind.INVALID_EVENT for row in rows)
+        # Counted as inserted: an event whose id is not UTF-8 is read again by every extraction (see _writable).
+        quarantined = outbox.add([row for row in rows if row.error_kind is ErrorKind.INVALID_EVENT])
+        report.new_rows += outbox.add([row for row in rows if row.error_kind is not ErrorKind.INVALID_EVENT])
+        report.new_rows += quarantined
+        report.invalid += quarantined
     return report

@@ -8,6 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from impactin_pipelines.domain.providers import PROVIDERS
 from impactin_pipelines.store.engine import read_connection
 from impactin_pipelines.store.schema import company_integrations as ci
 from impactin_pipelines.store.schema import impact_deliveries as d
@@ -53,7 +54,7 @@ def undelivered_events(
     while True:
         stmt = (
             sa.select(e)
-            .where(e.c.company_id == company_id, e.c.event_id > after, no_row)
+            .where(e.c.company_id == company_id, e.c.event_id > _bindable(after), no_row)
             .order_by(e.c.event_id)
             .limit(batch_size)
         )
@@ -65,9 +66,20 @@ def undelivered_events(
         after = rows[-1]["event_id"]
 
 
+def _bindable(key: str) -> Any:
+    """A key read back from SQLite may hold bytes that are not UTF-8 as surrogate escapes (store.engine). Bound as
+    those same bytes, pagination carries on past it (as text, it could not be bound at all)."""
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return sa.cast(sa.literal(key.encode("utf-8", "surrogateescape"), sa.LargeBinary), sa.Text)
+    return key
+
+
 def work_by_provider(engine: Engine, now: datetime) -> dict[str, set[str]]:
     """Which (provider -> companies) have something to do: events of an enabled integration without an
-    outbox row, or rows that are due (pending, or retrying with next_attempt_at passed)."""
+    outbox row, or rows that are due (pending, or retrying with next_attempt_at passed). Integrations naming a
+    provider we do not know are left out: a run for them could only fail (no such partition)."""
     no_row = ~sa.exists().where(
         d.c.company_id == e.c.company_id, d.c.provider == ci.c.provider, d.c.event_id == e.c.event_id
     )
@@ -75,7 +87,7 @@ def work_by_provider(engine: Engine, now: datetime) -> dict[str, set[str]]:
         sa.select(ci.c.provider, ci.c.company_id)
         .distinct()
         .join(e, e.c.company_id == ci.c.company_id)
-        .where(ci.c.enabled.is_(True), no_row)
+        .where(ci.c.enabled.is_(True), ci.c.provider.in_(PROVIDERS), no_row)
     )
     due_rows = (
         sa.select(d.c.provider, d.c.company_id)
