@@ -457,3 +457,14 @@ def test_dagster_replay_job_rejects_bad_config(sqlite_engine, sandbox):
     [failure] = [e for e in result.all_events if e.is_step_failure]
     message = failure.step_failure_data.error.message
     assert "not both" in message and "all_failed needs company" in message and "provider='nope'" in message
+
+
+def test_a_disabled_integration_is_not_replayed(engine, factory, sandbox):
+    row = seed_rejected(engine, factory, sandbox, n=1)[0]
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE company_integrations SET enabled = FALSE")
+    with pytest.raises(ReplayRefused, match=r"^Cannot replay: the benevity integration of acme is not enabled$"):
+        replay_one(engine, factory, row["id"])
+    [dry] = replay_all_failed(engine, factory, company_id="acme", dry_run=True)
+    assert not dry.success and "not enabled" in (dry.error or "")
+    assert sandbox.providers["benevity"].snapshot()["requests"] == []

@@ -141,10 +141,14 @@ def _replay_rows(
     its id and its delivery id) is sent once. With `strict`, a refusal raises instead of becoming a result."""
     by_row: dict[str, ReplayResult] = {}  # row id -> result
     sendable: dict[str, dict[str, Any]] = {}  # row id -> row
+    enabled: dict[tuple[str, str], bool] = {}  # (company, provider) -> integration enabled
     for ident, row in found:
         if row["id"] in by_row or row["id"] in sendable:
             continue
         try:
+            if row["status"] == DeliveryStatus.SUCCESS.value:
+                raise ReplayRefused(f"Cannot replay delivery with status: {row['status']}")
+            _refuse_if_disabled(engine, row, enabled)
             rebuilt = _rebuilt_if_quarantined(engine, factory, row)
         except ReplayRefused as exc:
             _log(logger, logging.WARNING, f"replay refused: {exc}", row)
@@ -240,11 +244,19 @@ def outbox_row_for(engine: Engine, factory: ConnectorFactory, row: dict[str, Any
     return outbox_row(raw, provider, protocol=protocol)
 
 
+def _refuse_if_disabled(engine: Engine, row: dict[str, Any], cache: dict[tuple[str, str], bool]) -> None:
+    """A company that switched an integration off does not want its data sent there, even by hand."""
+    key = (row["company_id"], row["provider"])
+    if key not in cache:
+        integration = source.integration(engine, *key)
+        cache[key] = bool(integration and integration.enabled)
+    if not cache[key]:
+        raise ReplayRefused(f"Cannot replay: the {row['provider']} integration of {row['company_id']} is not enabled")
+
+
 def _rebuilt_if_quarantined(engine: Engine, factory: ConnectorFactory, row: dict[str, Any]) -> NewDelivery | None:
     """None: send the stored payload (the exact bytes of every earlier attempt). A quarantined row gets its
     payload rebuilt from the corrected event, or the replay is refused with the reason it is still invalid."""
-    if row["status"] == DeliveryStatus.SUCCESS.value:
-        raise ReplayRefused(f"Cannot replay delivery with status: {row['status']}")
     if row["payload"] is not None:
         return None
     rebuilt = outbox_row_for(engine, factory, row)
