@@ -68,7 +68,11 @@ class RetryPolicy:
     def backoff(self, attempt: int, rng: random.Random | None = None) -> float:
         """Sleep after the `attempt`-th failed attempt: initial x multiplier^(n-1), capped, +-jitter."""
         s = self.settings
-        base = min(s.max_delay_s, s.initial_delay_s * s.multiplier ** max(0, attempt - 1))
+        try:
+            grown = s.initial_delay_s * s.multiplier ** max(0, attempt - 1)
+        except OverflowError:  # a long attempt chain (IMPACTIN_RETRY_MAX_ATTEMPTS is unbounded) is far past the cap
+            grown = s.max_delay_s if s.initial_delay_s > 0 else 0.0
+        base = min(s.max_delay_s, grown)
         spread = (rng or random).uniform(-s.jitter, s.jitter)
         return max(0.0, min(s.max_delay_s * (1 + s.jitter), base * (1 + spread)))
 
