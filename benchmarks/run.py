@@ -1,17 +1,11 @@
 """Run every benchmark in turn (each measures its own baseline)."""
 
-from benchmarks import benevity_throughput, partition_fanout
+from benchmarks import benevity_throughput, goodera_quota, partition_fanout, replay_and_stats
 
-BENCHMARKS = [benevity_throughput, partition_fanout]
+BENCHMARKS = [benevity_throughput, partition_fanout, goodera_quota, replay_and_stats]
 
 
 def main() -> None:
-    try:
-        from benchmarks import goodera_quota
-
-        BENCHMARKS.append(goodera_quota)
-    except ImportError:
-        pass
     for bench in BENCHMARKS:
         bench.main([])
         print()
