@@ -5,6 +5,7 @@ from datetime import UTC, datetime
 import dagster as dg
 import pytest
 
+from impactin_pipelines.definitions import build_defs
 from impactin_pipelines.defs.assets.delivery import impact_deliveries, impact_outbox
 from impactin_pipelines.defs.jobs import impact_delivery_job
 from impactin_pipelines.defs.planning import (
@@ -18,7 +19,6 @@ from impactin_pipelines.defs.planning import (
 from impactin_pipelines.defs.resources import DeliveryResource, ProvidersResource, WarehouseResource
 from impactin_pipelines.defs.schedules import nightly_delivery_schedule
 from impactin_pipelines.defs.sensors import company_partitions_sensor
-from impactin_pipelines.definitions import build_defs
 from impactin_pipelines.partitions import company_partitions, partition_key
 from impactin_pipelines.settings import ScheduleSettings
 from tests.support import add_events, add_integration, events, rows, statuses
