@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy.engine import Engine
 
@@ -141,28 +142,25 @@ class DeliveryRun:
         return self.report
 
     def _claim(self, dead: Sequence[str]) -> list[ClaimedDelivery]:
+        targeted: dict[str, Any] = {}
         if self.only_ids is not None:
-            claimed = self.outbox.claim(
-                claimant=self.claimant,
-                provider=self.provider.value,
-                company_ids=self.company_ids,
-                limit=self.settings.claim_batch,
-                lease_s=self.settings.lease_s,
-                dead=dead,
-                ids=[i for i in self.only_ids if i not in self._taken],
-                statuses=(DeliveryStatus.PENDING, DeliveryStatus.RETRYING, DeliveryStatus.FAILED),
-                due_only=False,
-            )
-            self._taken.update(row.id for row in claimed)
-            return claimed
-        return self.outbox.claim(
+            targeted = {
+                "ids": [i for i in self.only_ids if i not in self._taken],
+                "statuses": (DeliveryStatus.PENDING, DeliveryStatus.RETRYING, DeliveryStatus.FAILED),
+                "due_only": False,
+            }
+        claimed = self.outbox.claim(
             claimant=self.claimant,
             provider=self.provider.value,
             company_ids=self.company_ids,
             limit=self.settings.claim_batch,
             lease_s=self.settings.lease_s,
             dead=dead,
+            **targeted,
         )
+        if self.only_ids is not None:
+            self._taken.update(row.id for row in claimed)
+        return claimed
 
     def _drain(self, pool: ThreadPoolExecutor) -> None:
         """Keep the pool busy until nothing claimable is left."""
