@@ -266,7 +266,9 @@ class WorkdaySoapConnector:
             if call.result is None:  # the envelope could not even be built from the payload
                 error = self.redactor.scrub(f"payload does not fit the WSDL: {exc}")
                 return AttemptResult(AttemptOutcome.PERMANENT, started, datetime.now(UTC), error=error), None
-            return self._finish(call), None  # a reply we could not parse: the HTTP status decides
+            # a reply we could not read (well-formed XML that is no SOAP envelope, say a proxy's XHTML page): the
+            # HTTP status decides, and a 2xx is retried like any unreadable one
+            return self._finish(call, unreadable=f"the reply is not a SOAP envelope ({type(exc).__name__})"), None
         finally:
             self.transport.end()
 
