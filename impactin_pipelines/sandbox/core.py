@@ -51,6 +51,8 @@ class Faults:
     {"mode": "hang", "seconds": 5}          - answer only after the client has given up (read timeout)
     {"mode": "reset"}                       - close the connection without answering
     {"mode": "truncate"}                    - announce a body longer than the one sent
+    Any entry with "accept": true is first handled normally (stored, deduplicated), and only its answer goes
+    wrong: the response lost after the provider acted on the request, which a retry must not double-count.
     """
 
     fail_next: list[dict[str, Any]] = field(default_factory=list)

@@ -141,7 +141,14 @@ def _handler_for(server: SandboxServer) -> type[BaseHTTPRequestHandler]:
 
         def _inject(self, provider: ProviderSandbox, request: Request, fault: Mapping[str, Any]) -> None:
             mode = fault.get("mode", "status")
-            provider.record(request, fault.get("status"), fault=str(mode), event_id=_event_id(request))
+            if fault.get("accept"):  # the provider stores the request, then its answer is lost or garbled on the way
+                stored = provider.route(request)
+                event_id = stored.event_id or _event_id(request)
+                provider.record(
+                    request, stored.status, duplicate=stored.duplicate, fault=f"{mode} after accept", event_id=event_id
+                )
+            else:
+                provider.record(request, fault.get("status"), fault=str(mode), event_id=_event_id(request))
             if mode == "hang":
                 time.sleep(float(fault.get("seconds", 5)))
                 return self._send(Response.json(504, {"error": "too late"}))
