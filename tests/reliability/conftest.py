@@ -22,3 +22,10 @@ def _reliability_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def case(request: pytest.FixtureRequest, sandbox: SandboxServer) -> Case:
     sandbox.providers["goodera"].configure({"rate_limit": GOODERA_QUOTA})
     return request.param
+
+
+@pytest.fixture(params=[c for c in CASES if c.oauth], ids=str)
+def oauth_case(request: pytest.FixtureRequest, sandbox: SandboxServer) -> Case:
+    """The providers that authenticate with OAuth2 client credentials: Goodera and Workday REST."""
+    sandbox.providers["goodera"].configure({"rate_limit": GOODERA_QUOTA})
+    return request.param
