@@ -121,6 +121,10 @@ class DeliveryRun:
         self._taken: set[str] = set()  # targeted rows claimed once already: a settled row is never re-claimed
         self.claimant = str(Claimant.new())
         self.report = DeliveryReport(provider.value)
+        # Set when the warehouse fails us (a delivery could not be recorded, or claiming failed): from then on this
+        # run sends nothing more, since what it sent could not be recorded; its unsent rows come back when released
+        # or when their lease lapses. Without it, every claimed row would go out unrecorded and be sent again.
+        self._halted = threading.Event()
 
     # -- the pass --------------------------------------------------------------------------------------------
     def run(self) -> DeliveryReport:
@@ -130,9 +134,13 @@ class DeliveryRun:
                 _Heartbeat(self.outbox, self.claimant, self.settings.lease_s, self.log),
                 ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="impactin-send") as pool,
             ):
-                self._drain(pool)
-                if self.only_ids is None:
-                    self._wait_for_foreign_claims(pool)
+                try:
+                    self._drain(pool)
+                    if self.only_ids is None and not self._halted.is_set():
+                        self._wait_for_foreign_claims(pool)
+                except BaseException:
+                    self._halted.set()  # before the pool winds down: rows still queued in it are not sent
+                    raise
         finally:
             try:
                 self.outbox.release_all(self.claimant)
@@ -170,7 +178,7 @@ class DeliveryRun:
         in_flight: set[Future[RowResult]] = set()
         exhausted = False
         while True:
-            if not exhausted and len(in_flight) < self.settings.concurrency * 2:
+            if not exhausted and not self._halted.is_set() and len(in_flight) < self.settings.concurrency * 2:
                 batch = self._claim(dead)
                 exhausted = not batch
                 in_flight.update(pool.submit(self._deliver_row, row) for row in batch)
@@ -219,10 +227,13 @@ class DeliveryRun:
 
     # -- one row ---------------------------------------------------------------------------------------------
     def _deliver_row(self, row: ClaimedDelivery) -> RowResult:
+        if self._halted.is_set():
+            return RowResult(row, "error", None, 0, "not sent: this run could no longer record deliveries")
         try:
             return self._send_until_settled(row)
         except Exception as exc:  # the warehouse went away mid-row: the lease brings the row back later
-            message = f"delivery could not be recorded: {type(exc).__name__}: {exc}"
+            self._halted.set()
+            message = f"delivery could not be recorded (no more sends in this run): {type(exc).__name__}: {exc}"
             self._log_row(logging.ERROR, message, row, row.status, row.attempt_count)
             return RowResult(row, "error", None, 0, f"{type(exc).__name__}: {exc}")
 
@@ -244,6 +255,10 @@ class DeliveryRun:
         burned = free_waits = attempts = 0
         auth_refreshed = False
         while True:
+            if attempts and self._halted.is_set():  # its last attempt is recorded; the next waits for a later run
+                return RowResult(
+                    row, "error", None, attempts, "not retried: this run could no longer record deliveries"
+                )
             result = connector.send(outbound)
             attempts += 1
             if result.outcome is AttemptOutcome.RETRYABLE:
