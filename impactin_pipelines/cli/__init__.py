@@ -9,6 +9,7 @@ from impactin_pipelines.cli.api import api, api_keys
 from impactin_pipelines.cli.db import db
 from impactin_pipelines.cli.deliveries import deliveries
 from impactin_pipelines.cli.demo import demo
+from impactin_pipelines.cli.keys import keys
 from impactin_pipelines.cli.providers import providers
 from impactin_pipelines.cli.replay import replay
 from impactin_pipelines.cli.run import run
@@ -37,7 +38,7 @@ def cli() -> None:
         raise click.ClickException(str(exc)) from None
 
 
-for command in (db, run, demo, sandbox, deliveries, stats, replay, api, api_keys, providers):
+for command in (db, run, demo, sandbox, deliveries, stats, replay, api, api_keys, providers, keys):
     cli.add_command(command)
 
 

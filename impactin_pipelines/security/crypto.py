@@ -50,11 +50,19 @@ class KeyRing:
                 f"a stored secret cannot be decrypted with {KEY_ENV}: the key is wrong or was rotated away"
             ) from None
 
+    def is_current(self, token: str) -> bool:
+        """Whether the first (current) key opens this token: rotating it again would change nothing."""
+        try:
+            self._fernets[0].decrypt(token.encode("ascii"))
+        except (InvalidToken, UnicodeError, ValueError):
+            return False
+        return True
+
     def rotate(self, token: str) -> str:
         """Re-encrypt under the first (current) key."""
         try:
             return self._multi.rotate(token.encode("ascii")).decode("ascii")
-        except (InvalidToken, ValueError):
+        except (InvalidToken, UnicodeError, ValueError):
             raise DecryptionError(f"a stored secret cannot be decrypted with {KEY_ENV}") from None
 
 
