@@ -16,13 +16,13 @@ from starlette.routing import Route
 
 from impactin_pipelines.api import openapi
 from impactin_pipelines.api.auth import AuthMiddleware
-from impactin_pipelines.api.config import ApiSettings
 from impactin_pipelines.api.errors import EXCEPTION_HANDLERS
 from impactin_pipelines.api.limits import RequestLimitsMiddleware
 from impactin_pipelines.api.ratelimit import KeyedRateLimiter
 from impactin_pipelines.api.routes import deliver, deliveries, health, replay, stats
 from impactin_pipelines.api.routes.context import ApiContext
 from impactin_pipelines.connectors.registry import ConnectorFactory
+from impactin_pipelines.settings import ApiSettings
 from impactin_pipelines.store.api_keys import ApiKeyStore
 
 

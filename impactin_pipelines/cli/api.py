@@ -15,8 +15,8 @@ from impactin_pipelines.store.api_keys import ApiKey, ApiKeyStore
 def api(host: str, port: int, log_level: str) -> None:
     """Serve the /v1/impact-in HTTP API (keys: `impactin api-keys create`)."""
     from impactin_pipelines.api import build_app
-    from impactin_pipelines.api.config import ApiSettings
     from impactin_pipelines.api.server import serve
+    from impactin_pipelines.settings import ApiSettings
 
     try:
         settings = ApiSettings.from_env()

@@ -11,12 +11,12 @@ import requests
 from sqlalchemy.engine import Engine
 
 from impactin_pipelines.api import build_app
-from impactin_pipelines.api.config import ApiSettings
 from impactin_pipelines.api.server import BackgroundServer
 from impactin_pipelines.connectors.registry import ConnectorFactory
 from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.sandbox.server import SandboxServer
 from impactin_pipelines.services.extract import outbox_row
+from impactin_pipelines.settings import ApiSettings
 from impactin_pipelines.store.api_keys import ApiKeyStore
 from impactin_pipelines.store.outbox import Outbox
 from tests.support import event, factory_for

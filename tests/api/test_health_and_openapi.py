@@ -9,9 +9,9 @@ from openapi_spec_validator import validate
 from sqlalchemy.engine import Engine
 
 from impactin_pipelines.api.app import ROUTES, build_app
-from impactin_pipelines.api.config import ApiSettings
 from impactin_pipelines.api.openapi import document
 from impactin_pipelines.api.server import BackgroundServer
+from impactin_pipelines.settings import ApiSettings
 from impactin_pipelines.store.api_keys import impact_api_keys
 from impactin_pipelines.store.engine import make_engine
 from tests.api.conftest import BASE

@@ -2,7 +2,7 @@
 
 import pytest
 
-from impactin_pipelines.api.config import ApiSettings
+from impactin_pipelines.settings import ApiSettings
 from tests.api.conftest import BASE
 
 LIMIT = 3

@@ -5,8 +5,8 @@ from dataclasses import dataclass
 from sqlalchemy.engine import Engine
 from starlette.requests import Request
 
-from impactin_pipelines.api.config import ApiSettings
 from impactin_pipelines.connectors.registry import ConnectorFactory
+from impactin_pipelines.settings import ApiSettings
 
 
 @dataclass(frozen=True)
