@@ -29,6 +29,7 @@ from impactin_pipelines.connectors.registry import ConnectorFactory
 from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.services.extract import extract
 from impactin_pipelines.settings import ProviderEnv
+from impactin_pipelines.store.engine import read_connection
 from impactin_pipelines.store.schema import company_integrations as ci
 from impactin_pipelines.store.schema import impact_deliveries as d
 from impactin_pipelines.store.schema import impact_delivery_attempts as a
@@ -108,7 +109,7 @@ def unsettled(engine: Engine) -> int:
     stmt = sa.select(sa.func.count()).where(
         sa.or_(d.c.status.in_(["pending", "retrying"]), d.c.claimed_by.is_not(None))
     )
-    with engine.connect() as conn:
+    with read_connection(engine) as conn:
         return int(conn.execute(stmt).scalar_one())
 
 
@@ -126,7 +127,7 @@ def settle(engine: Engine, run_once: Callable[[int], object], *, max_runs: int =
 def held_rows(engine: Engine) -> dict[str, str]:
     """delivery_id -> claimant of every row still claimed and not delivered."""
     stmt = sa.select(d.c.delivery_id, d.c.claimed_by).where(d.c.claimed_by.is_not(None), d.c.status != "success")
-    with engine.connect() as conn:
+    with read_connection(engine) as conn:
         return dict(conn.execute(stmt).all())
 
 
@@ -144,7 +145,9 @@ class Sleeps:
 
 
 @contextmanager
-def when(predicate: Callable[[], bool], action: Callable[[], None], *, timeout_s: float = 30.0) -> Iterator[list[bool]]:
+def when(
+    predicate: Callable[[], bool], action: Callable[[], None], *, timeout_s: float = 30.0, poll_s: float = 0.005
+) -> Iterator[list[bool]]:
     """Run `action` once, in the background, as soon as `predicate` holds (bounded). Yields [fired]."""
     fired: list[bool] = []
     stop = threading.Event()
@@ -156,7 +159,7 @@ def when(predicate: Callable[[], bool], action: Callable[[], None], *, timeout_s
                 action()
                 fired.append(True)
                 return
-            stop.wait(0.005)
+            stop.wait(poll_s)
 
     thread = threading.Thread(target=watch, name="fault-trigger", daemon=True)
     thread.start()
@@ -289,7 +292,7 @@ def read(engine: Engine, sandbox: Any, case: Case, scenario: str, *, runs: int) 
         .join(ci, ci.c.company_id == e.c.company_id)
         .where(ci.c.provider == case.provider, ci.c.enabled.is_(True))
     )
-    with engine.connect() as conn:
+    with read_connection(engine) as conn:
         eligible = set(conn.execute(eligible_stmt).scalars())
         rows = [dict(r._mapping) for r in conn.execute(sa.select(d).where(d.c.provider == case.provider)).all()]
         attempts = Counter(

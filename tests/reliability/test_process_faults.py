@@ -1,0 +1,133 @@
+"""Process-level faults, for every provider on both backends, with real processes: `impactin run` killed with
+SIGKILL mid-run and finished by a plain `impactin run`; two `impactin run` of the same partition at once; a replay
+racing a run. (The first two moved here from tests/test_crash_and_concurrency.py, which proved them for Benevity.)"""
+
+import json
+import signal
+import threading
+import time
+from collections import Counter
+
+from impactin_pipelines.services.replay import BUSY, replay_many
+from tests.cli_support import cli_env, run_cli, start_cli
+from tests.reliability.ledger import COMPANY, accepted_count, held_rows, make_due, make_factory, read, seed, when
+from tests.support import attempts, deliver, rows
+
+CONCURRENCY = 4
+
+
+def _wait_for(predicate, timeout: float = 60.0, step: float = 0.02) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met before the deadline")
+        time.sleep(step)
+
+
+def _run_args(case) -> list[str]:  # type: ignore[no-untyped-def]
+    return ["run", "--company", COMPANY, "--provider", case.provider]
+
+
+def test_sigkill_mid_run(engine, warehouse_url, sandbox, case, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The run is killed while requests are in flight. A plain `impactin run` finds the dead claimant (the lease is
+    10 minutes: recovery must not wait it out), takes its rows back and delivers them in the same invocation; only
+    the requests in flight at the kill go out again, with their own idempotency key, absorbed by the provider."""
+    n = 30
+    seed(engine, case, n, extract_now=False)  # the run extracts, as the nightly run does
+    sandbox.providers[case.provider].configure({"latency_ms": 150})
+    env = cli_env(
+        tmp_path, warehouse_url, sandbox, IMPACTIN_DELIVERY_CONCURRENCY=str(CONCURRENCY), IMPACTIN_LEASE_S="600"
+    )
+    env.update(case.env)
+
+    victim = start_cli(_run_args(case), env)
+    _wait_for(lambda: accepted_count(sandbox, case) >= 8)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    held = held_rows(engine)
+    sent_before = len(read(engine, sandbox, case, "sigkill", runs=1).sends)
+    print(f"\nkilled after {sent_before} sends; {len(held)} rows held by the dead run")
+    assert 8 <= sent_before < n and held, "the kill must land mid-run, with rows claimed"
+
+    rerun = run_cli([*_run_args(case), "--log-level", "WARNING", "--json"], env)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "dead claimant" in rerun.stderr
+    assert json.loads(rerun.stdout)["ok"] is True
+    ledger = read(engine, sandbox, case, "SIGKILL mid-run", runs=2).check(may_repeat=held, unrecorded=held)
+    repeats = ledger.duplicates
+    assert sum(repeats.values()) <= CONCURRENCY and set(repeats.values()) <= {1}, f"more than in flight: {ledger}"
+
+
+def test_two_runs_of_the_same_partition_at_once(engine, warehouse_url, sandbox, case, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Two `impactin run` processes on the same partition at once: the claims share the rows out between them,
+    nothing is sent twice, and every request is an attempt row."""
+    n = 40
+    seed(engine, case, n, extract_now=False)
+    fake = sandbox.providers[case.provider]
+    fake.configure({"latency_ms": 1000})  # slow until both processes hold rows, however staggered their start
+    env = cli_env(
+        tmp_path,
+        warehouse_url,
+        sandbox,
+        IMPACTIN_DELIVERY_CONCURRENCY=str(CONCURRENCY),
+        IMPACTIN_LEASE_S="3",
+        IMPACTIN_CLAIM_BATCH="4",  # small claims, so both runs get rows (one claim would otherwise take them all)
+    )
+    env.update(case.env)
+    both_claim = lambda: len(set(held_rows(engine).values())) >= 2  # noqa: E731
+    with when(both_claim, lambda: fake.configure({"latency_ms": 30}), timeout_s=60, poll_s=0.05) as overlapped:
+        first, second = start_cli(_run_args(case), env), start_cli(_run_args(case), env)
+        outputs = [p.communicate(timeout=120) for p in (first, second)]
+    assert overlapped, "the two runs never held rows at the same time"
+    assert first.returncode == 0 and second.returncode == 0, "\n---\n".join(o[1][-4000:] for o in outputs)
+    ledger = read(engine, sandbox, case, "two runs at once", runs=2).check()
+    assert len(ledger.sends) == n and not ledger.duplicates
+    by_run = Counter(a["run_id"] for a in attempts(engine))
+    print(f"attempts per run: {sorted(by_run.values())}")
+    assert sum(by_run.values()) == n and len(by_run) == 2, "both runs must have delivered part of the rows"
+
+
+def test_replay_racing_a_run(engine, sandbox, case) -> None:  # type: ignore[no-untyped-def]
+    """An operator replays every row (`impactin replay ID...`) while a run delivers the same rows: each row is sent
+    by exactly one of them; the other is told it is busy or already delivered. Claims are taken two rows at a time
+    so the two really interleave."""
+    n = 16
+    seed(engine, case, n, sandbox=sandbox)
+    factory = make_factory(engine, sandbox, case, claim_batch=2, concurrency=CONCURRENCY)
+    fake = sandbox.providers[case.provider]
+    try:
+        fake.configure({"fail_next": {"status": 503, "count": 3 * n}})  # provider down: every row parked
+        deliver(engine, factory, case.provider)
+        assert {r["status"] for r in rows(engine)} == {"retrying"}
+        assert fake.faults.fail_next == []  # the provider is back
+        fake.configure({"latency_ms": 30})
+        make_due(engine)
+        ids = [r["id"] for r in rows(engine)]
+        barrier = threading.Barrier(2)
+        outcome: dict[str, object] = {}
+
+        def run() -> None:
+            barrier.wait(timeout=10)
+            outcome["run"] = deliver(engine, factory, case.provider)
+
+        def replay() -> None:
+            barrier.wait(timeout=10)
+            outcome["replay"] = replay_many(engine, factory, ids)
+
+        threads = [threading.Thread(target=run), threading.Thread(target=replay)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert not any(t.is_alive() for t in threads) and set(outcome) == {"run", "replay"}
+    finally:
+        factory.close()
+    replayed = outcome["replay"]
+    by_replay = sum(1 for r in replayed if r.success)  # type: ignore[attr-defined]
+    by_run = outcome["run"].totals["success"]  # type: ignore[attr-defined]
+    refusals = {r.error for r in replayed if not r.success}  # type: ignore[attr-defined]
+    print(f"\ndelivered by the run: {by_run}, by the replay: {by_replay}; replay refusals: {refusals}")
+    assert by_run + by_replay == n
+    assert refusals <= {BUSY, "Cannot replay delivery with status: success"}
+    ledger = read(engine, sandbox, case, "replay racing a run", runs=2).check()
+    assert sum(1 for s in ledger.sends if s["status"] != 503) == n and not ledger.duplicates
