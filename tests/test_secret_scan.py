@@ -291,12 +291,11 @@ def test_no_secret_or_token_is_written_anywhere(engine, warehouse_url, tmp_path,
     every = rows(engine)
     show = [r["id"] for r in every if r["error_kind"] == "rejected"]
     cli("deliveries", "list", "--json", "--limit", "100")
-    for row_id in show:
-        cli("deliveries", "show", row_id, "--json")
-        cli("deliveries", "show", row_id)
-    for provider in ("benevity", "goodera", "workday"):
-        one = next(r for r in every if r["provider"] == provider and r["payload"])
-        cli("replay", one["id"], "--dry-run", "--json")
+    cli("deliveries", "show", show[0], "--json")
+    cli("deliveries", "show", show[1])
+    samples = [next(r["id"] for r in every if r["provider"] == p and r["payload"]) for p in ("benevity", "goodera")]
+    dry = cli("replay", *samples, *show, "--dry-run", "--json")  # every provider's request, secrets masked
+    assert len(json.loads(dry.stdout)["results"]) == 4, dry.stdout
     cli("replay", show[0], "--json")
     cli("stats", "--json")
     cli("providers", "check", "--json")
