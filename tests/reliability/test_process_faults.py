@@ -44,6 +44,7 @@ def test_sigkill_mid_run(engine, warehouse_url, sandbox, case, tmp_path) -> None
     _wait_for(lambda: accepted_count(sandbox, case) >= 8)
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=30)
+    sandbox.providers[case.provider].configure({"latency_ms": 20})
     held = held_rows(engine)
     sent_before = len(read(engine, sandbox, case, "sigkill", runs=1).sends)
     print(f"\nkilled after {sent_before} sends; {len(held)} rows held by the dead run")
@@ -64,7 +65,7 @@ def test_two_runs_of_the_same_partition_at_once(engine, warehouse_url, sandbox, 
     n = 40
     seed(engine, case, n, extract_now=False)
     fake = sandbox.providers[case.provider]
-    fake.configure({"latency_ms": 1000})  # slow until both processes hold rows, however staggered their start
+    fake.configure({"latency_ms": 400})  # slow until both processes hold rows, however staggered their start
     env = cli_env(
         tmp_path,
         warehouse_url,
