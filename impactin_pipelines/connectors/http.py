@@ -85,6 +85,13 @@ def classify_exception(exc: requests.RequestException) -> tuple[AttemptOutcome, 
     return AttemptOutcome.RETRYABLE, f"{type(exc).__name__}: {exc}"
 
 
+def _is_html(response: requests.Response) -> bool:
+    return response.headers.get("Content-Type", "").split(";")[0].strip().lower() in (
+        "text/html",
+        "application/xhtml+xml",
+    )
+
+
 def exchange(
     session: requests.Session,
     request: PreparedRequest,
@@ -112,7 +119,12 @@ def exchange(
     status = response.status_code
     outcome = outcome_for_status(status, oauth=oauth)
     error = None
-    if outcome is not AttemptOutcome.SUCCESS:
+    if outcome is AttemptOutcome.SUCCESS and _is_html(response):
+        # No provider API answers with a web page: a proxy or captive portal did, and the provider may never have
+        # seen the request. Retrying is safe (same idempotency key); accepting it could lose the event.
+        outcome = AttemptOutcome.RETRYABLE
+        error = f"HTTP {status} with an HTML page instead of an API response: {body.strip()[:200]}"
+    elif outcome is not AttemptOutcome.SUCCESS:
         reason = response.reason or ""
         error = f"HTTP {status} {reason}".strip()
         if 300 <= status < 400:

@@ -124,7 +124,10 @@ def impact_deliveries(
         )
     if internal_errors:
         raise dg.Failure(
-            description=f"{len(internal_errors)} deliveries could not be recorded; their leases bring them back",
+            description=(
+                f"the warehouse could not record deliveries, so the run stopped sending: {len(internal_errors)} "
+                "rows were left unrecorded or unsent; their leases bring them back to the next run"
+            ),
             metadata={"examples": dg.MetadataValue.md("\n".join(f"- {e}" for e in internal_errors[:20]))},
         )
     return dg.MaterializeResult()
