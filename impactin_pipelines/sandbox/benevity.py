@@ -46,26 +46,12 @@ class BenevitySandbox(ProviderSandbox):
         expected = hmac.new(self.signature_secret.encode(), request.body, hashlib.sha256).hexdigest()
         if not hmac.compare_digest(request.header("X-Benevity-Signature") or "", expected):
             return Response.json(401, {"error": "invalid_signature"})
-        if not (request.header("Content-Type") or "").startswith("application/json"):
-            return Response.json(415, {"error": "content type must be application/json"})
-        key = request.header("X-Idempotency-Key")
-        if not key:
-            return Response.json(400, {"error": "X-Idempotency-Key is required"})
-        try:
-            doc = request.json()
-        except ValueError:
-            return Response.json(400, {"error": "body is not JSON"})
-        problem = _schema_problem(doc)
-        if problem:
-            return Response.json(400, {"error": problem})
+        parsed = self.read_json_event(request, _schema_problem)
+        if isinstance(parsed, Response):
+            return parsed
+        key, doc = parsed
         event_id = doc["event"]["id"]
         if event_id in self.faults.reject_events:
             return Response.json(422, {"error": "event_rejected", "event_id": event_id})
-        record, duplicate = self.accept_once(
-            key, {"id": f"bnv_{next(self._ids)}", "event_id": event_id, "idempotency_key": key, "body": doc}
-        )
-        response = Response.json(
-            200 if duplicate else 201, {"id": record["id"], "status": "accepted", "duplicate": duplicate}
-        )
-        response.duplicate = duplicate
-        return response
+        record = {"id": f"bnv_{next(self._ids)}", "event_id": event_id, "idempotency_key": key, "body": doc}
+        return self.accept_response(key, record)

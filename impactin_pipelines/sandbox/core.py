@@ -7,7 +7,7 @@ the pipeline in a subprocess can script them too.
 import json
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -167,3 +167,31 @@ class ProviderSandbox:
                 return self.accepted[key], True
             self.accepted[key] = record
             return record, False
+
+    def read_json_event(
+        self, request: Request, schema_problem: Callable[[Any], str | None]
+    ) -> tuple[str, dict[str, Any]] | Response:
+        """(idempotency key, document), or the error a JSON provider answers: wrong content type, no key, a body
+        that is not JSON or not the provider's schema."""
+        if not (request.header("Content-Type") or "").startswith("application/json"):
+            return Response.json(415, {"error": "content type must be application/json"})
+        key = request.header("X-Idempotency-Key")
+        if not key:
+            return Response.json(400, {"error": "X-Idempotency-Key is required"})
+        try:
+            doc = request.json()
+        except ValueError:
+            return Response.json(400, {"error": "body is not JSON"})
+        problem = schema_problem(doc)
+        if problem:
+            return Response.json(400, {"error": problem})
+        return key, doc
+
+    def accept_response(self, key: str, record: dict[str, Any], **shown: Any) -> Response:
+        """Store once per key; 201 the first time, 200 with the same record for a repeat."""
+        stored, duplicate = self.accept_once(key, record)
+        response = Response.json(
+            200 if duplicate else 201, {"id": stored["id"], **shown, "status": "accepted", "duplicate": duplicate}
+        )
+        response.duplicate = duplicate
+        return response

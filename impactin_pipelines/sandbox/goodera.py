@@ -172,29 +172,15 @@ class GooderaSandbox(ProviderSandbox):
             return True, remaining, max(0.0, reset_s)
 
     def _accept(self, request: Request) -> Response:
-        if not (request.header("Content-Type") or "").startswith("application/json"):
-            return Response.json(415, {"error": "content type must be application/json"})
-        key = request.header("X-Idempotency-Key")
-        if not key:
-            return Response.json(400, {"error": "X-Idempotency-Key is required"})
-        try:
-            doc = request.json()
-        except ValueError:
-            return Response.json(400, {"error": "body is not JSON"})
-        problem = _schema_problem(doc)
-        if problem:
-            return Response.json(400, {"error": problem})
+        parsed = self.read_json_event(request, _schema_problem)
+        if isinstance(parsed, Response):
+            return parsed
+        key, doc = parsed
         event_id = doc["event"]["external_id"]
         if event_id in self.faults.reject_events:
             return Response.json(422, {"error": "event_rejected", "event_id": event_id})
-        record, duplicate = self.accept_once(
-            key, {"id": f"gdr_{next(self._ids)}", "event_id": event_id, "idempotency_key": key, "body": doc}
-        )
-        response = Response.json(
-            200 if duplicate else 201, {"id": record["id"], "status": "accepted", "duplicate": duplicate}
-        )
-        response.duplicate = duplicate
-        return response
+        record = {"id": f"gdr_{next(self._ids)}", "event_id": event_id, "idempotency_key": key, "body": doc}
+        return self.accept_response(key, record)
 
 
 def _format_window(window_s: float) -> str:

@@ -286,38 +286,22 @@ class WorkdaySandbox(ProviderSandbox):
         refused = self.oauth.refuse_bearer(request)
         if refused is not None:
             return refused
-        if not (request.header("Content-Type") or "").startswith("application/json"):
-            return Response.json(415, {"error": "content type must be application/json"})
-        key = request.header("X-Idempotency-Key")
-        if not key:
-            return Response.json(400, {"error": "X-Idempotency-Key is required"})
-        try:
-            doc = request.json()
-        except ValueError:
-            return Response.json(400, {"error": "body is not JSON"})
-        problem = rest_schema_problem(doc)
-        if problem:
-            return Response.json(400, {"error": problem})
+        parsed = self.read_json_event(request, rest_schema_problem)
+        if isinstance(parsed, Response):
+            return parsed
+        key, doc = parsed
         event_id = doc["impact_report"]["external_reference_id"]
         if event_id in self.faults.reject_events:
             return Response.json(422, {"error": "impact_report_rejected", "external_reference_id": event_id})
-        record, duplicate = self.accept_once(
-            f"rest:{tenant}:{key}",
-            {
-                "id": f"wd_{next(self._ids):06d}",
-                "event_id": event_id,
-                "tenant": tenant,
-                "protocol": "rest",
-                "idempotency_key": key,
-                "body": doc,
-            },
-        )
-        response = Response.json(
-            200 if duplicate else 201,
-            {"id": record["id"], "external_reference_id": event_id, "status": "accepted", "duplicate": duplicate},
-        )
-        response.duplicate = duplicate
-        return response
+        record = {
+            "id": f"wd_{next(self._ids):06d}",
+            "event_id": event_id,
+            "tenant": tenant,
+            "protocol": "rest",
+            "idempotency_key": key,
+            "body": doc,
+        }
+        return self.accept_response(f"rest:{tenant}:{key}", record, external_reference_id=event_id)
 
     # -- SOAP ------------------------------------------------------------------------------------------------
     def _soap(self, request: Request, tenant: str) -> Response:
