@@ -14,6 +14,7 @@ from impactin_pipelines.sandbox.goodera import CLIENT_SECRET, ENDPOINT
 from impactin_pipelines.security.crypto import generate_key, load_keyring
 from impactin_pipelines.services.extract import extract
 from impactin_pipelines.settings import ProviderEnv
+from tests.spec_examples import GOODERA_EXAMPLE
 from tests.support import (
     SPEC_EVENT,
     add_events,
@@ -28,38 +29,6 @@ from tests.support import (
 )
 
 GOODERA = Provider.GOODERA
-
-# The integration guide's Goodera payload example, verbatim.
-SPEC_GOODERA_PAYLOAD = json.loads("""
-{
-  "schema_version": "v2.1",
-  "event": {
-    "external_id": "evt_123",
-    "event_type": "volunteer_hours",
-    "timestamp": "2025-11-14T10:00:00Z",
-    "participant": {
-      "external_user_id": "user_456"
-    },
-    "impact": {
-      "dimensions": [
-        {
-          "dimension_name": "community_engagement",
-          "score": 0.85,
-          "scale": "normalized_0_1"
-        },
-        {
-          "dimension_name": "skill_development",
-          "score": 0.72,
-          "scale": "normalized_0_1"
-        }
-      ],
-      "metadata": {
-        "program": "buddy_mentoring"
-      }
-    }
-  }
-}
-""")
 
 
 @pytest.fixture(autouse=True)
@@ -107,9 +76,9 @@ def test_the_spec_event_arrives_as_the_guides_example(engine, sandbox, fake) -> 
     report = deliver(engine, factory(engine, sandbox), "goodera")
     assert report.totals["success"] == 1
     [row] = rows(engine)
-    assert json.loads(row["payload"]) == SPEC_GOODERA_PAYLOAD  # what we stored is the guide's example ...
+    assert json.loads(row["payload"]) == GOODERA_EXAMPLE  # what we stored is the guide's example ...
     [accepted] = fake.snapshot()["accepted"]
-    assert accepted["body"] == SPEC_GOODERA_PAYLOAD  # ... and what Goodera received, with our idempotency key
+    assert accepted["body"] == GOODERA_EXAMPLE  # ... and what Goodera received, with our idempotency key
     assert accepted["idempotency_key"] == row["delivery_id"]
     assert row["status"] == "success" and row["attempt_count"] == 1
     [attempt] = attempts(engine, row["delivery_id"])

@@ -17,6 +17,7 @@ from impactin_pipelines.security.crypto import load_keyring
 from impactin_pipelines.services.extract import extract
 from impactin_pipelines.settings import ProviderEnv
 from impactin_pipelines.store.schema import company_integrations
+from tests.spec_examples import WORKDAY_REST_EXAMPLE
 from tests.support import (
     SPEC_EVENT,
     add_events,
@@ -30,25 +31,6 @@ from tests.support import (
 )
 
 WORKDAY = Provider.WORKDAY
-
-# The guide's REST example body, verbatim.
-SPEC_REST_BODY = json.loads("""
-{
-  "schema_version": "v3.0",
-  "impact_report": {
-    "external_reference_id": "evt_123",
-    "report_date": "2025-11-14T10:00:00Z",
-    "worker": {
-      "worker_id": "user_456"
-    },
-    "csr_activity": {
-      "activity_type": "volunteer_hours",
-      "value": 5.0,
-      "unit_of_measure": "Hours"
-    }
-  }
-}
-""")
 
 
 @pytest.fixture(autouse=True)
@@ -78,8 +60,8 @@ def _workday(sandbox):  # type: ignore[no-untyped-def]
 
 # -- golden body -------------------------------------------------------------------------------------------------
 def test_the_rest_payload_equals_the_guides_example() -> None:
-    assert workday_rest_payload(parse_event(SPEC_EVENT)) == SPEC_REST_BODY
-    assert json.loads(encode_json(workday_rest_payload(parse_event(SPEC_EVENT)))) == SPEC_REST_BODY
+    assert workday_rest_payload(parse_event(SPEC_EVENT)) == WORKDAY_REST_EXAMPLE
+    assert json.loads(encode_json(workday_rest_payload(parse_event(SPEC_EVENT)))) == WORKDAY_REST_EXAMPLE
 
 
 def test_spec_event_arrives_with_bearer_and_idempotency_key(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
@@ -89,10 +71,10 @@ def test_spec_event_arrives_with_bearer_and_idempotency_key(engine, sandbox) -> 
     report = deliver(engine, _factory(engine, sandbox, WORKDAY_PROTOCOL=""), "workday")
     assert report.totals["success"] == 1
     [row] = rows(engine)
-    assert json.loads(row["payload"]) == SPEC_REST_BODY
+    assert json.loads(row["payload"]) == WORKDAY_REST_EXAMPLE
     [accepted] = _workday(sandbox).snapshot()["accepted"]
     assert accepted["protocol"] == "rest" and accepted["tenant"] == fake.TENANT_ID
-    assert accepted["body"] == SPEC_REST_BODY and accepted["idempotency_key"] == row["delivery_id"]
+    assert accepted["body"] == WORKDAY_REST_EXAMPLE and accepted["idempotency_key"] == row["delivery_id"]
     [attempt] = attempts(engine, row["delivery_id"])
     assert (attempt["http_status"], attempt["outcome"]) == (201, "success")
     assert attempt["request_body"] is None  # the body is the stored payload itself
@@ -247,5 +229,5 @@ def test_dry_run_masks_the_bearer_and_fetches_nothing(engine, sandbox) -> None: 
     masked = connector.prepare(OutboundDelivery("d-1", "umbrella", "workday", "evt_123", payload)).masked()
     assert masked["headers"]["Authorization"] == "***" and masked["headers"]["X-Idempotency-Key"] == "d-1"
     assert masked["url"].endswith(f"/api/v1/{fake.TENANT_ID}/csr-impact-reports")
-    assert json.loads(masked["body"]) == SPEC_REST_BODY
+    assert json.loads(masked["body"]) == WORKDAY_REST_EXAMPLE
     assert _workday(sandbox).snapshot()["requests"] == []
