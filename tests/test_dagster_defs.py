@@ -198,3 +198,22 @@ def test_company_sensor_adds_valid_companies_once(engine) -> None:  # type: igno
 def test_default_schedule_is_02_00_utc(cron: str) -> None:
     schedule = nightly_delivery_schedule(ScheduleSettings.from_env({}))
     assert (schedule.cron_schedule, schedule.execution_timezone) == (cron, "UTC")
+
+
+def test_run_log_level_keeps_successes_out_of_the_run_log(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+    add_integration(engine, "acme", "benevity")
+    add_events(engine, events("acme", 2))
+    sandbox.providers["benevity"].configure({"fail_next": {"status": 503}})
+    resources = {**_resources(engine, sandbox), "delivery": DeliveryResource(run_log_level="WARNING")}
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("company", ["acme"])
+        result = dg.materialize(
+            [impact_outbox, impact_deliveries],
+            instance=instance,
+            partition_key=partition_key("acme", "benevity"),
+            resources=resources,
+        )
+        messages = [entry.message or "" for entry in instance.all_logs(result.run_id)]
+    assert statuses(engine) == {"success": 2}
+    assert any("attempt retry" in m for m in messages)  # the problem is in the run log
+    assert not any("attempt succeed" in m for m in messages)  # the routine is only in the warehouse

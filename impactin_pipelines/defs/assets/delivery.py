@@ -87,6 +87,7 @@ def impact_deliveries(
     settings = delivery.settings()
     factory = ConnectorFactory(warehouse.engine, settings=settings, env=providers.provider_env())
     logger = dg.get_dagster_logger("impactin.delivery")
+    logger.setLevel(delivery.run_log_level)
     grouped = _companies_by_provider(context)
     try:
         with ThreadPoolExecutor(max(1, len(grouped)), thread_name_prefix="impactin-provider") as pool:
