@@ -124,6 +124,25 @@ def test_segments_and_ranges_cover_exactly_the_selection() -> None:
     assert covering_range(order, set(), "goodera") is None
 
 
+def _tick(engine, schedule, when: datetime, companies: list[str]):  # type: ignore[no-untyped-def]
+    """One evaluation of the schedule against a real instance that knows these company partitions."""
+    defs = dg.Definitions(
+        assets=[impact_outbox, impact_deliveries],
+        schedules=[schedule],
+        jobs=[impact_delivery_job],
+        resources=_all_resources(engine),
+    )
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("company", companies)
+        with dg.build_schedule_context(
+            instance=instance,
+            scheduled_execution_time=when,
+            repository_def=defs.get_repository_def(),
+            resources=_all_resources(engine),
+        ) as context:
+            return schedule.evaluate_tick(context)
+
+
 def test_nightly_schedule_requests_one_range_run_per_provider_with_work(engine) -> None:  # type: ignore[no-untyped-def]
     for c in ("acme", "globex", "initech"):
         add_integration(engine, c, "benevity")
@@ -132,21 +151,7 @@ def test_nightly_schedule_requests_one_range_run_per_provider_with_work(engine) 
     add_events(engine, events("acme", 1) + events("globex", 1) + events("initech", 1))
     schedule = nightly_delivery_schedule(ScheduleSettings(cron="30 3 * * *", timezone="Europe/Paris"))
     assert (schedule.cron_schedule, schedule.execution_timezone) == ("30 3 * * *", "Europe/Paris")
-    with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("company", ["acme", "globex", "initech"])
-        defs = dg.Definitions(
-            assets=[impact_outbox, impact_deliveries],
-            schedules=[schedule],
-            jobs=[impact_delivery_job],
-            resources=_all_resources(engine),
-        )
-        with dg.build_schedule_context(
-            instance=instance,
-            scheduled_execution_time=datetime(2026, 1, 2, 2, 30, tzinfo=UTC),
-            repository_def=defs.get_repository_def(),
-            resources=_all_resources(engine),
-        ) as context:
-            result = schedule.evaluate_tick(context)
+    result = _tick(engine, schedule, datetime(2026, 1, 2, 2, 30, tzinfo=UTC), ["acme", "globex", "initech"])
     requests = {r.tags[PROVIDER_TAG]: r for r in result.run_requests}
     assert set(requests) == {"benevity", "goodera"}
     assert (requests["benevity"].tags[RANGE_START_TAG], requests["benevity"].tags[RANGE_END_TAG]) == (
@@ -159,21 +164,7 @@ def test_nightly_schedule_requests_one_range_run_per_provider_with_work(engine) 
 
 def test_schedule_skips_when_nothing_is_due(engine) -> None:  # type: ignore[no-untyped-def]
     add_integration(engine, "acme", "benevity")
-    schedule = nightly_delivery_schedule()
-    with dg.instance_for_test() as instance:
-        defs = dg.Definitions(
-            assets=[impact_outbox, impact_deliveries],
-            schedules=[schedule],
-            jobs=[impact_delivery_job],
-            resources=_all_resources(engine),
-        )
-        with dg.build_schedule_context(
-            instance=instance,
-            scheduled_execution_time=datetime(2026, 1, 2, 2, 0, tzinfo=UTC),
-            repository_def=defs.get_repository_def(),
-            resources=_all_resources(engine),
-        ) as context:
-            result = schedule.evaluate_tick(context)
+    result = _tick(engine, nightly_delivery_schedule(), datetime(2026, 1, 2, 2, 0, tzinfo=UTC), ["acme"])
     assert not result.run_requests and result.skip_message
 
 

@@ -177,16 +177,12 @@ class GooderaConnector:
 
 def build(resolver: ConfigResolver, ctx: ConnectorContext) -> GooderaConnector:
     config = GooderaConfig.resolve(resolver)
-    oauth = OAuthClientCredentials(
-        engine=ctx.engine,
-        keyring=ctx.keyring,
-        company_id=ctx.company_id,
+    oauth = OAuthClientCredentials.for_connector(
+        ctx,
         provider=Provider.GOODERA.value,
         token_url=config.token_url,
         client_id=config.client_id,
         client_secret=config.client_secret,
-        session=ctx.session,
-        timeout=ctx.timeout,
     )
     return GooderaConnector(
         config,

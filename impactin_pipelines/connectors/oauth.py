@@ -25,6 +25,7 @@ from oauthlib.oauth2 import BackendApplicationClient, InsecureTransportError, OA
 from requests_oauthlib import OAuth2Session
 from sqlalchemy.engine import Engine
 
+from impactin_pipelines.connectors.base import ConnectorContext
 from impactin_pipelines.connectors.http import classify_exception
 from impactin_pipelines.connectors.retry import parse_retry_after
 from impactin_pipelines.domain.errors import ConfigError
@@ -145,6 +146,23 @@ class OAuthClientCredentials:
         return self._flight.fetches
 
     # -- the interface ---------------------------------------------------------------------------------------
+    @classmethod
+    def for_connector(
+        cls, ctx: ConnectorContext, *, provider: str, token_url: str, client_id: str, client_secret: str
+    ) -> "OAuthClientCredentials":
+        """Tokens for one connector: the run's warehouse, keyring, pooled session and timeouts."""
+        return cls(
+            engine=ctx.engine,
+            keyring=ctx.keyring,
+            company_id=ctx.company_id,
+            provider=provider,
+            token_url=token_url,
+            client_id=client_id,
+            client_secret=client_secret,
+            session=ctx.session,
+            timeout=ctx.timeout,
+        )
+
     def bearer(self) -> str:
         """The current access token: from memory, else from the table (another run or process may have fetched
         it), else from the token endpoint, once, however many threads and processes ask at the same time."""

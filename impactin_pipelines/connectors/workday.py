@@ -100,16 +100,12 @@ def build(resolver: ConfigResolver, ctx: ConnectorContext) -> Connector:
             company_id=ctx.company_id,
         )
     assert config.client_id and config.client_secret and config.token_url
-    oauth = OAuthClientCredentials(
-        engine=ctx.engine,
-        keyring=ctx.keyring,
-        company_id=ctx.company_id,
+    oauth = OAuthClientCredentials.for_connector(
+        ctx,
         provider=Provider.WORKDAY.value,
         token_url=config.token_url,
         client_id=config.client_id,
         client_secret=config.client_secret,
-        session=ctx.session,
-        timeout=ctx.timeout,
     )
     return workday_rest.WorkdayRestConnector(
         url=workday_rest.reports_url(config.api_url, config.tenant_id),
