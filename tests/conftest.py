@@ -7,6 +7,7 @@ import os
 import uuid
 from collections.abc import Iterator
 
+import hypothesis
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -15,6 +16,12 @@ from sqlalchemy.engine.url import make_url
 from impactin_pipelines.sandbox.server import SandboxServer
 from impactin_pipelines.store import migrations
 from impactin_pipelines.store.engine import make_engine
+
+# CI gates on a fixed set of examples (no flaky discovery there, no deadlines on a loaded machine); locally
+# hypothesis keeps exploring.
+hypothesis.settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+hypothesis.settings.register_profile("dev", deadline=None)
+hypothesis.settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 ADMIN_URL = os.environ.get("IMPACTIN_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 BACKENDS = ["sqlite", "postgres"]

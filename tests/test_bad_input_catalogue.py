@@ -92,7 +92,7 @@ CASES = [
         QUARANTINED,
         "value",
         "'1E-999999999'",
-        "has more than 20 decimal places",
+        "has more than 30 decimal places",
         providers=("workday",),
     ),
     Case("nan_in_metadata", {"metadata": '{"x": NaN}'}, QUARANTINED, "metadata", "NaN", "NaN is not allowed"),

@@ -20,7 +20,9 @@ MAX_METADATA_BYTES = 64 * 1024
 # Bounds that keep every provider's rendering of a value finite and short: a float for the JSON providers (1e400
 # would become infinity), a plain decimal for Workday SOAP (1E-999999999 would print a billion zeros).
 MAX_VALUE = Decimal("1e15")
-MAX_VALUE_DECIMALS = 20
+# Any float written by the platform (17 significant digits, down to 1e-13) fits; `1E-999999999` would print a
+# billion zeros into the SOAP envelope.
+MAX_VALUE_DECIMALS = 30
 _MAX = f"{MAX_VALUE:.0e}"
 
 
