@@ -12,8 +12,7 @@ import time
 
 import sqlalchemy as sa
 
-from benchmarks.common import SandboxProcess, scratch_warehouse, seed
-from impactin_pipelines.connectors.base import OutboundDelivery
+from benchmarks.common import SandboxProcess, scratch_warehouse, seed, send_sequentially
 from impactin_pipelines.connectors.registry import ConnectorFactory
 from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.services.deliver import DeliveryRun
@@ -46,15 +45,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         # Baseline: one request at a time, same connector, same payloads, nothing recorded.
         with engine.connect() as conn:
             payloads = [dict(r._mapping) for r in conn.execute(sa.select(impact_deliveries)).all()]
-        baseline_connector = factory.connector(companies[0], Provider.BENEVITY)
-        started = time.perf_counter()
-        for row in payloads:
-            outbound = OutboundDelivery(
-                "baseline-" + row["delivery_id"], row["company_id"], "benevity", row["event_id"], row["payload"]
-            )
-            result = baseline_connector.send(outbound)
-            assert result.http_status == 201, result.error
-        baseline_s = time.perf_counter() - started
+        baseline_s = send_sequentially(factory.connector(companies[0], Provider.BENEVITY), payloads)
         sandbox.reset()
         sandbox.configure("benevity", {"latency_ms": args.latency_ms})
 

@@ -5,6 +5,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -13,6 +14,7 @@ from pathlib import Path
 import requests
 from sqlalchemy.engine import Engine
 
+from impactin_pipelines.connectors.base import Connector, OutboundDelivery
 from impactin_pipelines.store import migrations
 from impactin_pipelines.store.engine import make_engine
 from impactin_pipelines.store.schema import company_integrations, impact_events
@@ -94,3 +96,16 @@ class SandboxProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def send_sequentially(connector: Connector, rows: list[dict]) -> float:  # type: ignore[type-arg]
+    """The baseline every throughput benchmark compares with: stored payloads sent one request at a time through
+    the same connector, nothing recorded. Keys are prefixed so the provider does not dedup the real runs after."""
+    started = time.perf_counter()
+    for row in rows:
+        outbound = OutboundDelivery(
+            "baseline-" + row["delivery_id"], row["company_id"], row["provider"], row["event_id"], row["payload"]
+        )
+        result = connector.send(outbound)
+        assert result.http_status == 201, result.error
+    return time.perf_counter() - started

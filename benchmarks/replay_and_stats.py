@@ -15,8 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
-from benchmarks.common import SandboxProcess, scratch_warehouse, seed
-from impactin_pipelines.connectors.base import OutboundDelivery
+from benchmarks.common import SandboxProcess, scratch_warehouse, seed, send_sequentially
 from impactin_pipelines.connectors.registry import ConnectorFactory
 from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.services.extract import extract
@@ -51,14 +50,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             payloads = [dict(r._mapping) for r in conn.execute(sa.select(d)).all()]
         sandbox.configure("benevity", {"latency_ms": args.latency_ms})
         factory = ConnectorFactory(engine, env=ProviderEnv.from_env(sandbox.env), settings=DeliverySettings())
-        connector = factory.connector("acme", Provider.BENEVITY)
-        started = time.perf_counter()
-        for row in payloads:
-            outbound = OutboundDelivery(
-                "base-" + row["delivery_id"], "acme", "benevity", row["event_id"], row["payload"]
-            )
-            assert connector.send(outbound).http_status == 201
-        baseline_s = time.perf_counter() - started
+        baseline_s = send_sequentially(factory.connector("acme", Provider.BENEVITY), payloads)
         started = time.perf_counter()
         results = replay_all_failed(engine, factory, company_id="acme")
         replay_s = time.perf_counter() - started
