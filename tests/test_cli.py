@@ -78,3 +78,39 @@ def test_demo_works_twice_from_a_fresh_folder(tmp_path) -> None:  # type: ignore
     env["IMPACTIN_STATE_DIR"] = str(tmp_path / ".impactin")
     listed = json.loads(run_cli(["deliveries", "list", "--json", "--status", "failed"], env, cwd=tmp_path).stdout)
     assert {r["error_kind"] for r in listed["data"]} == {"invalid_event"}
+
+
+def test_commands_import_only_what_they_use(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`impactin --help` and the store-only commands start without zeep, Dagster or the API server."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from impactin_pipelines.cli import cli\n"
+        "try:\n"
+        "    cli(sys.argv[1:], standalone_mode=False)\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = {'zeep', 'dagster', 'starlette', 'uvicorn', 'pandas', 'requests_oauthlib', 'pyrate_limiter'}\n"
+        "print(sorted({name.split('.')[0] for name in sys.modules} & heavy))\n"
+    )
+    env = cli_env(tmp_path, f"sqlite:///{tmp_path / 'w.db'}")
+    for args in (["--help"], ["db", "upgrade"], ["deliveries", "list"], ["stats"]):
+        result = subprocess.run(
+            [sys.executable, "-c", probe, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip().splitlines()[-1] == "[]", (args, result.stdout)
+
+
+def test_help_lists_every_command_with_a_help_line_and_each_one_loads() -> None:
+    from click.testing import CliRunner
+
+    from impactin_pipelines.cli import COMMANDS, cli
+
+    shown = CliRunner().invoke(cli, ["--help"]).output
+    for name, (_target, summary) in COMMANDS.items():
+        assert f"  {name} " in shown and summary in shown
+        command = cli.get_command(None, name)  # type: ignore[arg-type]
+        assert command is not None and command.name == name

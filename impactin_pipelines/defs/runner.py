@@ -22,7 +22,8 @@ from impactin_pipelines.settings import state_dir
 from impactin_pipelines.store.source import integrations
 
 DELIVERY_JOB = "impact_delivery_job"
-INSTANCE_YAML = Path(__file__).resolve().parents[2] / "dagster.yaml"
+# The repository's dagster.yaml, linked into the package so an installed wheel carries it too.
+INSTANCE_YAML = Path(__file__).parent.parent / "embedded_dagster.yaml"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,7 @@
-"""Applies the versioned SQL files in `sql/` in order, each once, each in one transaction."""
+"""Applies the versioned SQL files in `sql/` in order, each once, each in one transaction.
+
+`sql/` lives at the top of the repository; `impactin_pipelines/sql` links to it, so the files are found the same
+way from a checkout and from an installed wheel (which carries them as package data)."""
 
 import re
 from dataclasses import dataclass
@@ -10,7 +13,7 @@ from sqlalchemy.engine import Engine
 
 from impactin_pipelines.store.schema import UTCDateTime
 
-SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+SQL_DIR = Path(__file__).parent.parent / "sql"
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 schema_migrations = sa.Table(
