@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from impactin_pipelines.connectors.soap_reply import ReplyKind, read_reply
 from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.services.extract import extract
 from tests.support import add_events, add_integration, attempts, deliver, events, factory_for, rows
@@ -342,3 +343,20 @@ def test_a_2xx_that_is_no_soap_envelope_is_retried(engine, sandbox, name: str) -
         assert first["error"] == "HTTP 200 but the body is not a SOAP envelope"
     assert (row["status"], second["outcome"]) == ("success", "success")
     assert len(workday.snapshot()["accepted"]) == 1
+
+
+@pytest.mark.parametrize(
+    "inner, expected",
+    [
+        ('<wd:ID wd:type="Other_ID">o-1</wd:ID><wd:ID wd:type="WID">w-1</wd:ID>', "w-1"),
+        ("<wd:External_Reference_ID>evt_1</wd:External_Reference_ID><wd:Report_Id>r-1</wd:Report_Id>", "r-1"),
+        ('<wd:Worker_Reference><wd:ID wd:type="WID">worker-wid</wd:ID></wd:Worker_Reference>', None),
+        ('<wd:Worker_ID>u-1</wd:Worker_ID><wd:ID wd:type="Employee_ID">u-1</wd:ID>', None),
+        ("<wd:Reference><wd:ID/></wd:Reference><wd:Status>Accepted</wd:Status>", None),
+    ],
+)
+def test_the_report_id_is_only_what_looks_like_one(inner: str, expected: str | None) -> None:
+    namespaces = f'xmlns:e="{S11}" xmlns:wd="urn:com.workday/bsvc"'
+    body = f"<e:Envelope {namespaces}><e:Body><wd:R>{inner}</wd:R></e:Body></e:Envelope>"
+    reply = read_reply(body.encode())
+    assert (reply.kind, reply.report_id) == (ReplyKind.ENVELOPE, expected)

@@ -23,6 +23,7 @@ DETAIL_CHARS = 500
 # ID, Report_ID, CSR_Impact_Report_ID, reportId, submissionID ...
 _ID_NAME = re.compile(r"^(?:.*_)?(?:ID|Id|id)$|[a-z](?:ID|Id)$")
 _OUR_KEY = "externalreferenceid"  # External_Reference_ID echoed back is our event id, not the report's
+_PERSON = ("worker", "employee")  # a Worker_Reference echoed back, Employee_ID: the worker's ids, not the report's
 
 
 class ReplyKind(StrEnum):
@@ -126,17 +127,18 @@ def read_fault(node: etree._Element) -> SoapFault:
 def report_id(body: etree._Element) -> str | None:
     """The id the provider gave the stored report, when one is recognisable: an `ID` typed `WID` (Workday's object
     id) first, else the first leaf named `ID`, `*_ID` or `*Id`, leaving out our own External_Reference_ID echoed
-    back and anything under a worker reference. None when there is none: never required."""
+    back and the worker's ids. None when there is none: never required."""
     found: list[tuple[int, str]] = []
     for element in body.iter(etree.Element):
         name = _local(element)
         value = (element.text or "").strip()
         if not value or len(element) or not _ID_NAME.search(name) or name.replace("_", "").lower() == _OUR_KEY:
             continue
-        if any(_local(a).lower().startswith("worker") for a in element.iterancestors()):
+        kind = next((v for k, v in element.attrib.items() if etree.QName(k).localname == "type"), "")
+        names = [name, kind, *(_local(a) for a in element.iterancestors())]
+        if any(n.lower().startswith(_PERSON) for n in names):
             continue
-        wid = any(etree.QName(k).localname == "type" and v == "WID" for k, v in element.attrib.items())
-        found.append((0 if wid else 1, value))
+        found.append((0 if kind == "WID" else 1, value))
     return min(found, key=lambda f: f[0])[1] if found else None
 
 
