@@ -412,7 +412,7 @@ def test_check_does_not_claim_authentication_a_body_first_server_cannot_show(san
         assert result.detail.startswith("reachable; credentials not proven: ")
         assert "and so is an unknown user" in result.detail and "wrong-password" not in result.detail
     assert sandbox.providers["workday"].snapshot()["accepted"] == []
-    # the same server does check credentials on a real report: a wrong password is still refused when delivering
+    # the same credentials are proven once the service checks them before the body
     sandbox.providers["workday"].configure({"validate_before_auth": False})
     assert _connector(env).check().ok
 
