@@ -82,6 +82,41 @@ def test_cli_exits_1_when_a_configuration_fails_and_prints_no_secret(engine, san
     assert no_impact_data_sent(sandbox)
 
 
+def test_cli_says_only_what_it_proved_and_prints_each_reason_whole(engine, sandbox, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A Workday SOAP server that validates the body before the credentials answers the empty probe the same way for
+    any password: such an integration is "not proven", never "ok" (a wrong password included). Every reason is
+    printed whole in the text output, however long."""
+    seed(engine)
+    add_integration(engine, "acme", "workday")
+    add_integration(engine, "globex", "workday", settings={"password": {"encrypted": load_keyring().encrypt(WRONG)}})
+    sandbox.providers["workday"].configure({"validate_before_auth": True})
+    env = cli_env(tmp_path, engine.url.render_as_string(hide_password=False), sandbox, IMPACTIN_ENCRYPTION_KEY=KEY)
+    as_json, as_text = run_cli(["providers", "check", "--json"], env), run_cli(["providers", "check"], env)
+    assert as_json.returncode == as_text.returncode == 1, as_text.stderr
+    data = json.loads(as_json.stdout)["data"]
+    assert {(d["company"], d["provider"]): (d["ok"], d["auth"]) for d in data} == {
+        ("acme", "benevity"): (True, "ok"),
+        ("acme", "goodera"): (True, "ok"),
+        ("acme", "workday"): (False, "not proven"),
+        ("globex", "goodera"): (False, "failed"),
+        ("globex", "workday"): (False, "not proven"),
+        ("initech", "goodera"): (False, "failed"),
+    }
+    workday = [d for d in data if d["provider"] == "workday"]
+    assert all(d["detail"].startswith("reachable; credentials not proven: ") for d in workday)
+    assert max(len(d["detail"]) for d in data) > 150
+    lines = as_text.stdout.splitlines()
+    assert lines[0].split() == ["company", "provider", "auth", "detail"]
+    for d in data:
+        [line] = [ln for ln in lines if ln.split()[:2] == [d["company"], d["provider"]]]
+        assert f" {'ok' if d['ok'] else d['auth'].upper()} " in line
+        if not d["ok"]:  # the reasons (an ok detail names a fresh token's expiry, which differs between the runs)
+            assert line.rstrip().endswith(" ".join(d["detail"].split()))
+    for output in (as_json.stdout, as_text.stdout, as_json.stderr, as_text.stderr):
+        assert WRONG not in output and CLIENT_SECRET not in output
+    assert no_impact_data_sent(sandbox)
+
+
 def test_dagster_asset_check_reports_which_integrations_authenticate(engine, sandbox, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     seed(engine)
     for name, value in sandbox.env().items():
@@ -103,3 +138,24 @@ def test_dagster_asset_check_reports_which_integrations_authenticate(engine, san
     assert "| acme | goodera | ok |" in metadata["results"]
     assert CLIENT_SECRET not in json.dumps(metadata, default=str) and WRONG not in json.dumps(metadata, default=str)
     assert no_impact_data_sent(sandbox)
+
+
+def test_dagster_asset_check_counts_unproven_credentials_apart(engine, sandbox, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    add_integration(engine, "acme", "workday")
+    sandbox.providers["workday"].configure({"validate_before_auth": True})
+    for name, value in sandbox.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("IMPACTIN_WAREHOUSE_URL", engine.url.render_as_string(hide_password=False))
+    from impactin_pipelines.definitions import build_defs
+
+    job = build_defs().resolve_job_def("provider_health_job")
+    with dg.instance_for_test() as instance:
+        result = job.execute_in_process(instance=instance)
+    [evaluation] = [
+        e.asset_check_evaluation_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    ]
+    assert evaluation.passed is False
+    assert evaluation.description == "1 reachable with credentials not proven"
+    metadata = {k: getattr(v, "value", v) for k, v in evaluation.metadata.items()}
+    assert (metadata["checked"], metadata["failed"], metadata["not_proven"]) == (1, 0, 1)
+    assert metadata["failing"] == "acme/workday" and "| acme | workday | NOT PROVEN | reachable;" in metadata["results"]

@@ -383,12 +383,38 @@ def test_a_rest_payload_left_over_from_a_protocol_switch_is_a_config_error(engin
 # -- connectivity check ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("password_type", ["text", "digest"])
 def test_check_authenticates_without_submitting_data(sandbox, password_type) -> None:  # type: ignore[no-untyped-def]
-    good = _connector({**sandbox.env(), "WORKDAY_PASSWORD_TYPE": password_type}).check()
-    bad = _connector({**sandbox.env(), "WORKDAY_PASSWORD": "wrong-password"}).check()
-    assert good.ok and "validationError" in good.detail
-    assert not bad.ok and "invalid username or password" in bad.detail and "wrong-password" not in bad.detail
+    env = {**sandbox.env(), "WORKDAY_PASSWORD_TYPE": password_type}
+    good = _connector(env).check()
+    assert (good.ok, good.verdict) == (True, "ok")
+    assert good.detail == (
+        "authenticated: the empty probe was refused with SOAP-ENV:Client.validationError: Validation error occurred. "
+        "CSR_Impact_Report is required, while an unknown user is refused with SOAP-ENV:Client.authenticationError: "
+        "invalid username or password"
+    )
+    bad = _connector({**env, "WORKDAY_PASSWORD": "wrong-password"}).check()
+    assert (bad.ok, bad.inconclusive, bad.verdict) == (False, False, "failed")
+    assert "invalid username or password" in bad.detail and "wrong-password" not in bad.detail
     snapshot = sandbox.providers["workday"].snapshot()
-    assert snapshot["accepted"] == [] and len(snapshot["requests"]) == 2
+    assert snapshot["accepted"] == []
+    # ours, then the same probe as an unknown user to compare; bad credentials are refused at once
+    assert [r["status"] for r in snapshot["requests"]] == [500, 500, 500]
+
+
+@pytest.mark.parametrize("password_type", ["text", "digest"])
+def test_check_does_not_claim_authentication_a_body_first_server_cannot_show(sandbox, password_type) -> None:  # type: ignore[no-untyped-def]
+    """A server that validates the body before the security header (as schema-first SOAP frameworks do) answers the
+    empty probe with the same validation fault whatever the password: the check must not say "authenticated"."""
+    sandbox.providers["workday"].configure({"validate_before_auth": True})
+    env = {**sandbox.env(), "WORKDAY_PASSWORD_TYPE": password_type}
+    for password in (fake.PASSWORD, "wrong-password"):
+        result = _connector({**env, "WORKDAY_PASSWORD": password}).check()
+        assert (result.ok, result.inconclusive, result.verdict) == (False, True, "not proven")
+        assert result.detail.startswith("reachable; credentials not proven: ")
+        assert "and so is an unknown user" in result.detail and "wrong-password" not in result.detail
+    assert sandbox.providers["workday"].snapshot()["accepted"] == []
+    # the same credentials are proven once the service checks them before the body
+    sandbox.providers["workday"].configure({"validate_before_auth": False})
+    assert _connector(env).check().ok
 
 
 def test_dry_run_request_masks_the_password(sandbox) -> None:  # type: ignore[no-untyped-def]

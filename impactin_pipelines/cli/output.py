@@ -29,7 +29,8 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, max_width: int = 60) -> str:
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, max_width: int | None = 60) -> str:
+    """Cells are cut at `max_width` characters (None: never)."""
     cells = [[_cell(v)[:max_width] for v in row] for row in rows]
     widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
     line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))

@@ -20,7 +20,8 @@ def providers() -> None:
 def check(companies: tuple[str, ...], provider_names: tuple[str, ...], as_json: bool) -> None:
     """Can each enabled integration authenticate with its provider? Sends no impact data.
 
-    Exits 1 when any configuration fails, so monitoring can run it as is.
+    Each integration is `ok` (authentication proven), `not proven` (the provider answered, but in a way that cannot
+    tell good credentials from bad ones) or `failed`. Exits 1 unless every one is ok, so monitoring can run it as is.
     """
     results = check_providers(engine(), company_ids=companies or None, providers=provider_names or None)
     if as_json:
@@ -28,7 +29,14 @@ def check(companies: tuple[str, ...], provider_names: tuple[str, ...], as_json: 
             {
                 "ok": all(r.ok for r in results),
                 "data": [
-                    {"company": r.company_id, "provider": r.provider, "ok": r.ok, "detail": r.detail, **r.extra}
+                    {
+                        "company": r.company_id,
+                        "provider": r.provider,
+                        "ok": r.ok,
+                        "auth": r.verdict,
+                        "detail": r.detail,
+                        **r.extra,
+                    }
                     for r in results
                 ],
             }
@@ -36,7 +44,11 @@ def check(companies: tuple[str, ...], provider_names: tuple[str, ...], as_json: 
     elif not results:
         click.echo("no enabled integration matches the selection")
     else:
-        rows = [[r.company_id, r.provider, "ok" if r.ok else "FAILED", r.detail] for r in results]
-        click.echo(table(["company", "provider", "auth", "detail"], rows, max_width=100))
+        # the detail is the reason: printed whole, on one line
+        rows = [
+            [r.company_id, r.provider, r.verdict if r.ok else r.verdict.upper(), " ".join(r.detail.split())]
+            for r in results
+        ]
+        click.echo(table(["company", "provider", "auth", "detail"], rows, max_width=None))
     if not all(r.ok for r in results):
         raise SystemExit(1)

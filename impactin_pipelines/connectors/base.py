@@ -56,15 +56,25 @@ class AttemptResult:
     response_body: str | None = None
     retry_after_s: float | None = None
     request_body: str | None = None  # set when what went out differs from the stored payload (SOAP)
+    provider_reference: str | None = None  # the id the provider gave what it stored, when its reply names one
 
 
 @dataclass(frozen=True)
 class ConnectivityResult:
+    """`ok`: authentication was proven. `inconclusive`: the provider answered, but in a way that cannot tell good
+    credentials from bad ones (`ok` is then False: nothing was proven)."""
+
     provider: str
     company_id: str
     ok: bool
     detail: str
     extra: Mapping[str, object] = field(default_factory=dict)
+    inconclusive: bool = False
+
+    @property
+    def verdict(self) -> str:
+        """`ok`, `not proven` or `failed`."""
+        return "ok" if self.ok else "not proven" if self.inconclusive else "failed"
 
 
 class Connector(Protocol):

@@ -28,7 +28,7 @@ def _markdown(results: Sequence[ConnectivityResult]) -> str:
     lines = ["| company | provider | auth | detail |", "|---|---|---|---|"]
     for r in results:
         detail = r.detail.replace("|", "\\|").replace("\n", " ")[:300]
-        lines.append(f"| {r.company_id} | {r.provider} | {'ok' if r.ok else 'FAILED'} | {detail} |")
+        lines.append(f"| {r.company_id} | {r.provider} | {r.verdict if r.ok else r.verdict.upper()} | {detail} |")
     return "\n".join(lines)
 
 
@@ -37,21 +37,27 @@ def _markdown(results: Sequence[ConnectivityResult]) -> str:
     name="providers_can_authenticate",
     blocking=False,
     description="Each enabled integration authenticates with its provider (OAuth: a token is issued; Benevity: a "
-    "signed empty request is refused for its content, not its credentials). No impact data is sent.",
+    "signed empty request is refused for its content, not its credentials; Workday SOAP: an empty report is refused "
+    "for its content, and differently from an unknown user's). No impact data is sent.",
 )
 def providers_can_authenticate(
     warehouse: WarehouseResource, providers: ProvidersResource, delivery: DeliveryResource
 ) -> dg.AssetCheckResult:
     results = check_providers(warehouse.engine, env=providers.provider_env(), settings=delivery.settings())
-    failed = [r for r in results if not r.ok]
+    failing = [r for r in results if not r.ok]
+    failed = [r for r in failing if not r.inconclusive]
+    unproven = [r for r in failing if r.inconclusive]
+    problems = [f"{len(failed)} of {len(results)} integration(s) cannot authenticate"] if failed else []
+    problems += [f"{len(unproven)} reachable with credentials not proven"] if unproven else []
     return dg.AssetCheckResult(
-        passed=not failed,
+        passed=not failing,
         severity=dg.AssetCheckSeverity.WARN,
-        description=f"{len(failed)} of {len(results)} integration(s) cannot authenticate" if failed else None,
+        description="; ".join(problems) or None,
         metadata={
             "checked": len(results),
             "failed": len(failed),
-            "failing": ", ".join(f"{r.company_id}/{r.provider}" for r in failed) or "none",
+            "not_proven": len(unproven),
+            "failing": ", ".join(f"{r.company_id}/{r.provider}" for r in failing) or "none",
             "results": dg.MetadataValue.md(_markdown(results)),
         },
     )

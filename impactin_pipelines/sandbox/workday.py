@@ -5,6 +5,11 @@ REST API behind an OAuth2 client-credentials token endpoint.
 Incoming XML is parsed by zeep's loader with DTDs, entities and external references forbidden.
 Faults are answered the way Workday answers them: HTTP 500 with a SOAP 1.1 Fault whose faultcode is
 `SOAP-ENV:Client.authenticationError`, `SOAP-ENV:Client.validationError` or `SOAP-ENV:Server.processingError`.
+
+Two knobs make it behave like SOAP servers written by others: `soap_reply` answers a stored report with any reply
+body (another shape, encoding or content type), and `validate_before_auth` checks the body before the
+UsernameToken, as frameworks that validate against the schema first do (an invalid body then gets the same
+validation fault whatever the credentials).
 """
 
 import base64
@@ -142,6 +147,14 @@ def read_report(submit: etree._Element) -> dict[str, Any]:
     }
 
 
+def read_submission(envelope: etree._Element) -> dict[str, Any]:
+    """The report in a request envelope's Body, or a validation fault."""
+    submit = envelope.find(f"{{{SOAP_ENV}}}Body/{{{WD}}}Submit_CSR_Impact_Report")
+    if submit is None:
+        raise SoapFault(VALIDATION_FAULT, "Validation error occurred. Body must hold Submit_CSR_Impact_Report")
+    return read_report(submit)
+
+
 def rest_schema_problem(doc: Any) -> str | None:
     """What is wrong with a REST `csr-impact-reports` body (schema v3.0), naming the field; None if nothing."""
     if not isinstance(doc, dict) or doc.get("schema_version") != "v3.0":
@@ -217,6 +230,8 @@ class WorkdaySandbox(ProviderSandbox):
         self._nonces: dict[str, float] = {}  # digest nonce -> when seen (replays are refused)
         self._nonce_lock = threading.Lock()
         self.soap_faults: list[dict[str, Any]] = []
+        self.soap_reply: dict[str, Any] | None = None
+        self.validate_before_auth = False
         self.oauth = OAuthTokenIssuer(client_id, client_secret, token_prefix="wd")
 
     def env(self, base_url: str) -> dict[str, str]:
@@ -236,6 +251,9 @@ class WorkdaySandbox(ProviderSandbox):
     def configure_extra(self, spec: Mapping[str, Any]) -> None:
         """`tenants`: extra tenant ids this fake serves; `soap_fault_next`: SOAP faults answered (after the
         UsernameToken check) in order, e.g. {"kind": "server", "message": "...", "count": 2} or {"kind": "client"};
+        `soap_reply`: the answer to every stored SOAP report until reset, {"body": "...", "status": 200,
+        "content_type": "text/xml", "encoding": "utf-8"}, where `{report_id}` and `{event_id}` in the body are
+        replaced (None: the default reply); `validate_before_auth`: check the body before the UsernameToken;
         plus the token endpoint's knobs (`token_expires_in`, `token_fail_next`, `expire_tokens`)."""
         self.oauth.configure(spec)
         if "tenants" in spec:
@@ -243,10 +261,16 @@ class WorkdaySandbox(ProviderSandbox):
         if "soap_fault_next" in spec:
             items = spec["soap_fault_next"]
             self.soap_faults.extend([items] if isinstance(items, dict) else list(items))
+        if "soap_reply" in spec:
+            self.soap_reply = dict(spec["soap_reply"]) if spec["soap_reply"] is not None else None
+        if "validate_before_auth" in spec:
+            self.validate_before_auth = bool(spec["validate_before_auth"])
 
     def reset_extra(self) -> None:
         self.tenants = {self.tenant_id}
         self.soap_faults.clear()
+        self.soap_reply = None
+        self.validate_before_auth = False
         self.oauth.reset()
         with self._nonce_lock:
             self._nonces.clear()
@@ -314,16 +338,14 @@ class WorkdaySandbox(ProviderSandbox):
         except (ZeepError, etree.XMLSyntaxError, ValueError) as exc:
             return fault_response(SoapFault("SOAP-ENV:Client", f"request XML refused: {exc!r}"))
         try:
+            report = read_submission(envelope) if self.validate_before_auth else None
             password_type = self._authenticate(envelope)
             injected = self._take_soap_fault()
             if injected is not None:
                 kind = injected.get("kind", "server")
                 code = PROCESSING_FAULT if kind == "server" else VALIDATION_FAULT
                 raise SoapFault(code, str(injected.get("message", f"injected {kind} fault")))
-            submit = envelope.find(f"{{{SOAP_ENV}}}Body/{{{WD}}}Submit_CSR_Impact_Report")
-            if submit is None:
-                raise SoapFault(VALIDATION_FAULT, "Validation error occurred. Body must hold Submit_CSR_Impact_Report")
-            report = read_report(submit)
+            report = report or read_submission(envelope)
         except SoapFault as fault:
             response = fault_response(fault)
             response.event_id = _text(envelope, f".//{{{WD}}}External_Reference_ID")
@@ -347,10 +369,20 @@ class WorkdaySandbox(ProviderSandbox):
                 "body": report,
             },
         )
-        response = reply_response(record["id"])
+        response = self._reply(record["id"], event_id)
         response.duplicate = duplicate
         response.event_id = event_id
         return response
+
+    def _reply(self, report_id: str, event_id: str) -> Response:
+        spec = self.soap_reply
+        if spec is None:
+            return reply_response(report_id)
+        body = str(spec["body"]).replace("{report_id}", report_id).replace("{event_id}", event_id)
+        content_type = str(spec.get("content_type", "text/xml; charset=utf-8"))
+        return Response(
+            int(spec.get("status", 200)), body.encode(spec.get("encoding", "utf-8")), {"Content-Type": content_type}
+        )
 
     def _authenticate(self, envelope: etree._Element) -> str:
         """Check the UsernameToken; return "text" or "digest". Any failure is the same authentication fault."""

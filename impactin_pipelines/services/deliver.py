@@ -282,6 +282,7 @@ class DeliveryRun:
                 attempt_count,
                 httpStatus=result.http_status,
                 error=result.error,
+                providerReference=result.provider_reference,
             )
             if decision.step is not Step.RETRY:
                 kind = settlement.error_kind.value if settlement.error_kind else None
