@@ -194,7 +194,7 @@ class WorkdaySoapConnector:
     ) -> None:
         self.endpoint = endpoint
         self.company_id = company_id
-        self.redactor = Redactor([password])
+        self.redactor = Redactor(credentials=[(username, password)])
         self.transport = ExchangeTransport(session, operation_timeout=timeout, redactor=self.redactor)
         self.client = Client(
             wsdl_document(),
