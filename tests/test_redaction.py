@@ -1,17 +1,12 @@
 """Redaction: every spelling a provider can echo a secret in is masked, in text we store or log, and nothing else.
-
-The encoders below are written here, independently of the Redactor, the way the encoders on the other side of a
-provider (JSON serialisers, XML and HTML writers, form and URL encoders, HTTP Basic) produce them.
-"""
+The spellings come from `tests.secret_spellings`, written independently of the Redactor."""
 
 import base64
 import html
 import json
 import re
 import time
-from collections.abc import Callable
-from urllib.parse import quote, quote_plus
-from xml.sax.saxutils import escape as xml_escape
+from urllib.parse import quote_plus
 
 import pytest
 from hypothesis import given, settings
@@ -22,6 +17,7 @@ from impactin_pipelines.sandbox.benevity import BenevitySandbox
 from impactin_pipelines.sandbox.server import SandboxServer
 from impactin_pipelines.security.redaction import MASK, Redactor
 from impactin_pipelines.services.extract import extract
+from tests.secret_spellings import BASIC_ENCODERS, ENCODERS, b64, json_escaped
 from tests.support import add_events, add_integration, attempts, deliver, events, factory_for, rows
 
 USER = "client id+1"
@@ -29,63 +25,14 @@ SPECIALS = "\"\\&<>/%+ '#;=é€😀"
 ALPHABET = st.sampled_from(list("abcXYZ019-_.:@") + list(SPECIALS))
 
 
-def _json(s: str) -> str:
-    return json.dumps(s)[1:-1]
-
-
-def _b64(s: str) -> str:
-    return base64.b64encode(s.encode()).decode()
-
-
-def _upper_json_hex(s: str) -> str:
-    return re.sub(r"\\u([0-9a-f]{4})", lambda m: "\\u" + m.group(1).upper(), s)
-
-
-def _html5_named(s: str) -> str:
-    names = {"/": "&sol;", "+": "&plus;", "%": "&percnt;", "\\": "&bsol;", '"': "&QUOT;", "&": "&AMP;", "<": "&lt;"}
-    return "".join(names.get(c, c) for c in s)
-
-
-ENCODERS: dict[str, Callable[[str], str]] = {
-    "literal": lambda s: s,
-    "JSON": _json,
-    "JSON, ensure_ascii=False": lambda s: json.dumps(s, ensure_ascii=False)[1:-1],
-    "JSON, uppercase \\u hex": lambda s: _upper_json_hex(_json(s)),
-    "JSON, escaped solidus": lambda s: _json(s).replace("/", "\\/"),
-    "JSON, HTML-safe (Go)": lambda s: _json(s).replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e"),
-    "JSON, every character \\u-escaped": lambda s: "".join(
-        f"\\u{ord(c):04x}" if ord(c) < 0x10000 else json.dumps(c)[1:-1] for c in s
-    ),
-    "HTML (html.escape)": html.escape,
-    "XML (saxutils)": xml_escape,
-    "XML, decimal references": lambda s: "".join(f"&#{ord(c)};" for c in s),
-    "XML, hex references": lambda s: "".join(f"&#x{ord(c):X};" for c in s),
-    "XML, lowercase hex with zeros": lambda s: "".join(f"&#x00{ord(c):x};" for c in s),
-    "HTML5 named references": _html5_named,
-    "URL (quote)": quote,
-    "form (quote_plus)": quote_plus,
-    "URL, nothing safe, lowercase hex": lambda s: re.sub("%..", lambda m: m.group().lower(), quote(s, safe="")),
-    "base64": _b64,
-    "base64, URL-safe": lambda s: base64.urlsafe_b64encode(s.encode()).decode(),
-    "HTTP Basic": lambda s: _b64(f"{USER}:{s}"),
-    "HTTP Basic, form-encoded first (RFC 6749)": lambda s: _b64(f"{quote_plus(USER)}:{quote_plus(s)}"),
-    "form body quoted in JSON": lambda s: _json(quote_plus(s)),
-    "JSON quoted in XML": lambda s: html.escape(_json(s)),
-    "XML quoted in JSON": lambda s: _json(html.escape(s)),
-    "JSON quoted in JSON": lambda s: _json(_json(s)),
-    "XML quoted in XML": lambda s: html.escape(html.escape(s)),
-    "JSON in a query string": lambda s: quote(_json(s), safe=""),
-    "Basic in a JSON string (Go)": lambda s: _json(_b64(f"{USER}:{s}")).replace("/", "\\/"),
-    "JSON in XML in a query string": lambda s: quote_plus(xml_escape(_json(s), {'"': "&quot;"})),
-}
-
-
-@pytest.mark.parametrize("name", list(ENCODERS))
+@pytest.mark.parametrize("name", [*ENCODERS, *BASIC_ENCODERS])
 @settings(max_examples=40, deadline=None)
 @given(secret=st.text(ALPHABET, min_size=4, max_size=24))
 def test_every_spelling_of_a_secret_is_masked(name: str, secret: str) -> None:
-    encoded = ENCODERS[name](secret)
-    redactor = Redactor(credentials=[(USER, secret)]) if "Basic" in name else Redactor([secret])
+    if name in BASIC_ENCODERS:
+        encoded, redactor = BASIC_ENCODERS[name](USER, secret), Redactor(credentials=[(USER, secret)])
+    else:
+        encoded, redactor = ENCODERS[name](secret), Redactor([secret])
     assert redactor.scrub(f"[{encoded}]") == f"[{MASK}]", encoded
 
 
@@ -100,7 +47,7 @@ def test_the_reported_echoes_are_masked() -> None:
     assert redactor.scrub(fault) == f"<faultstring>password {MASK} is not accepted</faultstring>"
     form = f"grant_type=client_credentials&client_id=gd-client&client_secret={quote_plus(client)}"
     assert redactor.scrub(form) == f"grant_type=client_credentials&client_id=gd-client&client_secret={MASK}"
-    basic = f"Authorization: Basic {_b64('gd-client:' + client)}"
+    basic = f"Authorization: Basic {b64('gd-client:' + client)}"
     assert redactor.scrub(basic) == f"Authorization: Basic {MASK}"
 
 
@@ -109,7 +56,7 @@ def test_a_secret_inside_any_base64_blob_cannot_be_decoded_back() -> None:
     secret = "scan-secret/with+specials&1"
     redactor = Redactor([secret])
     for prefix in ("", "a", "ab", "someone-else:", "POST /token\r\n\r\nclient_secret="):
-        blob = _b64(prefix + secret + " and more")
+        blob = b64(prefix + secret + " and more")
         scrubbed = redactor.scrub(f"dump {blob} end") or ""
         assert scrubbed != f"dump {blob} end"
         for part in scrubbed.split(MASK):
@@ -161,7 +108,7 @@ def test_a_derived_redactor_is_built_once_per_extra_secret() -> None:
 def test_an_excerpt_never_ends_in_half_a_secret() -> None:
     secret = 'SECRET/BNV"KEY'
     redactor = Redactor([secret])
-    text = "x" * 95 + _json(secret) + "y" * 10_000
+    text = "x" * 95 + json_escaped(secret) + "y" * 10_000
     excerpt = redactor.excerpt(text, 100) or ""
     assert excerpt == "x" * 95 + MASK + "yy"
     assert redactor.excerpt("short", 100) == "short"
