@@ -154,7 +154,8 @@ def _faults(sandbox: SandboxServer) -> None:
     refused = {"error": "invalid_client", "error_description": f"client secret {secret} is unknown ({request})"}
     sandbox.providers["goodera"].configure({"token_fail_next": {"status": 401, "body": json.dumps(refused)}})
     password = WORKDAY_PASSWORD  # the fault's XML escapes it, and its JSON spelling inside it
-    message = f"password {password} is not accepted (as sent: {json_escaped(password)})"
+    basic = b64(f"{WORKDAY_USERNAME}:{password}")
+    message = f"password {password} is not accepted (as sent: {json_escaped(password)}; Basic {basic})"
     secret, client = WORKDAY_CLIENT_SECRET, WORKDAY_CLIENT_ID
     busy = {
         "error": "temporarily_unavailable",

@@ -23,7 +23,7 @@ MASK = "***"
 _MIN_SECRET_CHARS = 4  # shorter values would mask ordinary text
 _MIN_BASE64_CORE_CHARS = 8  # a shorter base64 fragment could occur by chance
 DECODE_LAYERS = 3  # JSON in XML in a percent-encoded query is as deep as an echo plausibly goes
-_EXPANSION = 16  # upper bound of how much longer an encoded character is, for `excerpt`
+_EXPANSION = 16  # how many times longer than itself an echoed secret plausibly gets (`&amp;#x5C;` for `\\`)
 _DERIVED_CACHE = 16  # Redactors kept per parent for `with_secrets` (one per access token in use)
 
 # One family of escapes per encoding, decoded separately: a literal `\/` inside an XML-escaped secret is not JSON.
@@ -162,9 +162,8 @@ def _pattern(needles: tuple[str, ...]) -> re.Pattern[str]:
 
 
 class Redactor:
-    """Masks a fixed set of secrets, in any encoding a provider may echo them in, with `MASK`.
-
-    `credentials` are (user, secret) pairs also searched for as HTTP Basic credentials."""
+    """Masks a fixed set of secrets with `MASK`, in every spelling the module docstring lists. `credentials` are
+    (user, secret) pairs whose secret is also searched for as HTTP Basic credentials with that user."""
 
     def __init__(
         self,
@@ -216,6 +215,8 @@ class Redactor:
                     if decoded is not None and decoded.text not in seen:
                         seen.add(decoded.text)
                         deeper.append(decoded)
+            if not deeper:
+                break
             views = deeper
         if not spans:
             return text
