@@ -8,11 +8,12 @@ API response (bodies and headers), every column of every table in the warehouse,
 log (run configs, tags, every event with its metadata, through Dagster's API) and the raw bytes of every file the
 run left behind (the Dagster home, the state folder, the SQLite warehouse and its WAL).
 
-The secrets use only letters, digits and '-', so any encoding (JSON, form, XML, URL) leaves them verbatim and a
-plain substring search finds every occurrence; the HTTP Basic form of the OAuth credentials is searched too.
+The provider secrets contain `" \\ & < > / % +`, a space and non-ASCII letters, so every encoding changes them, and
+the providers' error answers quote them JSON-escaped, XML-escaped, percent-encoded and as HTTP Basic. The scan looks
+for every spelling of `tests.secret_spellings` of each secret (the Basic ones with its client id or user name).
 """
 
-import base64
+import html
 import json
 import socket
 import subprocess
@@ -20,6 +21,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote_plus
 
 import dagster as dg
 import pytest
@@ -38,31 +40,29 @@ from impactin_pipelines.store.api_keys import parse_token
 from impactin_pipelines.store.schema import impact_provider_tokens
 from impactin_pipelines.store.source import integrations
 from tests.cli_support import IMPACTIN, cli_env, run_cli
+from tests.secret_spellings import b64, json_escaped, spellings
 from tests.support import add_events, add_integration, event, events, rows
 
-BENEVITY_API_KEY = "scan-benevity-api-key-7f3a91"
-BENEVITY_SIGNATURE_SECRET = "scan-benevity-signing-secret-91c2de"
+BENEVITY_API_KEY = 'scan-bnv-key/"7f3a91"\\&<x>%2B+'  # header values: printable ASCII
+BENEVITY_SIGNATURE_SECRET = 'scan-bnv-signing&<p>/91c2de\\%+"'
 GOODERA_CLIENT_ID = "scan-goodera-client"
-GOODERA_CLIENT_SECRET = "scan-goodera-client-secret-5d1e77"
+GOODERA_CLIENT_SECRET = 'scan gdr-secret+5d1e77/&<"é%>\\'
 WORKDAY_USERNAME = "isu-scan@sandbox_tenant"
-WORKDAY_PASSWORD = "scan-workday-password-a8b4c0"
+WORKDAY_PASSWORD = 'scan-wd-pass&lt;a8b4c0<p>"/%+\\ü'
 WORKDAY_CLIENT_ID = "scan-workday-client"
-WORKDAY_CLIENT_SECRET = "scan-workday-client-secret-2c6f13"
+WORKDAY_CLIENT_SECRET = 'scan-wd-client/2c6f13"&<>%20+\\'
 NEW_KEY = "tQk8bHn1yG0mJ2vX6cR4pW9sZ3aL5eD7fU1iO0kE2jA="
 OLD_KEY = "Zp3nR6tW9yB2cF5hK8mQ1sV4xA7dG0jL3oT6uY9bE2w="
 
-SECRETS = {
-    "BENEVITY_API_KEY": BENEVITY_API_KEY,
-    "BENEVITY_SIGNATURE_SECRET": BENEVITY_SIGNATURE_SECRET,
-    "GOODERA_CLIENT_SECRET": GOODERA_CLIENT_SECRET,
-    "WORKDAY_PASSWORD": WORKDAY_PASSWORD,
-    "WORKDAY_CLIENT_SECRET": WORKDAY_CLIENT_SECRET,
-    "IMPACTIN_ENCRYPTION_KEY (new)": NEW_KEY,
-    "IMPACTIN_ENCRYPTION_KEY (old)": OLD_KEY,
-    "Goodera credentials as HTTP Basic": base64.b64encode(f"{GOODERA_CLIENT_ID}:{GOODERA_CLIENT_SECRET}".encode()),
-    "Workday credentials as HTTP Basic": base64.b64encode(f"{WORKDAY_CLIENT_ID}:{WORKDAY_CLIENT_SECRET}".encode()),
+SECRETS: dict[str, tuple[str, str | None]] = {  # name: (secret, the user it goes with in HTTP Basic)
+    "BENEVITY_API_KEY": (BENEVITY_API_KEY, None),
+    "BENEVITY_SIGNATURE_SECRET": (BENEVITY_SIGNATURE_SECRET, None),
+    "GOODERA_CLIENT_SECRET": (GOODERA_CLIENT_SECRET, GOODERA_CLIENT_ID),
+    "WORKDAY_PASSWORD": (WORKDAY_PASSWORD, WORKDAY_USERNAME),
+    "WORKDAY_CLIENT_SECRET": (WORKDAY_CLIENT_SECRET, WORKDAY_CLIENT_ID),
+    "IMPACTIN_ENCRYPTION_KEY (new)": (NEW_KEY, None),
+    "IMPACTIN_ENCRYPTION_KEY (old)": (OLD_KEY, None),
 }
-SECRETS = {name: v.decode() if isinstance(v, bytes) else v for name, v in SECRETS.items()}
 API = "/v1/impact-in"
 
 
@@ -129,17 +129,43 @@ def _seed(engine: Engine) -> None:
 
 
 def _faults(sandbox: SandboxServer) -> None:
-    """Providers whose error answers quote our credentials back: whatever we store or print of them is scrubbed.
-    (Goodera's API gets its turn in the API session, once a token is stored: a fault queued now would hit the
-    token endpoint first.)"""
-    echo = json.dumps({"error": "invalid", "echo": f"X-API-Key: {BENEVITY_API_KEY} signed {BENEVITY_SIGNATURE_SECRET}"})
+    """Providers whose error answers quote our credentials back, spelled the way their formats spell them (JSON
+    strings, HTML pages, SOAP faults, echoed form bodies, character references, HTTP Basic): whatever we store or
+    print of them is scrubbed. (Goodera's API gets its turn in the API session, once a token is stored: a fault
+    queued now would hit the token endpoint first.)"""
+    key, signing = BENEVITY_API_KEY, BENEVITY_SIGNATURE_SECRET
+    page = f"<html><body><p>X-API-Key {html.escape(key)} refused (signed with {html.escape(signing)})</p></body></html>"
+    echo = {
+        "error": "invalid",
+        "echo": f"X-API-Key: {key} signed {signing}",
+        "form": f"api_key={quote_plus(key)}&signing_secret={quote_plus(signing)}",
+        "xml": "".join(f"&#{ord(c)};" for c in signing),
+    }
     sandbox.providers["benevity"].configure(
-        {"fail_next": [{"status": 503, "retry_after": "0"}, {"status": 400, "body": echo}]}
+        {
+            "fail_next": [
+                {"status": 503, "retry_after": "0", "body": page, "content_type": "text/html"},
+                {"status": 400, "body": json.dumps(echo)},
+            ]
+        }
     )
-    refused = {"error": "invalid_client", "error_description": f"client secret {GOODERA_CLIENT_SECRET} is unknown"}
+    secret, client = GOODERA_CLIENT_SECRET, GOODERA_CLIENT_ID
+    request = f"client_id={client}&client_secret={quote_plus(secret)}; Authorization: Basic {b64(f'{client}:{secret}')}"
+    refused = {"error": "invalid_client", "error_description": f"client secret {secret} is unknown ({request})"}
     sandbox.providers["goodera"].configure({"token_fail_next": {"status": 401, "body": json.dumps(refused)}})
+    password = WORKDAY_PASSWORD  # the fault's XML escapes it, and its JSON spelling inside it
+    basic = b64(f"{WORKDAY_USERNAME}:{password}")
+    message = f"password {password} is not accepted (as sent: {json_escaped(password)}; Basic {basic})"
+    secret, client = WORKDAY_CLIENT_SECRET, WORKDAY_CLIENT_ID
+    busy = {
+        "error": "temporarily_unavailable",
+        "error_description": f"busy; retry client_secret={quote_plus(secret)} or Basic {b64(f'{client}:{secret}')}",
+    }
     sandbox.providers["workday"].configure(
-        {"soap_fault_next": {"kind": "client", "message": f"password {WORKDAY_PASSWORD} is not accepted"}}
+        {
+            "soap_fault_next": {"kind": "client", "message": message},
+            "token_fail_next": {"status": 503, "body": json.dumps(busy)},
+        }
     )
 
 
@@ -208,7 +234,13 @@ def _api_session(
             },
         }
         # Goodera refuses the stored token, quoting the client secret: 401 -> a new token -> delivered
-        echo = json.dumps({"error": "invalid_token", "client_secret": GOODERA_CLIENT_SECRET})
+        echo = json.dumps(
+            {
+                "error": "invalid_token",
+                "client_secret": GOODERA_CLIENT_SECRET,
+                "form": quote_plus(GOODERA_CLIENT_SECRET),
+            }
+        )
         sandbox.providers["goodera"].configure({"fail_next": {"status": 401, "body": echo}})
         created = call("POST", f"{API}/deliver", headers={"Authorization": f"Bearer {company}"}, json=deliver)
         assert created.status_code == 201 and created.json()["data"]["status"] == "success", created.text
@@ -227,8 +259,17 @@ def _tables(engine: Engine) -> dict[str, list[str]]:
         for name in sa.inspect(conn).get_table_names():
             quoted = conn.dialect.identifier_preparer.quote(name)
             values = conn.exec_driver_sql(f"SELECT * FROM {quoted}").all()  # raw values, no type processing
-            found[name] = [repr(value) for row in values for value in row]
+            found[name] = [_as_text(value) for row in values for value in row]
     return found
+
+
+def _as_text(value: object) -> str:
+    """Text as stored (repr would double every backslash and hide a secret that has one)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes | memoryview):
+        return bytes(value).decode("utf-8", "surrogateescape")
+    return repr(value)
 
 
 def _dagster_records(home: Path) -> list[str]:
@@ -242,9 +283,21 @@ def _dagster_records(home: Path) -> list[str]:
     return texts
 
 
-def _leaks(text: str | bytes, secrets: dict[str, str]) -> list[str]:
+def _needles(secrets: dict[str, tuple[str, str | None]]) -> dict[str, bytes]:
+    """Every spelling of every secret (HTTP Basic with the user it goes with), as bytes to find in any text or file."""
+    needles: dict[str, bytes] = {}
+    for name, (secret, user) in secrets.items():
+        seen: set[str] = set()
+        for how, value in spellings(secret, user).items():
+            if value not in seen:
+                seen.add(value)
+                needles[f"{name} ({how})"] = value.encode("utf-8")
+    return needles
+
+
+def _leaks(text: str | bytes, needles: dict[str, bytes]) -> list[str]:
     data = text if isinstance(text, bytes) else text.encode("utf-8", "surrogateescape")
-    return [name for name, value in secrets.items() if value.encode() in data]
+    return [name for name, value in needles.items() if value in data]
 
 
 def test_no_secret_or_token_is_written_anywhere(engine, warehouse_url, tmp_path, scan_sandbox) -> None:  # type: ignore[no-untyped-def]
@@ -309,16 +362,23 @@ def test_no_secret_or_token_is_written_anywhere(engine, warehouse_url, tmp_path,
 
     assert len(issued) >= 6  # access and refresh tokens: Goodera's check and its 401, Workday REST's run and check
     secrets = dict(SECRETS)
-    secrets.update({f"issued token #{i}": token for i, token in enumerate(issued)})
+    secrets.update({f"issued token #{i}": (token, None) for i, token in enumerate(issued)})
     for name, key in (("admin API key", admin), ("company API key", company)):
-        secrets[name] = key
+        secrets[name] = (key, None)
         parsed = parse_token(key)
         assert parsed is not None
-        secrets[f"{name} (secret part)"] = parsed[1]
+        secrets[f"{name} (secret part)"] = (parsed[1], None)
+    secrets = _needles(secrets)
 
-    # the scan can see what it looks for: the secrets are stored, encrypted, and the ciphertexts open to them
+    # the scan can see what it looks for: every spelling, and the secrets are stored, encrypted, and the ciphertexts
+    # open to them
     assert all(len(value) >= 16 for value in secrets.values())
-    assert _leaks(f"x{GOODERA_CLIENT_SECRET}x", secrets) == ["GOODERA_CLIENT_SECRET"]
+    assert _leaks(f"x{GOODERA_CLIENT_SECRET}x", secrets) == ["GOODERA_CLIENT_SECRET (literal)"]
+    assert "GOODERA_CLIENT_SECRET (JSON)" in _leaks(json.dumps({"s": GOODERA_CLIENT_SECRET}), secrets)
+    assert "WORKDAY_PASSWORD (HTML (html.escape))" in _leaks(html.escape(WORKDAY_PASSWORD), secrets)
+    assert "WORKDAY_CLIENT_SECRET (form (quote_plus))" in _leaks(quote_plus(WORKDAY_CLIENT_SECRET), secrets)
+    basic = b64(f"{GOODERA_CLIENT_ID}:{GOODERA_CLIENT_SECRET}")
+    assert _leaks(f"Basic {basic}", secrets) == ["GOODERA_CLIENT_SECRET (HTTP Basic)"]
     current = KeyRing([NEW_KEY])
     with engine.connect() as conn:
         stored = conn.execute(sa.select(impact_provider_tokens.c.access_token_encrypted)).scalars().all()

@@ -32,7 +32,7 @@ from impactin_pipelines.connectors.ratelimit import (
 from impactin_pipelines.domain.errors import ConfigError
 from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.domain.statuses import AttemptOutcome
-from impactin_pipelines.security.redaction import MASK, Redactor
+from impactin_pipelines.security.redaction import MASK
 
 ENDPOINT = "/v2/events/impact"
 DEFAULT_RATE_LIMIT = "100/minute"
@@ -99,7 +99,7 @@ class GooderaConnector:
         self.timeout = timeout
         self.company_id = company_id
         self.max_wait_s = max_wait_s
-        self.redactor = Redactor([config.client_secret])
+        self.redactor = oauth.redactor
         self._limiter: SharedRateLimiter | None = None
         self._limiter_lock = threading.Lock()
 

@@ -100,7 +100,8 @@ def exchange(
     redactor: Redactor,
     oauth: bool = False,
 ) -> tuple[AttemptResult, requests.Response | None]:
-    """Send once; classify by status whatever the body is (an HTML 502 is still a 502)."""
+    """Send once; classify by status whatever the body is (an HTML 502 is still a 502). The body is scrubbed before
+    any excerpt of it is cut, so a secret straddling the cut cannot leave its first half behind."""
     started = _now()
     try:
         response = session.request(
@@ -111,7 +112,7 @@ def exchange(
             timeout=timeout,
             allow_redirects=False,
         )
-        body = response.text[:RESPONSE_KEEP_CHARS]
+        body = redactor.excerpt(response.text, RESPONSE_KEEP_CHARS) or ""
     except requests.RequestException as exc:
         outcome, message = classify_exception(exc)
         result = AttemptResult(outcome, started, _now(), error=redactor.scrub(message))
@@ -138,7 +139,7 @@ def exchange(
         _now(),
         http_status=status,
         error=redactor.scrub(error),
-        response_body=redactor.scrub(body),
+        response_body=body,
         retry_after_s=parse_retry_after(response.headers.get("Retry-After")),
     )
     return result, response

@@ -127,7 +127,7 @@ class OAuthClientCredentials:
         self.skew_s = skew_s
         self.credential_key = credential_key(token_url, client_id)
         self.store = TokenStore(engine, keyring)
-        self.redactor = Redactor([client_secret])
+        self.redactor = Redactor(credentials=[(client_id, client_secret)])  # also finds them as HTTP Basic
         self._flight = _flight(engine, company_id, provider, self.credential_key)
         self._cached: StoredToken | None = None
         # The last failure. Refused credentials are replayed for the rest of this instance's life (one run): a run
@@ -295,7 +295,7 @@ class OAuthClientCredentials:
         what = exc.error or "error"
         if exc.description:
             what += f": {exc.description}"
-        what = self._scrub(what[:300]) or ""
+        what = self.redactor.excerpt(what, 300) or ""
         where = f"{self.provider} token endpoint"
         if status is None or status == 429 or status >= 500:
             shown = f"HTTP {status}" if status is not None else "no status"

@@ -113,5 +113,4 @@ def build(resolver: ConfigResolver, ctx: ConnectorContext) -> Connector:
         session=ctx.session,
         timeout=ctx.timeout,
         company_id=ctx.company_id,
-        client_secret=config.client_secret,
     )

@@ -21,7 +21,7 @@ from impactin_pipelines.connectors.oauth import OAuthClientCredentials, TokenEnd
 from impactin_pipelines.domain.errors import ConfigError
 from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.domain.statuses import AttemptOutcome
-from impactin_pipelines.security.redaction import MASK, Redactor
+from impactin_pipelines.security.redaction import MASK
 
 REPORTS_PATH = "/api/v1/{tenant}/csr-impact-reports"
 
@@ -57,14 +57,13 @@ class WorkdayRestConnector:
         session: requests.Session,
         timeout: tuple[float, float],
         company_id: str,
-        client_secret: str,
     ) -> None:
         self.url = url
         self.oauth = oauth
         self.session = session
         self.timeout = timeout
         self.company_id = company_id
-        self.redactor = Redactor([client_secret])
+        self.redactor = oauth.redactor
 
     def __repr__(self) -> str:
         return f"WorkdayRestConnector(url={self.url!r}, company_id={self.company_id!r})"

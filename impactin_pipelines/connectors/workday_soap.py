@@ -97,7 +97,7 @@ def classify_reply(result: AttemptResult, reply: SoapReply, redactor: Redactor) 
     (except on a gateway's 429/502/503/504, which speaks for itself); a 2xx must be a SOAP envelope."""
     status = result.http_status
     if reply.text is not None:  # decoded as the XML declares, which HTTP's text/* default can get wrong
-        result = replace(result, response_body=redactor.scrub(reply.text[:RESPONSE_KEEP_CHARS]))
+        result = replace(result, response_body=redactor.excerpt(reply.text, RESPONSE_KEEP_CHARS))
     if reply.kind is ReplyKind.FAULT:
         assert reply.fault is not None
         error = redactor.scrub(f"HTTP {status} SOAP fault {reply.fault.describe()}")
@@ -202,7 +202,7 @@ class WorkdaySoapConnector:
         self.session = session
         self.timeout = timeout
         self.digest = digest
-        self.redactor = Redactor([password])
+        self.redactor = Redactor(credentials=[(username, password)])
         self.client = _signed_client(username, password, digest)
         self.service = self.client.create_service(BINDING, endpoint)
         action = wsdl_document().bindings[BINDING].get(OPERATION).soapaction
