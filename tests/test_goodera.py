@@ -33,7 +33,6 @@ GOODERA = Provider.GOODERA
 
 @pytest.fixture(autouse=True)
 def _env(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")  # the sandbox is plain http on loopback
     monkeypatch.setenv("IMPACTIN_ENCRYPTION_KEY", generate_key())
     yield
     close_shared_limiters()
@@ -186,6 +185,7 @@ def test_incomplete_configuration_names_what_is_missing(engine, sandbox, fake) -
         ({"rate_limit": "0/minute"}, {}, "settings.rate_limit for acme/goodera='0/minute'"),
         ({"client_secret": "plain-text"}, {}, "must be stored encrypted"),
         (None, {"GOODERA_API_URL": "http://goodera.example.com"}, "must use https"),
+        (None, {"GOODERA_TOKEN_URL": "http://goodera.example.com/oauth/token"}, "GOODERA_TOKEN_URL='http://"),
     ],
 )
 def test_bad_settings_are_config_errors_naming_the_field(engine, sandbox, fake, settings, env, expected) -> None:  # type: ignore[no-untyped-def]

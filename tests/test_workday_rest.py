@@ -3,7 +3,6 @@ body, 401 refresh, token endpoint trouble, per-company protocol/tenant overrides
 
 import json
 
-import pytest
 import sqlalchemy as sa
 
 from impactin_pipelines.connectors.base import OutboundDelivery
@@ -31,12 +30,6 @@ from tests.support import (
 )
 
 WORKDAY = Provider.WORKDAY
-
-
-@pytest.fixture(autouse=True)
-def _plain_http_oauth_on_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
-    """requests-oauthlib refuses plain http unless told otherwise; the sandbox is loopback http."""
-    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
 
 
 def _factory(engine, sandbox, **env: str) -> ConnectorFactory:  # type: ignore[no-untyped-def]
@@ -216,7 +209,7 @@ def test_check_fetches_a_token_and_sends_no_impact_data(engine, sandbox) -> None
     add_integration(engine, "umbrella", "workday")
     good = _factory(engine, sandbox).connector("umbrella", WORKDAY).check()
     bad = _factory(engine, sandbox, WORKDAY_CLIENT_SECRET="bad-secret").connector("umbrella", WORKDAY).check()
-    assert good.ok and good.extra == {"protocol": "rest"}
+    assert good.ok and good.extra == {"protocol": "rest", "token_auth_method": "client_secret_post"}
     assert not bad.ok and "refused the client credentials" in bad.detail and "bad-secret" not in bad.detail
     log = _workday(sandbox).snapshot()["requests"]
     assert {r["path"] for r in log} == {fake.TOKEN_PATH}

@@ -21,7 +21,12 @@ from impactin_pipelines.connectors.base import (
 )
 from impactin_pipelines.connectors.config import ConfigResolver
 from impactin_pipelines.connectors.http import exchange, require_secure_url
-from impactin_pipelines.connectors.oauth import OAuthClientCredentials, TokenEndpointUnavailable
+from impactin_pipelines.connectors.oauth import (
+    TOKEN_AUTH_SETTING,
+    OAuthClientCredentials,
+    TokenEndpointUnavailable,
+    parse_token_auth_method,
+)
 from impactin_pipelines.connectors.ratelimit import (
     RateLimit,
     RateLimitWait,
@@ -45,6 +50,7 @@ class GooderaConfig:
     client_id: str
     client_secret: str
     rate: RateLimit
+    token_auth_method: str
 
     @classmethod
     def resolve(cls, r: ConfigResolver) -> "GooderaConfig":
@@ -53,6 +59,7 @@ class GooderaConfig:
         client_id = r.value("client_id", "GOODERA_CLIENT_ID")
         client_secret = r.secret("client_secret", "GOODERA_CLIENT_SECRET")
         rate_raw = r.value("rate_limit", "GOODERA_RATE_LIMIT", default=DEFAULT_RATE_LIMIT)
+        auth_method = r.value(TOKEN_AUTH_SETTING, "GOODERA_TOKEN_AUTH_METHOD", required=False)
         r.done()
         assert api_url and token_url and client_id and client_secret and rate_raw
 
@@ -68,10 +75,16 @@ class GooderaConfig:
             client_id=client_id,
             client_secret=client_secret,
             rate=parse_rate_limit(rate_raw, name=name("rate_limit", "GOODERA_RATE_LIMIT")),
+            token_auth_method=parse_token_auth_method(
+                auth_method, name=name(TOKEN_AUTH_SETTING, "GOODERA_TOKEN_AUTH_METHOD")
+            ),
         )
 
     def __repr__(self) -> str:
-        return f"GooderaConfig(api_url={self.api_url!r}, token_url={self.token_url!r}, rate={self.rate})"
+        return (
+            f"GooderaConfig(api_url={self.api_url!r}, token_url={self.token_url!r}, rate={self.rate}, "
+            f"token_auth_method={self.token_auth_method!r})"
+        )
 
 
 def _now() -> datetime:
@@ -162,13 +175,18 @@ class GooderaConnector:
             expires_at = self.oauth.refresh()
         except (ConfigError, TokenEndpointUnavailable) as exc:
             detail = self.redactor.scrub(str(exc)) or type(exc).__name__
-            return ConnectivityResult(self.provider.value, self.company_id, False, detail)
+            extra = {"token_auth_method": self.config.token_auth_method}
+            return ConnectivityResult(self.provider.value, self.company_id, False, detail, extra)
         return ConnectivityResult(
             self.provider.value,
             self.company_id,
             True,
-            f"token issued, valid until {expires_at.isoformat(timespec='seconds')}",
-            {"token_url": self.config.token_url, "rate_limit": str(self.config.rate)},
+            f"token issued ({self.config.token_auth_method}), valid until {expires_at.isoformat(timespec='seconds')}",
+            {
+                "token_url": self.config.token_url,
+                "token_auth_method": self.config.token_auth_method,
+                "rate_limit": str(self.config.rate),
+            },
         )
 
     def close(self) -> None:
@@ -183,6 +201,7 @@ def build(resolver: ConfigResolver, ctx: ConnectorContext) -> GooderaConnector:
         token_url=config.token_url,
         client_id=config.client_id,
         client_secret=config.client_secret,
+        auth_method=config.token_auth_method,
     )
     return GooderaConnector(
         config,

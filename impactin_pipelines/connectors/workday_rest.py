@@ -116,16 +116,17 @@ class WorkdayRestConnector:
         return result
 
     def check(self) -> ConnectivityResult:
-        """The guide's REST mode authenticates at the token endpoint, so the check fetches a token there. A stored
-        token is not proof (it is keyed by token URL and client id, so it outlives a changed secret): it is
-        invalidated first, and the token fetched now replaces it. No request is made to the reports API."""
+        """REST mode authenticates at the token endpoint, so the check fetches a new token there (a
+        stored one is no proof: it is keyed by token URL and client id, so it outlives a changed secret); it
+        replaces the stored one. No request is made to the reports API."""
+        extra = {"protocol": "rest", "token_auth_method": self.oauth.auth_method}
         try:
-            self.oauth.invalidate(self.oauth.bearer())
-            self.oauth.bearer()
+            self.oauth.refresh()
         except (ConfigError, TokenEndpointUnavailable) as exc:
-            return ConnectivityResult(self.provider.value, self.company_id, False, str(exc), {"protocol": "rest"})
+            detail = self.redactor.scrub(str(exc)) or type(exc).__name__
+            return ConnectivityResult(self.provider.value, self.company_id, False, detail, extra)
         return ConnectivityResult(
-            self.provider.value, self.company_id, True, "access token obtained", {"protocol": "rest"}
+            self.provider.value, self.company_id, True, f"access token obtained ({self.oauth.auth_method})", extra
         )
 
     def close(self) -> None:
