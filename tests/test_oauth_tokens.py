@@ -2,6 +2,7 @@
 backends): first fetch, encryption at rest, reuse across instances and processes, expiry skew, 401 invalidation,
 single-flight refresh across threads and processes, and the two ways a token endpoint fails."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -201,6 +202,20 @@ def test_plain_http_to_any_other_host_is_refused_before_anything_is_sent(
             oauth_for(engine, sandbox, token_url=url, session=session).bearer()
         assert not isinstance(raised.value, TokenRejected)
     assert recorder.sent == []
+
+
+# -- a 401 from the API: stale or current ---------------------------------------------------------------------------
+def test_refused_tells_a_stale_token_from_a_current_one(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+    oauth = oauth_for(engine, sandbox)
+    first = oauth.token()
+    assert oauth.refused(first) is False  # a current token the API turned down: it is forgotten ...
+    second = oauth.token()
+    assert second.access_token != first.access_token and token_requests(sandbox) == 2  # ... and re-fetched
+    assert oauth_for(engine, sandbox).refused(first) is True  # a late 401 for a token already replaced
+    assert oauth.token() == second and oauth_for(engine, sandbox).token() == second  # which stays in use
+    expired = dataclasses.replace(second, expires_at=datetime.now(UTC) - timedelta(seconds=1))
+    assert oauth.refused(expired) is True  # past its expiry when the answer came
+    assert oauth.token() != second and token_requests(sandbox) == 3
 
 
 # -- expiry ---------------------------------------------------------------------------------------------------------

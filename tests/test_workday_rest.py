@@ -114,14 +114,17 @@ def test_a_401_refreshes_the_token_once_and_retries(engine, sandbox) -> None:  #
     assert _workday(sandbox).snapshot()["oauth"]["tokens_issued"] == 2
 
 
-def test_an_api_that_keeps_refusing_the_fresh_token_is_rejected(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_an_api_that_refuses_the_token_fetched_after_a_401_fails_as_config(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
     _setup(engine, "umbrella", n=1)
-    _workday(sandbox).oauth.expires_in = 0.0001  # every token is dead on arrival at the API
+    _workday(sandbox).configure({"api_refuses_tokens": True})  # valid tokens, but the API does not take them
     deliver(engine, _factory(engine, sandbox), "workday")
     [row] = rows(engine)
-    assert (row["status"], row["error_kind"]) == ("failed", "rejected")
+    assert (row["status"], row["error_kind"]) == ("failed", "config")
+    # the first 401 fetched a new token for free; that current token refused too means the credentials are refused
     assert [a["outcome"] for a in attempts(engine, row["delivery_id"])] == ["auth_expired", "auth_expired"]
-    assert "HTTP 401" in row["last_error"]
+    assert row["attempt_count"] == 2
+    assert "HTTP 401" in row["last_error"] and "refused a current access token" in row["last_error"]
+    assert _workday(sandbox).snapshot()["oauth"]["tokens_issued"] == 2
 
 
 def test_token_endpoint_down_is_retryable(engine, sandbox) -> None:  # type: ignore[no-untyped-def]

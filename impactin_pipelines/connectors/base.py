@@ -56,6 +56,7 @@ class AttemptResult:
     response_body: str | None = None
     retry_after_s: float | None = None
     request_body: str | None = None  # set when what went out differs from the stored payload (SOAP)
+    token_stale: bool = False  # AUTH_EXPIRED only: the refused token had expired or been replaced before the answer
 
 
 @dataclass(frozen=True)

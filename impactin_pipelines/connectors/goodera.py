@@ -1,8 +1,10 @@
 """Goodera (schema v2.1): OAuth2 client credentials, `POST /v2/events/impact`, 100 requests/minute shared quota.
 
-Per send: a bearer token (stored, encrypted, re-fetched on time), then a slot in the quota every process shares,
-then exactly one request. A 401 forgets the token, so the delivery loop's free retry fetches a new one; a provider
-"slow down" (429, or X-RateLimit-Remaining: 0) pauses every sender of these credentials until its reset.
+Per send: a bearer token (stored, encrypted, re-fetched on time; asked for first so a row that cannot get one never
+takes a quota slot), then a slot in the quota every process shares, then the token again -- a wait for a slot can
+outlast a short-lived token, and the request must leave with a fresh one -- then exactly one request. A 401 forgets
+the token, so the delivery loop's free retry fetches a new one; a provider "slow down" (429, or
+X-RateLimit-Remaining: 0) pauses every sender of these credentials until its reset.
 """
 
 import threading
@@ -26,6 +28,7 @@ from impactin_pipelines.connectors.oauth import (
     OAuthClientCredentials,
     TokenEndpointUnavailable,
     parse_token_auth_method,
+    refusal_result,
 )
 from impactin_pipelines.connectors.ratelimit import (
     RateLimit,
@@ -142,24 +145,29 @@ class GooderaConnector:
     def send(self, delivery: OutboundDelivery) -> AttemptResult:
         started = _now()
         try:
-            token = self.oauth.bearer()  # before the slot: a slow token fetch must not delay a counted request
+            self.oauth.token()  # no token, no slot: a row that cannot be sent must not spend the quota
             self.limiter.acquire(self.max_wait_s)
+            token = self.oauth.token()  # fresh when the request leaves, however long the slot took
         except TokenEndpointUnavailable as exc:
             return self._unsent(AttemptOutcome.RETRYABLE, started, str(exc), exc.retry_after_s)
         except ConfigError as exc:  # TokenRejected included: the credentials are wrong
             return self._unsent(AttemptOutcome.CONFIG, started, str(exc))
         except RateLimitWait as exc:
             return self._unsent(AttemptOutcome.RATE_LIMITED, started, f"not sent: {exc}", exc.retry_after_s)
-        redactor = self.redactor.with_secrets([token])
+        redactor = self.redactor.with_secrets([token.access_token])
         result, response = exchange(
-            self.session, self.prepare(delivery, token), timeout=self.timeout, redactor=redactor, oauth=True
+            self.session,
+            self.prepare(delivery, token.access_token),
+            timeout=self.timeout,
+            redactor=redactor,
+            oauth=True,
         )
         if response is not None:
             pause = self.limiter.observe(response.status_code, response.headers)
             if result.outcome is AttemptOutcome.RATE_LIMITED and result.retry_after_s is None and pause is not None:
                 result = replace(result, retry_after_s=pause)
         if result.outcome is AttemptOutcome.AUTH_EXPIRED:
-            self.oauth.invalidate(token)
+            result = refusal_result(result, stale=self.oauth.refused(token))
         return result
 
     def _unsent(

@@ -2,7 +2,8 @@
 the warehouse.
 
 - A token is re-fetched `skew_s` before `expires_at` (or at half the life of a short-lived one).
-- After a 401 from the API, `invalidate()` forgets the token, and the next `bearer()` fetches once.
+- After a 401 from the API, `refused()` forgets the token and tells whether it was stale (past its expiry, or
+  already replaced by a newer one) or a current token the API turned down; the next `token()` fetches once.
 - Refreshes are single-flight: a lock per (company, provider, credentials) in the process, and
   `TokenStore.exclusive()` (an advisory lock / SQLite's writer lock) across processes. Whoever waited on a refresh
   uses its result, including its failure, instead of asking the token endpoint again.
@@ -19,7 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
@@ -28,7 +29,7 @@ import requests
 from oauthlib.oauth2 import BackendApplicationClient, OAuth2Error
 from sqlalchemy.engine import Engine
 
-from impactin_pipelines.connectors.base import ConnectorContext
+from impactin_pipelines.connectors.base import AttemptResult, ConnectorContext
 from impactin_pipelines.connectors.http import classify_exception, require_secure_url
 from impactin_pipelines.connectors.retry import parse_retry_after
 from impactin_pipelines.domain.errors import ConfigError, show_value
@@ -62,6 +63,16 @@ def parse_token_auth_method(raw: str | None, *, name: str) -> str:
     if method not in TOKEN_AUTH_METHODS:
         raise ConfigError(f"{name}={show_value(raw)} must be one of {', '.join(TOKEN_AUTH_METHODS)}")
     return method
+
+
+def refusal_result(result: AttemptResult, *, stale: bool) -> AttemptResult:
+    """A 401 from the API, with what it means in its error: a stale token is simply re-fetched; a current one
+    refused again after a refresh means the API does not accept these credentials."""
+    if stale:
+        note = "the access token had expired or been replaced before the answer; a new one is fetched"
+    else:
+        note = "the API refused a current access token"
+    return replace(result, token_stale=stale, error=f"{result.error or 'HTTP 401'} ({note})")
 
 
 def _form_encoded(value: str) -> str:
@@ -238,6 +249,23 @@ class OAuthClientCredentials:
                 expired = tx.expire(self.credential_key, access_token)
         if expired:
             LOG.info(f"{self.provider} token of company {self.company_id} refused by the API; it will be re-fetched")
+
+    def refused(self, token: StoredToken) -> bool:
+        """After the API answered 401 to `token`: forget it, here and in the table (unless someone already
+        replaced it), so the next `token()` fetches a new one. Returns whether the token was stale -- past its
+        expiry, or already replaced by a newer one -- rather than a current token the API turned down."""
+        with self._flight.lock:
+            if self._cached is not None and self._cached.access_token == token.access_token:
+                self._cached = None
+            with self.store.exclusive(self.company_id, self.provider) as tx:
+                current = tx.current(self.credential_key)
+                replaced = current is not None and current.access_token != token.access_token
+                if not replaced:
+                    tx.expire(self.credential_key, token.access_token)
+        stale = replaced or token.expires_at <= datetime.now(UTC)
+        why = "stale" if stale else "current"
+        LOG.info(f"{self.provider} API refused a {why} token of company {self.company_id}; it will be re-fetched")
+        return stale
 
     def refresh(self) -> datetime:
         """Fetch a new token now and store it; returns when it expires. For connectivity checks: proves the token
