@@ -129,6 +129,7 @@ class ProviderEnv:
     GOODERA_CLIENT_ID: str | None = None
     GOODERA_CLIENT_SECRET: str | None = None
     GOODERA_RATE_LIMIT: str | None = None
+    GOODERA_TOKEN_AUTH_METHOD: str | None = None
     WORKDAY_API_URL: str | None = None
     WORKDAY_TENANT_ID: str | None = None
     WORKDAY_PROTOCOL: str | None = None
@@ -138,6 +139,7 @@ class ProviderEnv:
     WORKDAY_CLIENT_ID: str | None = None
     WORKDAY_CLIENT_SECRET: str | None = None
     WORKDAY_TOKEN_URL: str | None = None
+    WORKDAY_TOKEN_AUTH_METHOD: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "ProviderEnv":

@@ -33,6 +33,8 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pyt
     for name in list(os.environ):
         if name.startswith(("BENEVITY_", "GOODERA_", "WORKDAY_", "IMPACTIN_")) and name != "IMPACTIN_TEST_POSTGRES_URL":
             monkeypatch.delenv(name)
+    # plain http to the loopback sandbox needs no switch: a test must not pass only because the developer set one
+    monkeypatch.delenv("OAUTHLIB_INSECURE_TRANSPORT", raising=False)
     monkeypatch.setenv("IMPACTIN_STATE_DIR", str(tmp_path_factory.mktemp("state")))
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
 

@@ -3,6 +3,7 @@ The guide's payload example is the golden test; tokens, 401s, 429s and broken co
 delivery loop and the fake Goodera."""
 
 import json
+import time
 
 import pytest
 
@@ -33,7 +34,6 @@ GOODERA = Provider.GOODERA
 
 @pytest.fixture(autouse=True)
 def _env(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")  # the sandbox is plain http on loopback
     monkeypatch.setenv("IMPACTIN_ENCRYPTION_KEY", generate_key())
     yield
     close_shared_limiters()
@@ -145,6 +145,36 @@ def test_a_401_refetches_the_token_and_does_not_burn_an_attempt(engine, sandbox,
     assert fake.oauth.stats()["token_requests"] == 2
 
 
+def test_short_lived_tokens_are_fresh_when_the_request_leaves_not_when_it_queued(engine, sandbox, fake) -> None:  # type: ignore[no-untyped-def]
+    """The default quota (100/minute: one request every 0.6 s) makes rows queue for their slot longer than a token
+    lives: each request must still leave with a token that has not expired."""
+    n = 10
+    fake.configure({"token_expires_in": 1, "rate_limit": {"limit": 100, "window_s": 60}})
+    setup(engine, rows_=events("acme", n))
+    started = time.monotonic()
+    deliver(engine, factory(engine, sandbox, GOODERA_RATE_LIMIT=None), "goodera")  # the default 100/minute
+    elapsed = time.monotonic() - started
+    assert statuses(engine) == {"success": n}
+    assert [a["outcome"] for a in attempts(engine)] == ["success"] * n  # not one 401 on the way
+    oauth = fake.oauth.stats()
+    assert oauth["bearer_refusals"] == {"missing": 0, "expired": 0, "unknown": 0, "refused": 0}
+    assert [r["status"] for r in api_requests(fake)] == [201] * n
+    assert elapsed > (n - 1) * 0.6 * 0.9  # the quota really held the rows back for longer than a token lives
+    # a token is re-fetched only once half its life (0.5 s) has passed: at most one per half-second, never per retry
+    assert 2 <= oauth["token_requests"] <= elapsed / 0.5 + 1
+
+
+def test_a_current_token_the_api_refuses_after_a_refresh_fails_as_config(engine, sandbox, fake) -> None:  # type: ignore[no-untyped-def]
+    setup(engine)
+    fake.configure({"api_refuses_tokens": True})  # the token endpoint issues tokens the API will not take
+    deliver(engine, factory(engine, sandbox), "goodera")
+    [row] = rows(engine)
+    assert (row["status"], row["error_kind"], row["attempt_count"]) == ("failed", "config", 2)
+    assert [a["outcome"] for a in attempts(engine, row["delivery_id"])] == ["auth_expired", "auth_expired"]
+    assert "refused a current access token" in row["last_error"]
+    assert fake.oauth.stats()["token_requests"] == 2  # the first 401 fetched one new token, for free
+
+
 def test_token_endpoint_down_leaves_the_row_retrying(engine, sandbox, fake) -> None:  # type: ignore[no-untyped-def]
     setup(engine)
     fake.configure({"token_fail_next": {"status": 503, "count": 10}})
@@ -186,6 +216,7 @@ def test_incomplete_configuration_names_what_is_missing(engine, sandbox, fake) -
         ({"rate_limit": "0/minute"}, {}, "settings.rate_limit for acme/goodera='0/minute'"),
         ({"client_secret": "plain-text"}, {}, "must be stored encrypted"),
         (None, {"GOODERA_API_URL": "http://goodera.example.com"}, "must use https"),
+        (None, {"GOODERA_TOKEN_URL": "http://goodera.example.com/oauth/token"}, "GOODERA_TOKEN_URL='http://"),
     ],
 )
 def test_bad_settings_are_config_errors_naming_the_field(engine, sandbox, fake, settings, env, expected) -> None:  # type: ignore[no-untyped-def]

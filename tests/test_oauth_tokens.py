@@ -2,6 +2,7 @@
 backends): first fetch, encryption at rest, reuse across instances and processes, expiry skew, 401 invalidation,
 single-flight refresh across threads and processes, and the two ways a token endpoint fails."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -10,6 +11,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import requests
 import sqlalchemy as sa
 
 from impactin_pipelines.connectors.http import new_session
@@ -18,6 +20,7 @@ from impactin_pipelines.domain.errors import ConfigError
 from impactin_pipelines.sandbox.core import Request
 from impactin_pipelines.sandbox.goodera import CLIENT_ID, CLIENT_SECRET
 from impactin_pipelines.sandbox.oauth import OAuthTokenIssuer
+from impactin_pipelines.sandbox.server import SandboxServer
 from impactin_pipelines.security.crypto import generate_key, load_keyring
 from impactin_pipelines.store.schema import impact_provider_tokens
 from impactin_pipelines.store.tokens import credential_key
@@ -43,7 +46,6 @@ print(oauth.bearer())
 
 @pytest.fixture(autouse=True)
 def _env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")  # the sandbox is plain http on loopback
     monkeypatch.setenv("IMPACTIN_ENCRYPTION_KEY", KEY)
 
 
@@ -160,6 +162,60 @@ def test_undecryptable_token_is_replaced(engine, sandbox, monkeypatch) -> None: 
     new = oauth_for(engine, sandbox).bearer()
     assert new != old and token_requests(sandbox) == 2
     assert load_keyring().decrypt(stored_row(engine)["access_token_encrypted"]) == new
+
+
+# -- plain http: loopback only, and no process-wide switch -------------------------------------------------------
+def test_a_loopback_token_url_works_over_plain_http_with_no_switch(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+    assert "OAUTHLIB_INSECURE_TRANSPORT" not in os.environ
+    url = sandbox.provider_url("goodera") + "/oauth/token"
+    localhost = url.replace("127.0.0.1", "localhost")
+    for company, token_url in (("acme", url), ("globex", localhost)):
+        assert token_url.startswith("http://")
+        assert goodera(sandbox).oauth.is_valid(
+            oauth_for(engine, sandbox, company=company, token_url=token_url).bearer()
+        )
+    assert "OAUTHLIB_INSECURE_TRANSPORT" not in os.environ  # and nothing set it on the way
+    assert "OAUTHLIB_INSECURE_TRANSPORT" not in SandboxServer.env_for("http://127.0.0.1:1")  # nor tells anyone to
+
+
+class _Recorder(requests.adapters.HTTPAdapter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[str] = []
+
+    def send(self, request, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.sent.append(request.url)
+        raise requests.exceptions.ConnectionError("the test sends nothing")
+
+
+@pytest.mark.parametrize("switch_set", [False, True])
+def test_plain_http_to_any_other_host_is_refused_before_anything_is_sent(
+    engine, sandbox, monkeypatch, switch_set
+) -> None:  # type: ignore[no-untyped-def]
+    if switch_set:  # oauthlib's switch changes nothing: the rule is ours
+        monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
+    recorder, session = _Recorder(), new_session()
+    session.mount("http://", recorder)
+    session.mount("https://", recorder)
+    for url in ("http://10.0.0.1/oauth/token", "http://goodera.example.com/oauth/token"):
+        with pytest.raises(ConfigError, match=r"token URL='http://[^']+' must use https") as raised:
+            oauth_for(engine, sandbox, token_url=url, session=session).bearer()
+        assert not isinstance(raised.value, TokenRejected)
+    assert recorder.sent == []
+
+
+# -- a 401 from the API: stale or current ---------------------------------------------------------------------------
+def test_refused_tells_a_stale_token_from_a_current_one(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+    oauth = oauth_for(engine, sandbox)
+    first = oauth.token()
+    assert oauth.refused(first) is False  # a current token the API turned down: it is forgotten ...
+    second = oauth.token()
+    assert second.access_token != first.access_token and token_requests(sandbox) == 2  # ... and re-fetched
+    assert oauth_for(engine, sandbox).refused(first) is True  # a late 401 for a token already replaced
+    assert oauth.token() == second and oauth_for(engine, sandbox).token() == second  # which stays in use
+    expired = dataclasses.replace(second, expires_at=datetime.now(UTC) - timedelta(seconds=1))
+    assert oauth.refused(expired) is True  # past its expiry when the answer came
+    assert oauth.token() != second and token_requests(sandbox) == 3
 
 
 # -- expiry ---------------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from impactin_pipelines.connectors.retry import RetryPolicy, Step, parse_retry_after
+from impactin_pipelines.connectors.retry import MAX_AUTH_REFRESHES, RetryPolicy, Step, parse_retry_after
 from impactin_pipelines.connectors.workday_soap import soap_arguments
 from impactin_pipelines.domain.errors import InvalidEvent
 from impactin_pipelines.domain.events import MAX_VALUE, ImpactEvent, parse_event
@@ -273,7 +273,7 @@ def test_a_retryable_outcome_is_never_retried_past_max_attempts(
         AttemptOutcome.RETRYABLE,
         burned=burned,
         free_waits=0,
-        auth_refreshed=False,
+        auth_refreshes=0,
         retry_after_s=retry_after,
         rng=random.Random(seed),
     )
@@ -286,21 +286,21 @@ def test_a_retryable_outcome_is_never_retried_past_max_attempts(
 @FAST
 @given(
     s=retry_settings,
-    script=st.lists(st.tuples(outcomes, retry_afters), min_size=1, max_size=60),
+    script=st.lists(st.tuples(outcomes, retry_afters, st.booleans()), min_size=1, max_size=60),
     seed=st.integers(0, 2**32),
 )
 def test_the_delivery_loop_always_ends_and_its_waits_are_bounded(
-    s: RetrySettings, script: list[tuple[AttemptOutcome, float | None]], seed: int
+    s: RetrySettings, script: list[tuple[AttemptOutcome, float | None, bool]], seed: int
 ) -> None:
     """Drive decide() the way DeliveryRun does, with any sequence of outcomes (the provider's answers, repeated):
-    it ends within max_attempts + max_rate_limit_waits + 1 exchanges, and never waits longer than it may."""
+    it ends within max_attempts + max_rate_limit_waits + MAX_AUTH_REFRESHES + 1 exchanges, and never waits longer
+    than it may."""
     policy, rng = RetryPolicy(s), random.Random(seed)
-    burned = free_waits = exchanges = 0
-    auth_refreshed = False
+    burned = free_waits = exchanges = auth_refreshes = 0
     waited = 0.0
-    limit = s.max_attempts + s.max_rate_limit_waits + 1
+    limit = s.max_attempts + s.max_rate_limit_waits + MAX_AUTH_REFRESHES + 1
     while True:
-        outcome, retry_after = script[exchanges % len(script)]
+        outcome, retry_after, stale = script[exchanges % len(script)]
         exchanges += 1
         assert exchanges <= limit, "the loop did not end"
         if outcome is AttemptOutcome.RETRYABLE:
@@ -309,7 +309,8 @@ def test_the_delivery_loop_always_ends_and_its_waits_are_bounded(
             outcome,
             burned=burned,
             free_waits=free_waits,
-            auth_refreshed=auth_refreshed,
+            auth_refreshes=auth_refreshes,
+            token_stale=stale,
             retry_after_s=retry_after,
             rng=rng,
         )
@@ -318,8 +319,8 @@ def test_the_delivery_loop_always_ends_and_its_waits_are_bounded(
         assert 0 <= decision.delay_s <= s.max_retry_after_s
         waited += decision.delay_s
         if outcome is AttemptOutcome.AUTH_EXPIRED:
-            auth_refreshed = True
+            auth_refreshes += 1
         elif outcome is AttemptOutcome.RATE_LIMITED:
             free_waits += 1
-    assert burned <= s.max_attempts and free_waits <= s.max_rate_limit_waits
+    assert burned <= s.max_attempts and free_waits <= s.max_rate_limit_waits and auth_refreshes <= MAX_AUTH_REFRESHES
     assert waited <= (s.max_attempts + s.max_rate_limit_waits) * s.max_retry_after_s

@@ -20,7 +20,6 @@ WRONG = "globex-has-a-stale-goodera-secret"
 
 @pytest.fixture(autouse=True)
 def _env(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
     monkeypatch.setenv("IMPACTIN_ENCRYPTION_KEY", KEY)
     yield
     close_shared_limiters()

@@ -6,7 +6,13 @@ from email.utils import format_datetime
 
 import pytest
 
-from impactin_pipelines.connectors.retry import RetryPolicy, Step, outcome_for_status, parse_retry_after
+from impactin_pipelines.connectors.retry import (
+    MAX_AUTH_REFRESHES,
+    RetryPolicy,
+    Step,
+    outcome_for_status,
+    parse_retry_after,
+)
 from impactin_pipelines.domain.statuses import AttemptOutcome, ErrorKind
 from impactin_pipelines.settings import RetrySettings
 
@@ -57,22 +63,20 @@ def test_retry_after_seconds_and_http_date() -> None:
 
 def test_retry_after_overrides_backoff() -> None:
     policy = RetryPolicy(RetrySettings())
-    decision = policy.decide(AttemptOutcome.RETRYABLE, burned=1, free_waits=0, auth_refreshed=False, retry_after_s=9)
+    decision = policy.decide(AttemptOutcome.RETRYABLE, burned=1, free_waits=0, auth_refreshes=0, retry_after_s=9)
     assert decision.step is Step.RETRY and decision.delay_s == 9
 
 
 def test_three_transient_failures_park_the_row() -> None:
     policy = RetryPolicy(RetrySettings())
-    steps = [
-        policy.decide(AttemptOutcome.RETRYABLE, burned=n, free_waits=0, auth_refreshed=False).step for n in (1, 2, 3)
-    ]
+    steps = [policy.decide(AttemptOutcome.RETRYABLE, burned=n, free_waits=0, auth_refreshes=0).step for n in (1, 2, 3)]
     assert steps == [Step.RETRY, Step.RETRY, Step.PARK]
 
 
 def test_permanent_and_config_fail_at_once() -> None:
     policy = RetryPolicy()
-    rejected = policy.decide(AttemptOutcome.PERMANENT, burned=0, free_waits=0, auth_refreshed=False)
-    config = policy.decide(AttemptOutcome.CONFIG, burned=0, free_waits=0, auth_refreshed=False)
+    rejected = policy.decide(AttemptOutcome.PERMANENT, burned=0, free_waits=0, auth_refreshes=0)
+    config = policy.decide(AttemptOutcome.CONFIG, burned=0, free_waits=0, auth_refreshes=0)
     assert (rejected.step, rejected.error_kind) == (Step.FAIL, ErrorKind.REJECTED)
     assert (config.step, config.error_kind) == (Step.FAIL, ErrorKind.CONFIG)
 
@@ -80,7 +84,7 @@ def test_permanent_and_config_fail_at_once() -> None:
 def test_rate_limit_waits_do_not_burn_attempts_but_are_bounded() -> None:
     policy = RetryPolicy(RetrySettings(max_rate_limit_waits=3))
     free = [
-        policy.decide(AttemptOutcome.RATE_LIMITED, burned=0, free_waits=n, auth_refreshed=False, retry_after_s=2)
+        policy.decide(AttemptOutcome.RATE_LIMITED, burned=0, free_waits=n, auth_refreshes=0, retry_after_s=2)
         for n in range(4)
     ]
     assert [d.step for d in free] == [Step.RETRY, Step.RETRY, Step.RETRY, Step.PARK]
@@ -90,18 +94,26 @@ def test_rate_limit_waits_do_not_burn_attempts_but_are_bounded() -> None:
 
 def test_retry_after_beyond_the_cap_parks_instead_of_sleeping() -> None:
     policy = RetryPolicy(RetrySettings(max_retry_after_s=60))
-    decision = policy.decide(
-        AttemptOutcome.RATE_LIMITED, burned=0, free_waits=0, auth_refreshed=False, retry_after_s=3600
-    )
+    decision = policy.decide(AttemptOutcome.RATE_LIMITED, burned=0, free_waits=0, auth_refreshes=0, retry_after_s=3600)
     assert decision.step is Step.PARK and decision.delay_s == 3600
 
 
-def test_one_free_refresh_on_401_then_rejected() -> None:
+def test_a_401_refreshes_for_free_and_only_a_current_token_refused_after_a_refresh_is_config() -> None:
     policy = RetryPolicy()
-    first = policy.decide(AttemptOutcome.AUTH_EXPIRED, burned=0, free_waits=0, auth_refreshed=False)
-    second = policy.decide(AttemptOutcome.AUTH_EXPIRED, burned=0, free_waits=0, auth_refreshed=True)
+
+    def decide(refreshes: int, stale: bool):  # type: ignore[no-untyped-def]
+        return policy.decide(
+            AttemptOutcome.AUTH_EXPIRED, burned=0, free_waits=0, auth_refreshes=refreshes, token_stale=stale
+        )
+
+    first = decide(0, False)  # a revoked token: fetch a new one
     assert first.step is Step.RETRY and not first.burns_attempt
-    assert (second.step, second.error_kind) == (Step.FAIL, ErrorKind.REJECTED)
+    stale = [decide(n, True) for n in range(1, MAX_AUTH_REFRESHES)]  # expired or replaced before the answer
+    assert all(d.step is Step.RETRY and not d.burns_attempt for d in stale)
+    refused = decide(1, False)  # the token fetched after the last 401 was current and was refused too
+    assert (refused.step, refused.error_kind) == (Step.FAIL, ErrorKind.CONFIG)
+    endless = decide(MAX_AUTH_REFRESHES, True)  # bounded: a later run tries again
+    assert (endless.step, endless.error_kind, endless.burns_attempt) == (Step.PARK, ErrorKind.TRANSIENT, False)
 
 
 def test_run_spacing_grows_and_is_capped() -> None:

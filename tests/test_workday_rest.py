@@ -3,7 +3,6 @@ body, 401 refresh, token endpoint trouble, per-company protocol/tenant overrides
 
 import json
 
-import pytest
 import sqlalchemy as sa
 
 from impactin_pipelines.connectors.base import OutboundDelivery
@@ -31,12 +30,6 @@ from tests.support import (
 )
 
 WORKDAY = Provider.WORKDAY
-
-
-@pytest.fixture(autouse=True)
-def _plain_http_oauth_on_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
-    """requests-oauthlib refuses plain http unless told otherwise; the sandbox is loopback http."""
-    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
 
 
 def _factory(engine, sandbox, **env: str) -> ConnectorFactory:  # type: ignore[no-untyped-def]
@@ -121,14 +114,17 @@ def test_a_401_refreshes_the_token_once_and_retries(engine, sandbox) -> None:  #
     assert _workday(sandbox).snapshot()["oauth"]["tokens_issued"] == 2
 
 
-def test_an_api_that_keeps_refusing_the_fresh_token_is_rejected(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_an_api_that_refuses_the_token_fetched_after_a_401_fails_as_config(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
     _setup(engine, "umbrella", n=1)
-    _workday(sandbox).oauth.expires_in = 0.0001  # every token is dead on arrival at the API
+    _workday(sandbox).configure({"api_refuses_tokens": True})  # valid tokens, but the API does not take them
     deliver(engine, _factory(engine, sandbox), "workday")
     [row] = rows(engine)
-    assert (row["status"], row["error_kind"]) == ("failed", "rejected")
+    assert (row["status"], row["error_kind"]) == ("failed", "config")
+    # the first 401 fetched a new token for free; that current token refused too means the credentials are refused
     assert [a["outcome"] for a in attempts(engine, row["delivery_id"])] == ["auth_expired", "auth_expired"]
-    assert "HTTP 401" in row["last_error"]
+    assert row["attempt_count"] == 2
+    assert "HTTP 401" in row["last_error"] and "refused a current access token" in row["last_error"]
+    assert _workday(sandbox).snapshot()["oauth"]["tokens_issued"] == 2
 
 
 def test_token_endpoint_down_is_retryable(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
@@ -216,7 +212,7 @@ def test_check_fetches_a_token_and_sends_no_impact_data(engine, sandbox) -> None
     add_integration(engine, "umbrella", "workday")
     good = _factory(engine, sandbox).connector("umbrella", WORKDAY).check()
     bad = _factory(engine, sandbox, WORKDAY_CLIENT_SECRET="bad-secret").connector("umbrella", WORKDAY).check()
-    assert good.ok and good.extra == {"protocol": "rest"}
+    assert good.ok and good.extra == {"protocol": "rest", "token_auth_method": "client_secret_post"}
     assert not bad.ok and "refused the client credentials" in bad.detail and "bad-secret" not in bad.detail
     log = _workday(sandbox).snapshot()["requests"]
     assert {r["path"] for r in log} == {fake.TOKEN_PATH}

@@ -57,6 +57,7 @@ class AttemptResult:
     retry_after_s: float | None = None
     request_body: str | None = None  # set when what went out differs from the stored payload (SOAP)
     provider_reference: str | None = None  # the id the provider gave what it stored, when its reply names one
+    token_stale: bool = False  # AUTH_EXPIRED only: the refused token had expired or been replaced before the answer
 
 
 @dataclass(frozen=True)

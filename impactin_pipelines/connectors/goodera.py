@@ -1,8 +1,10 @@
 """Goodera (schema v2.1): OAuth2 client credentials, `POST /v2/events/impact`, 100 requests/minute shared quota.
 
-Per send: a bearer token (stored, encrypted, re-fetched on time), then a slot in the quota every process shares,
-then exactly one request. A 401 forgets the token, so the delivery loop's free retry fetches a new one; a provider
-"slow down" (429, or X-RateLimit-Remaining: 0) pauses every sender of these credentials until its reset.
+Per send: a bearer token (stored, encrypted, re-fetched on time; asked for first so a row that cannot get one never
+takes a quota slot), then a slot in the quota every process shares, then the token again -- a wait for a slot can
+outlast a short-lived token, and the request must leave with a fresh one -- then exactly one request. A 401 forgets
+the token, so the delivery loop's free retry fetches a new one; a provider "slow down" (429, or
+X-RateLimit-Remaining: 0) pauses every sender of these credentials until its reset.
 """
 
 import threading
@@ -21,7 +23,13 @@ from impactin_pipelines.connectors.base import (
 )
 from impactin_pipelines.connectors.config import ConfigResolver
 from impactin_pipelines.connectors.http import exchange, require_secure_url
-from impactin_pipelines.connectors.oauth import OAuthClientCredentials, TokenEndpointUnavailable
+from impactin_pipelines.connectors.oauth import (
+    TOKEN_AUTH_SETTING,
+    OAuthClientCredentials,
+    TokenEndpointUnavailable,
+    parse_token_auth_method,
+    refusal_result,
+)
 from impactin_pipelines.connectors.ratelimit import (
     RateLimit,
     RateLimitWait,
@@ -45,6 +53,7 @@ class GooderaConfig:
     client_id: str
     client_secret: str
     rate: RateLimit
+    token_auth_method: str
 
     @classmethod
     def resolve(cls, r: ConfigResolver) -> "GooderaConfig":
@@ -53,6 +62,7 @@ class GooderaConfig:
         client_id = r.value("client_id", "GOODERA_CLIENT_ID")
         client_secret = r.secret("client_secret", "GOODERA_CLIENT_SECRET")
         rate_raw = r.value("rate_limit", "GOODERA_RATE_LIMIT", default=DEFAULT_RATE_LIMIT)
+        auth_method = r.value(TOKEN_AUTH_SETTING, "GOODERA_TOKEN_AUTH_METHOD", required=False)
         r.done()
         assert api_url and token_url and client_id and client_secret and rate_raw
 
@@ -68,10 +78,16 @@ class GooderaConfig:
             client_id=client_id,
             client_secret=client_secret,
             rate=parse_rate_limit(rate_raw, name=name("rate_limit", "GOODERA_RATE_LIMIT")),
+            token_auth_method=parse_token_auth_method(
+                auth_method, name=name(TOKEN_AUTH_SETTING, "GOODERA_TOKEN_AUTH_METHOD")
+            ),
         )
 
     def __repr__(self) -> str:
-        return f"GooderaConfig(api_url={self.api_url!r}, token_url={self.token_url!r}, rate={self.rate})"
+        return (
+            f"GooderaConfig(api_url={self.api_url!r}, token_url={self.token_url!r}, rate={self.rate}, "
+            f"token_auth_method={self.token_auth_method!r})"
+        )
 
 
 def _now() -> datetime:
@@ -129,24 +145,29 @@ class GooderaConnector:
     def send(self, delivery: OutboundDelivery) -> AttemptResult:
         started = _now()
         try:
-            token = self.oauth.bearer()  # before the slot: a slow token fetch must not delay a counted request
+            self.oauth.token()  # no token, no slot: a row that cannot be sent must not spend the quota
             self.limiter.acquire(self.max_wait_s)
+            token = self.oauth.token()  # fresh when the request leaves, however long the slot took
         except TokenEndpointUnavailable as exc:
             return self._unsent(AttemptOutcome.RETRYABLE, started, str(exc), exc.retry_after_s)
         except ConfigError as exc:  # TokenRejected included: the credentials are wrong
             return self._unsent(AttemptOutcome.CONFIG, started, str(exc))
         except RateLimitWait as exc:
             return self._unsent(AttemptOutcome.RATE_LIMITED, started, f"not sent: {exc}", exc.retry_after_s)
-        redactor = self.redactor.with_secrets([token])
+        redactor = self.redactor.with_secrets([token.access_token])
         result, response = exchange(
-            self.session, self.prepare(delivery, token), timeout=self.timeout, redactor=redactor, oauth=True
+            self.session,
+            self.prepare(delivery, token.access_token),
+            timeout=self.timeout,
+            redactor=redactor,
+            oauth=True,
         )
         if response is not None:
             pause = self.limiter.observe(response.status_code, response.headers)
             if result.outcome is AttemptOutcome.RATE_LIMITED and result.retry_after_s is None and pause is not None:
                 result = replace(result, retry_after_s=pause)
         if result.outcome is AttemptOutcome.AUTH_EXPIRED:
-            self.oauth.invalidate(token)
+            result = refusal_result(result, stale=self.oauth.refused(token))
         return result
 
     def _unsent(
@@ -162,13 +183,18 @@ class GooderaConnector:
             expires_at = self.oauth.refresh()
         except (ConfigError, TokenEndpointUnavailable) as exc:
             detail = self.redactor.scrub(str(exc)) or type(exc).__name__
-            return ConnectivityResult(self.provider.value, self.company_id, False, detail)
+            extra = {"token_auth_method": self.config.token_auth_method}
+            return ConnectivityResult(self.provider.value, self.company_id, False, detail, extra)
         return ConnectivityResult(
             self.provider.value,
             self.company_id,
             True,
-            f"token issued, valid until {expires_at.isoformat(timespec='seconds')}",
-            {"token_url": self.config.token_url, "rate_limit": str(self.config.rate)},
+            f"token issued ({self.config.token_auth_method}), valid until {expires_at.isoformat(timespec='seconds')}",
+            {
+                "token_url": self.config.token_url,
+                "token_auth_method": self.config.token_auth_method,
+                "rate_limit": str(self.config.rate),
+            },
         )
 
     def close(self) -> None:
@@ -183,6 +209,7 @@ def build(resolver: ConfigResolver, ctx: ConnectorContext) -> GooderaConnector:
         token_url=config.token_url,
         client_id=config.client_id,
         client_secret=config.client_secret,
+        auth_method=config.token_auth_method,
     )
     return GooderaConnector(
         config,

@@ -1,34 +1,37 @@
-"""OAuth2 client credentials (requests-oauthlib) with tokens kept encrypted in the warehouse.
+"""OAuth2 client credentials (oauthlib builds the request body and reads the answer) with tokens kept encrypted in
+the warehouse.
 
-What the original service got wrong, and what this does instead:
-- tokens used to the second they expired -> re-fetched `skew_s` before `expires_at`;
-- a 401 never refreshed -> `invalidate()` after a 401, and the next `bearer()` fetches once;
-- concurrent refreshes raced -> single flight: a lock per (company, provider, credentials) in the process, and
+- A token is re-fetched `skew_s` before `expires_at` (or at half the life of a short-lived one).
+- After a 401 from the API, `refused()` forgets the token and tells whether it was stale (past its expiry, or
+  already replaced by a newer one) or a current token the API turned down; the next `token()` fetches once.
+- Refreshes are single-flight: a lock per (company, provider, credentials) in the process, and
   `TokenStore.exclusive()` (an advisory lock / SQLite's writer lock) across processes. Whoever waited on a refresh
-  uses its result, including its failure, instead of asking the token endpoint again;
-- tokens in plain text -> Fernet via the KeyRing.
+  uses its result, including its failure, instead of asking the token endpoint again.
+- Tokens are stored encrypted (Fernet via the KeyRing).
 
-The request is the guide's: form-encoded `grant_type=client_credentials&client_id=..&client_secret=..` (credentials
-in the body, `include_client_id=True`; requests-oauthlib would otherwise send HTTP Basic).
+Client authentication (RFC 6749 2.3.1) is `client_secret_post` (form-encoded `client_id` and `client_secret` in the
+body, as Goodera documents it, and the default) or `client_secret_basic` (HTTP Basic with the form-encoded
+id and secret, which every server must support). The request goes through the run's pooled session, so plain http
+is possible for loopback token URLs without any process-wide switch, and refused for every other host.
 """
 
 import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import requests
-from oauthlib.oauth2 import BackendApplicationClient, InsecureTransportError, OAuth2Error
-from requests_oauthlib import OAuth2Session
+from oauthlib.oauth2 import BackendApplicationClient, OAuth2Error
 from sqlalchemy.engine import Engine
 
-from impactin_pipelines.connectors.base import ConnectorContext
-from impactin_pipelines.connectors.http import classify_exception
+from impactin_pipelines.connectors.base import AttemptResult, ConnectorContext
+from impactin_pipelines.connectors.http import classify_exception, require_secure_url
 from impactin_pipelines.connectors.retry import parse_retry_after
-from impactin_pipelines.domain.errors import ConfigError
+from impactin_pipelines.domain.errors import ConfigError, show_value
 from impactin_pipelines.domain.statuses import AttemptOutcome
 from impactin_pipelines.security.crypto import KeyRing
 from impactin_pipelines.security.redaction import Redactor
@@ -37,16 +40,44 @@ from impactin_pipelines.store.tokens import StoredToken, TokenStore, credential_
 LOG = logging.getLogger("impactin.oauth")
 DEFAULT_LIFETIME_S = 300.0  # when the provider omits expires_in: short, so a wrong guess costs one 401 at most
 OUTAGE_COOLDOWN_S = (1.0, 30.0)  # after an outage, wait Retry-After (clamped to this) before asking again
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+
+# RFC 7591 names of the two client authentication methods (names, not secrets)
+CLIENT_SECRET_POST = "client_secret_post"  # noqa: S105
+CLIENT_SECRET_BASIC = "client_secret_basic"  # noqa: S105
+TOKEN_AUTH_METHODS = (CLIENT_SECRET_POST, CLIENT_SECRET_BASIC)
+TOKEN_AUTH_SETTING = "token_auth_method"  # noqa: S105 - the per-company settings key
 
 
-class _NoSecretDebug(logging.Filter):
-    """requests-oauthlib logs the token request body (client secret) and the token at DEBUG: drop those."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno > logging.DEBUG
+def token_auth_env_var(provider: str) -> str:
+    """The variable choosing a provider's client authentication: GOODERA_TOKEN_AUTH_METHOD, ..."""
+    return f"{provider.upper()}_TOKEN_AUTH_METHOD"
 
 
-logging.getLogger("requests_oauthlib.oauth2_session").addFilter(_NoSecretDebug())
+def parse_token_auth_method(raw: str | None, *, name: str) -> str:
+    """`client_secret_post` (the default) or `client_secret_basic`; anything else is a config error naming `name`."""
+    if raw is None or not str(raw).strip():
+        return CLIENT_SECRET_POST
+    method = str(raw).strip().lower()
+    if method not in TOKEN_AUTH_METHODS:
+        raise ConfigError(f"{name}={show_value(raw)} must be one of {', '.join(TOKEN_AUTH_METHODS)}")
+    return method
+
+
+def refusal_result(result: AttemptResult, *, stale: bool) -> AttemptResult:
+    """A 401 from the API, with what it means in its error: a stale token is simply re-fetched; a current one
+    refused again after a refresh means the API does not accept these credentials."""
+    if stale:
+        note = "the access token had expired or been replaced before the answer; a new one is fetched"
+    else:
+        note = "the API refused a current access token"
+    return replace(result, token_stale=stale, error=f"{result.error or 'HTTP 401'} ({note})")
+
+
+def _form_encoded(value: str) -> str:
+    """RFC 6749 2.3.1: the id and secret are form-encoded before they become the Basic user and password. A space
+    becomes %20 rather than +: servers decode both that way, but some read + as itself."""
+    return quote(value, safe="")
 
 
 class TokenRejected(ConfigError):
@@ -115,7 +146,10 @@ class OAuthClientCredentials:
         timeout: tuple[float, float],
         scope: str | None = None,
         skew_s: float = 60.0,
+        auth_method: str = CLIENT_SECRET_POST,
     ) -> None:
+        if auth_method not in TOKEN_AUTH_METHODS:
+            raise ConfigError(f"token auth method {show_value(auth_method)} must be one of {TOKEN_AUTH_METHODS}")
         self.company_id = company_id
         self.provider = provider
         self.token_url = token_url
@@ -125,6 +159,7 @@ class OAuthClientCredentials:
         self.timeout = timeout
         self.scope = scope
         self.skew_s = skew_s
+        self.auth_method = auth_method
         self.credential_key = credential_key(token_url, client_id)
         self.store = TokenStore(engine, keyring)
         self.redactor = Redactor(credentials=[(client_id, client_secret)])  # also finds them as HTTP Basic
@@ -138,7 +173,10 @@ class OAuthClientCredentials:
         self._sleep = time.sleep
 
     def __repr__(self) -> str:
-        return f"OAuthClientCredentials(company_id={self.company_id!r}, provider={self.provider!r})"
+        return (
+            f"OAuthClientCredentials(company_id={self.company_id!r}, provider={self.provider!r}, "
+            f"auth_method={self.auth_method!r})"
+        )
 
     @property
     def fetches(self) -> int:
@@ -148,10 +186,18 @@ class OAuthClientCredentials:
     # -- the interface ---------------------------------------------------------------------------------------
     @classmethod
     def for_connector(
-        cls, ctx: ConnectorContext, *, provider: str, token_url: str, client_id: str, client_secret: str
+        cls,
+        ctx: ConnectorContext,
+        *,
+        provider: str,
+        token_url: str,
+        client_id: str,
+        client_secret: str,
+        auth_method: str = CLIENT_SECRET_POST,
     ) -> "OAuthClientCredentials":
         """Tokens for one connector: the run's warehouse, keyring, pooled session and timeouts."""
         return cls(
+            auth_method=auth_method,
             engine=ctx.engine,
             keyring=ctx.keyring,
             company_id=ctx.company_id,
@@ -164,11 +210,16 @@ class OAuthClientCredentials:
         )
 
     def bearer(self) -> str:
-        """The current access token: from memory, else from the table (another run or process may have fetched
-        it), else from the token endpoint, once, however many threads and processes ask at the same time."""
+        """The current access token (see `token`)."""
+        return self.token().access_token
+
+    def token(self) -> StoredToken:
+        """The current token: from memory, else from the table (another run or process may have fetched it), else
+        from the token endpoint, once, however many threads and processes ask at the same time. Cheap when the
+        token in memory is fresh, so callers ask again right before a request leaves."""
         cached = self._cached
         if cached is not None and cached.is_fresh(self.skew_s):
-            return cached.access_token
+            return cached
         if isinstance(self._replay, ConfigError):  # refused credentials: this run does not offer them again
             raise _copy(self._replay)
         if self._replay is not None:  # an outage: ask again no sooner than its cool-down (waiting, not failing)
@@ -180,12 +231,12 @@ class OAuthClientCredentials:
                 raise _copy(flight.failure)
             cached = self._cached
             if cached is not None and cached.is_fresh(self.skew_s):  # another thread refreshed it meanwhile
-                return cached.access_token
+                return cached
             stored = self.store.load(self.company_id, self.provider, self.credential_key)
             if stored is None or not stored.is_fresh(self.skew_s):
                 stored = self._refresh_exclusive()
             self._cached, self._replay = stored, None
-            return stored.access_token
+            return stored
 
     def invalidate(self, access_token: str) -> None:
         """After a 401: forget this token, here and in the table, unless someone already replaced it."""
@@ -196,6 +247,23 @@ class OAuthClientCredentials:
                 expired = tx.expire(self.credential_key, access_token)
         if expired:
             LOG.info(f"{self.provider} token of company {self.company_id} refused by the API; it will be re-fetched")
+
+    def refused(self, token: StoredToken) -> bool:
+        """After the API answered 401 to `token`: forget it, here and in the table (unless someone already
+        replaced it), so the next `token()` fetches a new one. Returns whether the token was stale -- past its
+        expiry, or already replaced by a newer one -- rather than a current token the API turned down."""
+        with self._flight.lock:
+            if self._cached is not None and self._cached.access_token == token.access_token:
+                self._cached = None
+            with self.store.exclusive(self.company_id, self.provider) as tx:
+                current = tx.current(self.credential_key)
+                replaced = current is not None and current.access_token != token.access_token
+                if not replaced:
+                    tx.expire(self.credential_key, token.access_token)
+        stale = replaced or token.expires_at <= datetime.now(UTC)
+        why = "stale" if stale else "current"
+        LOG.info(f"{self.provider} API refused a {why} token of company {self.company_id}; it will be re-fetched")
+        return stale
 
     def refresh(self) -> datetime:
         """Fetch a new token now and store it; returns when it expires. For connectivity checks: proves the token
@@ -231,41 +299,46 @@ class OAuthClientCredentials:
             self._replay_until = float("inf")
 
     def _fetch(self) -> StoredToken:
-        oauth = OAuth2Session(client=BackendApplicationClient(client_id=self.client_id, scope=self.scope))
-        for prefix, adapter in self.session.adapters.items():  # share the run's connection pools
-            oauth.mount(prefix, adapter)
-        oauth.headers.update({"User-Agent": self.session.headers.get("User-Agent", "impactin")})
-        seen: dict[str, Any] = {}
-
-        def keep_status(response: requests.Response) -> requests.Response:
-            seen["status"] = response.status_code
-            seen["retry_after"] = parse_retry_after(response.headers.get("Retry-After"))
-            return response
-
-        oauth.register_compliance_hook("access_token_response", keep_status)
+        require_secure_url(f"{self.provider} token URL", self.token_url)
+        client = BackendApplicationClient(client_id=self.client_id, scope=self.scope)
+        auth: requests.auth.AuthBase | None = None
+        if self.auth_method == CLIENT_SECRET_BASIC:
+            body = client.prepare_request_body(include_client_id=False)
+            auth = requests.auth.HTTPBasicAuth(_form_encoded(self.client_id), _form_encoded(self._client_secret))
+        else:
+            body = client.prepare_request_body(include_client_id=True, client_secret=self._client_secret)
         issued_at = datetime.now(UTC)
         try:
-            token = oauth.fetch_token(
+            response = self.session.post(
                 self.token_url,
-                client_id=self.client_id,
-                client_secret=self._client_secret,
-                include_client_id=True,
+                data=body,
+                headers={"Accept": "application/json", "Content-Type": FORM_CONTENT_TYPE},
+                auth=auth,
                 timeout=self.timeout,
+                allow_redirects=False,
             )
-        except InsecureTransportError:
-            raise ConfigError(f"{self.provider} token URL {self.token_url!r} must use https") from None
+            text = response.text
         except requests.RequestException as exc:
             outcome, message = classify_exception(exc)
             text = self._scrub(f"{self.provider} token endpoint: {message}")
             if outcome is AttemptOutcome.CONFIG:
                 raise ConfigError(text) from None
             raise TokenEndpointUnavailable(text) from None
+        status = response.status_code
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        try:
+            token: dict[str, Any] = client.parse_request_body_response(text, scope=self.scope)
         except OAuth2Error as exc:
-            raise self._refusal(exc, seen.get("status") or exc.status_code, seen.get("retry_after")) from None
+            raise self._refusal(exc.error, exc.description, status, retry_after) from None
         except Warning as exc:  # oauthlib: the scope granted differs from the one asked; the token is still good
-            token = getattr(exc, "token", None)
-            if not isinstance(token, dict) or not token.get("access_token"):
-                raise ConfigError(f"{self.provider} token endpoint: {exc}") from None
+            granted = getattr(exc, "token", None)
+            if not isinstance(granted, dict) or not granted.get("access_token"):
+                raise ConfigError(self._scrub(f"{self.provider} token endpoint: {exc}")) from None
+            token = granted
+        except ValueError:  # an answer oauthlib cannot read at all (neither JSON nor a form)
+            raise self._refusal("unreadable answer", None, status, retry_after) from None
+        if not 200 <= status < 300:  # an error status decides, whatever the body says
+            raise self._refusal("error", None, status, retry_after)
         self._flight.fetches += 1
         stored = self._stored(token, issued_at)
         LOG.info(
@@ -290,26 +363,34 @@ class OAuthClientCredentials:
             refresh_token=token.get("refresh_token"),
         )
 
-    def _refusal(self, exc: OAuth2Error, status: int | None, retry_after_s: float | None) -> Exception:
+    def _refusal(
+        self, error: str | None, description: str | None, status: int, retry_after_s: float | None
+    ) -> Exception:
         """Classify an error answer of the token endpoint; never echo a secret."""
-        what = exc.error or "error"
-        if exc.description:
-            what += f": {exc.description}"
+        what = error or "error"
+        if description:
+            what += f": {description}"
         what = self.redactor.excerpt(what, 300) or ""
         where = f"{self.provider} token endpoint"
-        if status is None or status == 429 or status >= 500:
-            shown = f"HTTP {status}" if status is not None else "no status"
+        if status == 429 or status >= 500:
             return TokenEndpointUnavailable(
-                f"{where} unavailable ({shown}): {what}", http_status=status, retry_after_s=retry_after_s
+                f"{where} unavailable (HTTP {status}): {what}", http_status=status, retry_after_s=retry_after_s
             )
         if 200 <= status < 300:
             return ConfigError(f"{where} answered HTTP {status} without an access token ({what}); check the token URL")
         if status in (404, 405) or 300 <= status < 400:
             return ConfigError(f"{where} {self.token_url} answered HTTP {status}; check the token URL")
-        return TokenRejected(
-            f"{where} refused the client credentials of company {self.company_id} (HTTP {status} {what})",
-            http_status=status,
+        message = (
+            f"{where} refused the client credentials of company {self.company_id} "
+            f"sent with {self.auth_method} (HTTP {status} {what})"
         )
+        if error == "invalid_client" or status == 401:
+            other = CLIENT_SECRET_BASIC if self.auth_method == CLIENT_SECRET_POST else CLIENT_SECRET_POST
+            message += (
+                f"; if they are right, the server may accept only {other}: set "
+                f"{token_auth_env_var(self.provider)}={other} or the company's settings.{TOKEN_AUTH_SETTING}"
+            )
+        return TokenRejected(message, http_status=status)
 
     def _scrub(self, text: str) -> str:
         return self.redactor.scrub(text) or ""

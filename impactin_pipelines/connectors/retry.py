@@ -12,6 +12,7 @@ from impactin_pipelines.domain.statuses import AttemptOutcome, ErrorKind
 from impactin_pipelines.settings import RetrySettings
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+MAX_AUTH_REFRESHES = 5  # free token refreshes per row and run; past it the row waits for a later run
 
 
 def outcome_for_status(status: int, *, oauth: bool = False) -> AttemptOutcome:
@@ -88,11 +89,16 @@ class RetryPolicy:
         *,
         burned: int,
         free_waits: int,
-        auth_refreshed: bool,
+        auth_refreshes: int,
+        token_stale: bool = False,
         retry_after_s: float | None = None,
         rng: random.Random | None = None,
     ) -> Decision:
-        """`burned` counts attempts that counted against the limit, including this one if it does."""
+        """`burned` counts attempts that counted against the limit, including this one if it does;
+        `auth_refreshes` the 401s this row already answered with a new token.
+
+        A 401 costs no attempt and fetches a new token, unless the token it refused was itself fetched after
+        this row's previous 401 and was still current (`token_stale` false): then the credentials are refused."""
         s = self.settings
         match outcome:
             case AttemptOutcome.SUCCESS:
@@ -102,8 +108,10 @@ class RetryPolicy:
             case AttemptOutcome.CONFIG:
                 return Decision(Step.FAIL, error_kind=ErrorKind.CONFIG)
             case AttemptOutcome.AUTH_EXPIRED:
-                if auth_refreshed:
-                    return Decision(Step.FAIL, error_kind=ErrorKind.REJECTED)
+                if auth_refreshes and not token_stale:
+                    return Decision(Step.FAIL, error_kind=ErrorKind.CONFIG)
+                if auth_refreshes >= MAX_AUTH_REFRESHES:
+                    return Decision(Step.PARK, 0.0, burns_attempt=False, error_kind=ErrorKind.TRANSIENT)
                 return Decision(Step.RETRY, 0.0, burns_attempt=False)
             case AttemptOutcome.RATE_LIMITED:
                 delay = self.sleep_for(max(1, free_waits + 1), retry_after_s, rng)

@@ -2,9 +2,9 @@
 
 `WORKDAY_PROTOCOL` (or the company's `settings.protocol`) picks the connector. Every value can be overridden per
 company in `company_integrations.settings` (`api_url`, `tenant_id`, `protocol`, `username`, `password`,
-`password_type`, `client_id`, `client_secret`, `token_url`; secrets stored encrypted), falling back to the guide's
-environment variables. Both modes send `X-Idempotency-Key`; on SOAP the key Workday itself dedups on is
-`External_Reference_ID` = the event id.
+`password_type`, `client_id`, `client_secret`, `token_url`, `token_auth_method`; secrets stored encrypted), falling
+back to the WORKDAY_* environment variables. Both modes send `X-Idempotency-Key`; on
+SOAP the key Workday itself dedups on is `External_Reference_ID` = the event id.
 """
 
 import re
@@ -14,7 +14,12 @@ from impactin_pipelines.connectors import workday_rest, workday_soap
 from impactin_pipelines.connectors.base import Connector, ConnectorContext
 from impactin_pipelines.connectors.config import ConfigResolver
 from impactin_pipelines.connectors.http import require_secure_url
-from impactin_pipelines.connectors.oauth import OAuthClientCredentials
+from impactin_pipelines.connectors.oauth import (
+    CLIENT_SECRET_POST,
+    TOKEN_AUTH_SETTING,
+    OAuthClientCredentials,
+    parse_token_auth_method,
+)
 from impactin_pipelines.domain.errors import ConfigError, show_value
 from impactin_pipelines.domain.providers import Provider
 
@@ -41,6 +46,7 @@ class WorkdayConfig:
     client_id: str | None = None
     client_secret: str | None = None
     token_url: str | None = None
+    token_auth_method: str = CLIENT_SECRET_POST
 
     @classmethod
     def resolve(cls, r: ConfigResolver) -> "WorkdayConfig":
@@ -60,8 +66,14 @@ class WorkdayConfig:
         client_id = r.value("client_id", "WORKDAY_CLIENT_ID")
         client_secret = r.secret("client_secret", "WORKDAY_CLIENT_SECRET")
         token_url = r.value("token_url", "WORKDAY_TOKEN_URL")
+        auth_method = r.value(TOKEN_AUTH_SETTING, "WORKDAY_TOKEN_AUTH_METHOD", required=False)
         r.done()
         assert api_url and tenant_id and client_id and client_secret and token_url
+        auth_name = (
+            f"settings.{TOKEN_AUTH_SETTING} for {r.company_id}/{r.provider}"
+            if r.settings.get(TOKEN_AUTH_SETTING) not in (None, "")
+            else "WORKDAY_TOKEN_AUTH_METHOD"
+        )
         return cls(
             protocol,
             _api_url(api_url),
@@ -69,6 +81,7 @@ class WorkdayConfig:
             client_id=client_id,
             client_secret=client_secret,
             token_url=require_secure_url("WORKDAY_TOKEN_URL", token_url),
+            token_auth_method=parse_token_auth_method(auth_method, name=auth_name),
         )
 
     def __repr__(self) -> str:
@@ -106,6 +119,7 @@ def build(resolver: ConfigResolver, ctx: ConnectorContext) -> Connector:
         token_url=config.token_url,
         client_id=config.client_id,
         client_secret=config.client_secret,
+        auth_method=config.token_auth_method,
     )
     return workday_rest.WorkdayRestConnector(
         url=workday_rest.reports_url(config.api_url, config.tenant_id),

@@ -1,8 +1,10 @@
 """Workday over REST: `POST {api}/api/v1/{tenant}/csr-impact-reports` with an OAuth2 client-credentials Bearer token
 (from `connectors.oauth`, stored encrypted and shared across runs and processes) and `X-Idempotency-Key`.
 
-The body is the stored payload byte for byte (`mapping.workday.workday_rest_payload`). A 401 invalidates the token
-and comes back as AUTH_EXPIRED: the delivery loop retries once with a fresh token without burning an attempt.
+The body is the stored payload byte for byte (`mapping.workday.workday_rest_payload`). The token is taken right
+before the request leaves. A 401 forgets the token and comes back as AUTH_EXPIRED, saying whether the token was
+stale: the delivery loop retries with a new token without burning an attempt, and only a current token refused
+after such a refresh fails the row as `config`.
 """
 
 import json
@@ -17,7 +19,7 @@ from impactin_pipelines.connectors.base import (
     PreparedRequest,
 )
 from impactin_pipelines.connectors.http import exchange
-from impactin_pipelines.connectors.oauth import OAuthClientCredentials, TokenEndpointUnavailable
+from impactin_pipelines.connectors.oauth import OAuthClientCredentials, TokenEndpointUnavailable, refusal_result
 from impactin_pipelines.domain.errors import ConfigError
 from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.domain.statuses import AttemptOutcome
@@ -94,7 +96,7 @@ class WorkdayRestConnector:
         if problem:
             return AttemptResult(AttemptOutcome.CONFIG, started, datetime.now(UTC), error=problem)
         try:
-            token = self.oauth.bearer()
+            token = self.oauth.token()
         except TokenEndpointUnavailable as exc:
             return AttemptResult(
                 AttemptOutcome.RETRYABLE,
@@ -106,25 +108,30 @@ class WorkdayRestConnector:
             )
         except ConfigError as exc:  # TokenRejected included: credentials or token URL are wrong
             return AttemptResult(AttemptOutcome.CONFIG, started, datetime.now(UTC), error=self.redactor.scrub(str(exc)))
-        redactor = self.redactor.with_secrets([token])
+        redactor = self.redactor.with_secrets([token.access_token])
         result, _ = exchange(
-            self.session, self._request(delivery, token), timeout=self.timeout, redactor=redactor, oauth=True
+            self.session,
+            self._request(delivery, token.access_token),
+            timeout=self.timeout,
+            redactor=redactor,
+            oauth=True,
         )
         if result.outcome is AttemptOutcome.AUTH_EXPIRED:
-            self.oauth.invalidate(token)
+            result = refusal_result(result, stale=self.oauth.refused(token))
         return result
 
     def check(self) -> ConnectivityResult:
-        """The guide's REST mode authenticates at the token endpoint, so the check fetches a token there. A stored
-        token is not proof (it is keyed by token URL and client id, so it outlives a changed secret): it is
-        invalidated first, and the token fetched now replaces it. No request is made to the reports API."""
+        """REST mode authenticates at the token endpoint, so the check fetches a new token there (a
+        stored one is no proof: it is keyed by token URL and client id, so it outlives a changed secret); it
+        replaces the stored one. No request is made to the reports API."""
+        extra = {"protocol": "rest", "token_auth_method": self.oauth.auth_method}
         try:
-            self.oauth.invalidate(self.oauth.bearer())
-            self.oauth.bearer()
+            self.oauth.refresh()
         except (ConfigError, TokenEndpointUnavailable) as exc:
-            return ConnectivityResult(self.provider.value, self.company_id, False, str(exc), {"protocol": "rest"})
+            detail = self.redactor.scrub(str(exc)) or type(exc).__name__
+            return ConnectivityResult(self.provider.value, self.company_id, False, detail, extra)
         return ConnectivityResult(
-            self.provider.value, self.company_id, True, "access token obtained", {"protocol": "rest"}
+            self.provider.value, self.company_id, True, f"access token obtained ({self.oauth.auth_method})", extra
         )
 
     def close(self) -> None:

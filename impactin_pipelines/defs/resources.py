@@ -85,6 +85,7 @@ class ProvidersResource(dg.ConfigurableResource):
     GOODERA_CLIENT_ID: str | None = None
     GOODERA_CLIENT_SECRET: str | None = None
     GOODERA_RATE_LIMIT: str | None = None
+    GOODERA_TOKEN_AUTH_METHOD: str | None = None
     WORKDAY_API_URL: str | None = None
     WORKDAY_TENANT_ID: str | None = None
     WORKDAY_PROTOCOL: str | None = None
@@ -94,6 +95,7 @@ class ProvidersResource(dg.ConfigurableResource):
     WORKDAY_CLIENT_ID: str | None = None
     WORKDAY_CLIENT_SECRET: str | None = None
     WORKDAY_TOKEN_URL: str | None = None
+    WORKDAY_TOKEN_AUTH_METHOD: str | None = None
 
     def provider_env(self) -> ProviderEnv:
         return ProviderEnv(**{f.name: getattr(self, f.name) for f in fields(ProviderEnv)})

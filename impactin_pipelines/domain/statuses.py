@@ -28,6 +28,6 @@ class AttemptOutcome(StrEnum):
     SUCCESS = "success"
     RETRYABLE = "retryable"  # timeout, connection error, 5xx in the retry list
     RATE_LIMITED = "rate_limited"  # 429 or quota exhausted; waiting does not burn an attempt
-    AUTH_EXPIRED = "auth_expired"  # 401 on an OAuth provider; refresh once, does not burn an attempt
+    AUTH_EXPIRED = "auth_expired"  # 401 on an OAuth provider: fetch a new token and retry; does not burn an attempt
     PERMANENT = "permanent"  # any other 4xx, SOAP client fault
     CONFIG = "config"  # we could not even build the request (credentials, settings)

@@ -89,15 +89,14 @@ class GooderaSandbox(ProviderSandbox):
         self._ids = itertools.count(1)
 
     def env(self, base_url: str) -> dict[str, str]:
-        """The integration guide's GOODERA_* variables pointing at this fake. OAUTHLIB_INSECURE_TRANSPORT lets
-        requests-oauthlib talk plain http to the loopback sandbox; it is never set outside the sandbox."""
+        """The GOODERA_* variables pointing at this fake (plain http is accepted for loopback
+        token URLs without any other variable)."""
         return {
             "GOODERA_API_URL": base_url,
             "GOODERA_TOKEN_URL": f"{base_url}{TOKEN_PATH}",
             "GOODERA_CLIENT_ID": self.client_id,
             "GOODERA_CLIENT_SECRET": self.client_secret,
             "GOODERA_RATE_LIMIT": f"{self.limit}/{_format_window(self.window_s)}",
-            "OAUTHLIB_INSECURE_TRANSPORT": "1",
         }
 
     # -- control -----------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 It behaves like the integration guide's flow: `POST` form-encoded `grant_type=client_credentials` with the client
 credentials in the body (or HTTP Basic, which RFC 6749 prefers), answering `{"access_token", "token_type",
 "expires_in", "refresh_token"}`. Tokens are opaque random strings that expire on the sandbox's clock, so an API
-route can refuse unknown or expired ones with 401 exactly as a real provider would.
+route can refuse unknown or expired ones with 401 exactly as a real provider would; the reasons it refused bearers
+for are counted (`bearer_refusals`), so a test can tell an expired token from a revoked one.
 
 Usage inside a `ProviderSandbox` subclass::
 
@@ -72,13 +73,17 @@ class OAuthTokenIssuer:
         self.tokens_issued = 0
         self.auth_methods: list[str] = []  # "body" or "basic", per accepted token request (no values kept)
         self.token_faults: list[dict[str, Any]] = []
+        self.api_refuses_tokens = False  # True: the API answers 401 to every token, valid or not
+        self.expired: set[str] = set()  # tokens that were refused once for being past their expiry
+        self.bearer_refusals: dict[str, int] = {"missing": 0, "expired": 0, "unknown": 0, "refused": 0}
 
     # -- control -----------------------------------------------------------------------------------------
     def configure(self, spec: Mapping[str, Any]) -> None:
         """`token_expires_in`: lifetime (s) of tokens issued from now on;
         `token_fail_next`: faults for the token endpoint only, consumed in order, e.g. {"status": 503, "count": 2},
         {"status": 401, "body": "<html>no</html>", "content_type": "text/html"}, {"mode": "hang", "seconds": 5};
-        `expire_tokens`: true makes every token issued so far unknown (a provider-side revocation)."""
+        `expire_tokens`: true makes every token issued so far unknown (a provider-side revocation);
+        `api_refuses_tokens`: true makes the API refuse every token, valid or not (credentials it does not accept)."""
         with self.lock:
             if "token_expires_in" in spec:
                 self.expires_in = float(spec["token_expires_in"])
@@ -87,6 +92,8 @@ class OAuthTokenIssuer:
                 self.token_faults.extend([items] if isinstance(items, dict) else list(items))
             if spec.get("expire_tokens"):
                 self.tokens.clear()
+            if "api_refuses_tokens" in spec:
+                self.api_refuses_tokens = bool(spec["api_refuses_tokens"])
 
     def reset(self) -> None:
         with self.lock:
@@ -95,6 +102,9 @@ class OAuthTokenIssuer:
             self.tokens_issued = 0
             self.auth_methods.clear()
             self.token_faults.clear()
+            self.api_refuses_tokens = False
+            self.expired.clear()
+            self.bearer_refusals = dict.fromkeys(self.bearer_refusals, 0)
 
     def revoke_all(self) -> None:
         with self.lock:
@@ -106,6 +116,7 @@ class OAuthTokenIssuer:
                 "token_requests": self.token_requests,
                 "tokens_issued": self.tokens_issued,
                 "auth_methods": list(self.auth_methods),
+                "bearer_refusals": dict(self.bearer_refusals),
             }
 
     # -- the token endpoint ------------------------------------------------------------------------------
@@ -203,27 +214,40 @@ class OAuthTokenIssuer:
         return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
     def is_valid(self, token: str | None) -> bool:
+        return self._problem(token) is None
+
+    def _problem(self, token: str | None) -> str | None:
+        """Why a bearer token is not accepted: missing, expired, unknown (never issued, or revoked), or None."""
         if not token:
-            return False
+            return "missing"
         with self.lock:
             issued = self.tokens.get(token)
             if issued is None:
-                return False
+                return "expired" if token in self.expired else "unknown"
             if issued.expires_at <= self.clock():
                 del self.tokens[token]
-                return False
-            return True
+                self.expired.add(token)
+                return "expired"
+            return None
 
     def refuse_bearer(self, request: Request) -> Response | None:
         """None when the request carries a valid bearer token; otherwise the 401 a provider would answer."""
-        token = self.bearer_token(request)
-        if token is None:
+        problem = self._problem(self.bearer_token(request))
+        if problem is None and self.api_refuses_tokens:
+            problem = "refused"
+        if problem is None:
+            return None
+        with self.lock:
+            self.bearer_refusals[problem] += 1
+        if problem == "missing":
             response = Response.json(401, {"error": "invalid_request", "error_description": "bearer token required"})
-        elif not self.is_valid(token):
+        elif problem == "refused":
+            response = Response.json(
+                401, {"error": "invalid_token", "error_description": "the client may not use this API"}
+            )
+        else:
             response = Response.json(
                 401, {"error": "invalid_token", "error_description": "the access token is unknown or expired"}
             )
-        else:
-            return None
         response.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
         return response

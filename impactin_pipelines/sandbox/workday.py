@@ -244,7 +244,6 @@ class WorkdaySandbox(ProviderSandbox):
             "WORKDAY_CLIENT_ID": self.client_id,
             "WORKDAY_CLIENT_SECRET": self.client_secret,
             "WORKDAY_TOKEN_URL": base_url + TOKEN_PATH,
-            "OAUTHLIB_INSECURE_TRANSPORT": "1",  # plain http to the loopback fake only; never set outside it
         }
 
     # -- knobs -----------------------------------------------------------------------------------------------

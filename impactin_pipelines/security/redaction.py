@@ -151,7 +151,13 @@ def _needles(secret: str, users: Iterable[str]) -> set[str]:
     found.update(_b64(raw))
     found.update(_base64_cores(raw))
     for user in users:
-        for pair in (f"{user}:{secret}", f"{quote_plus(user)}:{quote_plus(secret)}", f"{quote(user)}:{quote(secret)}"):
+        pairs = (
+            f"{user}:{secret}",
+            f"{quote_plus(user)}:{quote_plus(secret)}",
+            f"{quote(user)}:{quote(secret)}",
+            f"{quote(user, safe='')}:{quote(secret, safe='')}",
+        )
+        for pair in pairs:
             found.update(_b64(pair.encode("utf-8")))
     return found
 

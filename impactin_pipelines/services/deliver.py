@@ -252,8 +252,7 @@ class DeliveryRun:
             return RowResult(row, DeliveryStatus.FAILED, ErrorKind.CONFIG, 0)
 
         outbound = OutboundDelivery(row.delivery_id, row.company_id, row.provider, row.event_id, row.payload)
-        burned = free_waits = attempts = 0
-        auth_refreshed = False
+        burned = free_waits = attempts = auth_refreshes = 0
         while True:
             if attempts and self._halted.is_set():  # its last attempt is recorded; the next waits for a later run
                 return RowResult(
@@ -267,7 +266,8 @@ class DeliveryRun:
                 result.outcome,
                 burned=burned,
                 free_waits=free_waits,
-                auth_refreshed=auth_refreshed,
+                auth_refreshes=auth_refreshes,
+                token_stale=result.token_stale,
                 retry_after_s=result.retry_after_s,
                 rng=self.rng,
             )
@@ -288,7 +288,7 @@ class DeliveryRun:
                 kind = settlement.error_kind.value if settlement.error_kind else None
                 return RowResult(row, settlement.status.value, kind, attempts)
             if result.outcome is AttemptOutcome.AUTH_EXPIRED:
-                auth_refreshed = True
+                auth_refreshes += 1
             elif result.outcome is AttemptOutcome.RATE_LIMITED:
                 free_waits += 1
             self.sleep(decision.delay_s)

@@ -12,7 +12,6 @@ from tests.reliability.ledger import CASES, GOODERA_QUOTA, Case
 
 @pytest.fixture(autouse=True)
 def _reliability_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")  # the sandbox is plain http on loopback
     monkeypatch.setenv("IMPACTIN_ENCRYPTION_KEY", generate_key())
     yield
     close_shared_limiters()
