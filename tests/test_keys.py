@@ -32,8 +32,7 @@ def ring(*keys: str) -> KeyRing:
 
 
 @pytest.fixture(autouse=True)
-def _env(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")  # the sandbox is plain http on loopback
+def _env():  # type: ignore[no-untyped-def]
     yield
     close_shared_limiters()
 

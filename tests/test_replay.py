@@ -223,8 +223,7 @@ def _age(row: dict) -> tuple:
 
 
 def _every_provider(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> dict[str, dict]:
-    """One failed row per provider for acme (Workday over SOAP); plain-http OAuth allowed for the sandbox."""
-    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
+    """One failed row per provider for acme (Workday over SOAP)."""
     start = datetime(2026, 1, 1, tzinfo=UTC)
     for provider in Provider:
         add_integration(engine, "acme", provider.value)
