@@ -30,7 +30,7 @@ from impactin_pipelines.security.crypto import KeyRing, generate_key
 from impactin_pipelines.services.deliver import DeliveryRun
 from impactin_pipelines.services.extract import extract
 from impactin_pipelines.settings import ProviderEnv
-from impactin_pipelines.store.schema import impact_events
+from impactin_pipelines.store.schema import company_integrations, impact_events
 from impactin_pipelines.store.source import work_by_provider
 from tests.cli_support import cli_env, run_cli
 from tests.conftest import BACKENDS, _migrated, fresh_postgres_url
@@ -59,6 +59,7 @@ class Case:
     sent: dict[str, Any] = dataclasses.field(default_factory=dict)  # in the first provider's payload: path -> value
     twin: bool = False  # also a good event with the bad one's id, stripped (must go out exactly once)
     postgres_refuses: str | None = None  # PostgreSQL refuses the write itself; the message says why
+    workday_rest: bool = False  # the company's Workday integration uses REST (default: SOAP)
 
 
 ALL = tuple(PROVIDERS)
@@ -259,6 +260,190 @@ CASES = [
         "dimension names must be non-blank",
         providers=("goodera",),
     ),
+    Case(
+        "score_is_negative_zero",
+        {"outcome_scores": '{"engagement": -0.0}'},
+        DELIVERED,
+        providers=("goodera",),
+        sent={"event.impact.dimensions": [{"dimension_name": "engagement", "score": 0.0, "scale": "normalized_0_1"}]},
+    ),
+    # -- what the platform never writes, though Python's parsers accept it ------------------------------------------
+    Case("value_with_an_underscore", {"value": "1_5"}, QUARANTINED, "value", "'1_5'", "must be a plain number"),
+    Case("value_in_fullwidth_digits", {"value": "\uff15"}, QUARANTINED, "value", "'\uff15'", "must be a plain number"),
+    Case(
+        "value_in_arabic_indic_digits",
+        {"value": "\u0661\u0662"},
+        QUARANTINED,
+        "value",
+        "'\u0661\u0662'",
+        "must be a plain number",
+    ),
+    Case(
+        "value_is_negative_zero",  # zero, sent as 0.0 (never -0.0) and as Workday's 0.0
+        {"value": "-0"},
+        DELIVERED,
+        providers=ALL,
+        sent={"event.impact.value": 0.0},
+    ),
+    Case(
+        "duplicate_key_in_metadata",  # which value wins differs between parsers: none is guessed
+        {"metadata": '{"program": "a", "program": "b"}'},
+        QUARANTINED,
+        "metadata",
+        '\'{"program": "a", "program": "b"}\'',
+        "has the key 'program' more than once",
+        providers=ALL,
+    ),
+    Case(
+        "duplicate_key_in_scores",
+        {"outcome_scores": '{"engagement": 0.1, "engagement": 0.9}'},
+        QUARANTINED,
+        "outcome_scores",
+        None,
+        "has the key 'engagement' more than once",
+        providers=ALL,
+    ),
+    Case(
+        "duplicate_key_in_nested_metadata",
+        {"metadata": '{"team": {"lead": "a", "lead": "b"}}'},
+        QUARANTINED,
+        "metadata",
+        None,
+        "has the key 'lead' more than once",
+    ),
+    # -- ids and codes that look fine and are not --------------------------------------------------------------------
+    Case(
+        "padded_user_id",  # trimmed, it would silently become another worker's id
+        {"user_id": " user_456 "},
+        QUARANTINED,
+        "user_id",
+        "' user_456 '",
+        "leading or trailing whitespace",
+        providers=ALL,
+    ),
+    Case(
+        "user_id_ending_in_a_zero_width_space",
+        {"user_id": "user_456\u200b"},
+        QUARANTINED,
+        "user_id",
+        "'user_456\\u200b'",
+        "invisible characters",
+        providers=ALL,
+    ),
+    Case(
+        "user_id_with_del", {"user_id": "user\x7f456"}, QUARANTINED, "user_id", "'user\\x7f456'", "control characters"
+    ),
+    Case(
+        "user_id_with_a_c1_control",
+        {"user_id": "user\x85456"},
+        QUARANTINED,
+        "user_id",
+        "'user\\x85456'",
+        "control characters",
+    ),
+    Case(
+        "user_id_of_zero_width_characters",
+        {"user_id": "\u200b\u200d\ufeff"},
+        QUARANTINED,
+        "user_id",
+        "'\\u200b\\u200d\\ufeff'",
+        "has no visible characters",
+        providers=ALL,
+    ),
+    Case(
+        "user_id_with_a_noncharacter",  # U+FFFF cannot be written into the SOAP envelope at all
+        {"user_id": "user_456\uffff"},
+        QUARANTINED,
+        "user_id",
+        "'user_456\\uffff'",
+        "contains a Unicode noncharacter",
+        providers=ALL,
+    ),
+    Case(
+        "user_id_of_a_hangul_filler",  # a letter that renders blank
+        {"user_id": "\u3164"},
+        QUARANTINED,
+        "user_id",
+        "'\u3164'",
+        "has no visible characters",
+    ),
+    Case(
+        "event_type_of_a_soft_hyphen",
+        {"event_type": "\u00ad"},
+        QUARANTINED,
+        "event_type",
+        "'\\xad'",
+        "has no visible characters",
+    ),
+    Case(
+        "user_id_with_inner_joiners",  # emoji sequences and Persian names need them: valid
+        {"user_id": "\u0645\u06cc\u200c\u0631\u0648-\U0001f469\u200d\U0001f4bb"},
+        DELIVERED,
+        providers=ALL,
+        sent={"event.user.external_id": "\u0645\u06cc\u200c\u0631\u0648-\U0001f469\u200d\U0001f4bb"},
+    ),
+    Case(
+        "event_type_without_a_workday_activity_type",  # Activity_Type would be empty: Workday refuses it
+        {"event_type": "___"},
+        QUARANTINED,
+        "event_type",
+        "'___'",
+        "maps to an empty Workday Activity_Type",
+        providers=("workday",),
+    ),
+    Case(
+        "unit_without_a_workday_unit_of_measure",
+        {"unit": "-"},
+        QUARANTINED,
+        "unit",
+        "'-'",
+        "maps to an empty Workday Unit_of_Measure",
+        providers=("workday",),
+    ),
+    Case(
+        "unit_without_a_workday_unit_of_measure_over_rest",
+        {"unit": "_ _"},
+        QUARANTINED,
+        "unit",
+        "'_ _'",
+        "maps to an empty Workday Unit_of_Measure",
+        providers=("workday",),
+        workday_rest=True,
+    ),
+    Case(
+        "event_type_without_workday_letters_over_rest",  # REST sends the code as it is, so it goes out
+        {"event_type": "___"},
+        DELIVERED,
+        providers=("workday",),
+        sent={"impact_report.csr_activity.activity_type": "___"},
+        workday_rest=True,
+    ),
+    # -- dates that xsd:date cannot carry as stored ----------------------------------------------------------------
+    Case(
+        "zero_date_timestamp",  # other systems' "no date": zeep would print 1-01-01
+        {"occurred_at": "0001-01-01T00:00:00Z"},
+        QUARANTINED,
+        "occurred_at",
+        "'0001-01-01T00:00:00Z'",
+        "is before the year 1000",
+        providers=ALL,
+    ),
+    Case(
+        "timestamp_in_year_999",
+        {"occurred_at": "0999-12-31T23:59:59+00:00"},
+        QUARANTINED,
+        "occurred_at",
+        "'0999-12-31T23:59:59+00:00'",
+        "is before the year 1000",
+        providers=("workday",),
+    ),
+    Case(
+        "timestamp_in_year_1000",  # the first year sent, and the date Workday got is the one stored
+        {"occurred_at": "1000-01-01T00:00:00Z"},
+        DELIVERED,
+        providers=("workday", "benevity"),
+        sent={"CSR_Impact_Report.Report_Date": "1000-01-01"},
+    ),
 ]
 assert len({c.id for c in CASES}) == len(CASES)
 
@@ -286,7 +471,8 @@ def _seed(engine: Engine, case: Case) -> str | None:
     """Good events around the bad one (ids sort before and after it); returns why PostgreSQL refused, if it did."""
     company = case.id
     for provider in case.providers:
-        add_integration(engine, company, provider)
+        rest = provider == "workday" and case.workday_rest
+        add_integration(engine, company, provider, settings={"protocol": "rest"} if rest else None)
     good = [event(f"{company}-a", company), event(f"{company}-z", company)]
     if case.twin:
         good.append(event(f"{company}-m", company))
@@ -346,6 +532,17 @@ def _accepted(sandbox: SandboxServer, provider: str) -> list[str]:
     return [record["event_id"] for record in sandbox.providers[provider].snapshot()["accepted"]]
 
 
+def _received(sandbox: SandboxServer, provider: str, event_id: str) -> Any:
+    """The document the provider stored for the event: JSON as parsed, a SOAP report as read from the envelope."""
+    [body] = [r["body"] for r in sandbox.providers[provider].snapshot()["accepted"] if r["event_id"] == event_id]
+    return body
+
+
+def _json(value: Any) -> str:
+    """Compared as JSON text, where -0.0 and 0.0 differ."""
+    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
 def _requested(sandbox: SandboxServer) -> list[str | None]:
     return [r["event_id"] for p in sandbox.providers.values() for r in p.snapshot()["requests"]]
 
@@ -374,7 +571,10 @@ def test_bad_input(catalogue: CatalogueRun, case: Case) -> None:
             assert accepted.count(row["event_id"]) == 1
             payload = json.loads(row["payload"])
             for dotted, expected in case.sent.items() if provider == case.providers[0] else ():
-                assert _path(payload, dotted) == expected
+                assert _json(_path(payload, dotted)) == _json(expected)
+            received = _received(catalogue.sandbox, provider, row["event_id"])
+            stored = payload.get("CSR_Impact_Report", payload)  # SOAP: the report, as the envelope carried it
+            assert _json(received) == _json(stored), "the provider got exactly the stored payload"
             continue
 
         assert (row["status"], row["error_kind"], row["attempt_count"]) == ("failed", "invalid_event", 0)
@@ -479,13 +679,20 @@ def test_unknown_providers_and_unpartitionable_companies_through_impactin_run(  
     engine, warehouse_url, sandbox, tmp_path
 ) -> None:
     """What only the Dagster path can get wrong: a company id that cannot be a partition key ('|' joins Dagster's
-    multi-partition keys; such a key is silently dropped) and a provider name we do not know are skipped with a
-    warning naming the value; no nightly run is planned for them; every other integration is delivered, and a
-    malformed event inside a Dagster run is quarantined like anywhere else."""
+    multi-partition keys; such a key is silently dropped) gets no partition, so its events are quarantined as
+    `failed/invalid_event` naming `company_id` and show where operators look (`deliveries list`, `stats`); a
+    provider name we do not know is skipped with a warning and reported once by the ledger check (never as
+    missing rows); every other integration is delivered, and a malformed event inside a Dagster run is quarantined
+    like anywhere else."""
     add_integration(engine, "acme", "benevity")
     add_integration(engine, "acme", "salesforce")  # unknown provider
     add_integration(engine, "acme", "Goodera")  # providers are lower-case names; this one is unknown too
     add_integration(engine, "acme|evil", "benevity")
+    add_integration(engine, "acme|evil", "goodera")
+    if engine.dialect.name == "sqlite":  # an id that is not even UTF-8 must not stop the others
+        with engine.begin() as conn:
+            bad_id = sa.cast(sa.literal(b"bad\xff|co", sa.LargeBinary), sa.Text)
+            conn.execute(sa.insert(company_integrations).values(company_id=bad_id, provider="benevity", enabled=True))
     add_events(
         engine,
         [
@@ -493,21 +700,119 @@ def test_unknown_providers_and_unpartitionable_companies_through_impactin_run(  
             event("acme-2", "acme", value="NaN"),
             event("acme-3", "acme"),
             event("evil-1", "acme|evil"),
+            event("evil-2", "acme|evil"),
         ],
     )
-    from datetime import UTC, datetime
+    from datetime import UTC, datetime, timedelta
 
-    assert work_by_provider(engine, datetime.now(UTC)) == {"benevity": {"acme", "acme|evil"}}
-    done = run_cli(["run", "--json"], cli_env(tmp_path, warehouse_url, sandbox))
+    assert work_by_provider(engine, datetime.now(UTC)) == {"benevity": {"acme", "acme|evil"}, "goodera": {"acme|evil"}}
+    env = cli_env(tmp_path, warehouse_url, sandbox)
+    done = run_cli(["run", "--json"], env)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "company_id 'acme|evil' cannot be a Dagster partition key; skipped" in done.stderr
+    assert (
+        "company_id 'acme|evil' cannot be a Dagster partition key; skipped: its events are quarantined as "
+        "failed/invalid_event, never delivered"
+    ) in done.stderr
     assert "provider 'salesforce', which is not one of benevity, goodera, workday; ignored" in done.stderr
     assert "provider 'Goodera', which is not one of" in done.stderr
     summary = json.loads(done.stdout)
     assert all(r["success"] for r in summary["runs"]) and summary["runs"]
-    by_event = {r["event_id"]: r for r in rows(engine)}
-    assert set(by_event) == {"acme-1", "acme-2", "acme-3"}
-    assert by_event["acme-1"]["status"] == by_event["acme-3"]["status"] == "success"
-    assert by_event["acme-2"]["error_kind"] == "invalid_event" and "value='NaN'" in by_event["acme-2"]["last_error"]
-    assert sorted(_accepted(sandbox, "benevity")) == ["acme-1", "acme-3"]
-    assert SPEC_EVENT["event_id"] not in _requested(sandbox)
+    found = {(r["company_id"], r["provider"], r["event_id"]): r for r in rows(engine)}
+    assert set(found) == {
+        ("acme", "benevity", "acme-1"),
+        ("acme", "benevity", "acme-2"),
+        ("acme", "benevity", "acme-3"),
+        *((company, provider, f"evil-{i}") for company in ["acme|evil"] for provider in PROVIDERS[:2] for i in (1, 2)),
+    }
+    assert found["acme", "benevity", "acme-1"]["status"] == found["acme", "benevity", "acme-3"]["status"] == "success"
+    bad_value = found["acme", "benevity", "acme-2"]
+    assert bad_value["error_kind"] == "invalid_event" and "value='NaN'" in bad_value["last_error"]
+    for key, row in found.items():
+        if key[0] == "acme|evil":
+            assert (row["status"], row["error_kind"], row["attempt_count"]) == ("failed", "invalid_event", 0)
+            assert "company_id='acme|evil'" in row["last_error"] and "partition key" in row["last_error"]
+    assert sorted(_accepted(sandbox, "benevity")) == ["acme-1", "acme-3"] and _accepted(sandbox, "goodera") == []
+    assert not {"evil-1", "evil-2", SPEC_EVENT["event_id"]} & set(_requested(sandbox))
+
+    # where operators look: the delivery list and the statistics count them as invalid events
+    listed = run_cli(["deliveries", "list", "--company", "acme|evil", "--json"], env)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    data = json.loads(listed.stdout)["data"]
+    assert sorted((r["provider"], r["event_id"], r["status"], r["error_kind"]) for r in data) == [
+        (provider, f"evil-{i}", "failed", "invalid_event") for provider in PROVIDERS[:2] for i in (1, 2)
+    ]
+    stats = run_cli(["stats", "--detail", "--json"], env)
+    assert stats.returncode == 0, stats.stderr[-2000:]
+    detail = json.loads(stats.stdout)["data"]
+    assert {r["errorKind"]: r["count"] for r in detail["byErrorKind"]} == {"invalid_event": 5}
+    [evil] = [r for r in detail["byCompany"] if r["companyId"] == "acme|evil"]
+    assert (evil["total"], evil["failed"]) == (4, 4)
+
+    # the ledger balances; the two unknown providers are reported once each, as a warning
+    from impactin_pipelines.services import health
+    from impactin_pipelines.settings import CheckSettings
+
+    ledger = health.ledger_balance(engine, CheckSettings(), datetime.now(UTC) + timedelta(hours=30))
+    assert (ledger.passed, ledger.severity) == (False, health.WARN), ledger.description
+    assert ledger.metrics == {
+        "missing_rows": 0,
+        "duplicate_rows": 0,
+        "double_success": 0,
+        "unknown_provider_integrations": 2,
+    }
+    assert sorted((r["company_id"], r["provider"]) for r in ledger.rows) == [
+        ("acme", "Goodera"),
+        ("acme", "salesforce"),
+    ]
+    assert "acme/salesforce" in ledger.description and "acme/Goodera" in ledger.description
+
+    # a second run finds nothing new to quarantine, and sends nothing
+    again = run_cli(["run", "--json"], env)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert len(rows(engine)) == len(found) and sorted(_accepted(sandbox, "benevity")) == ["acme-1", "acme-3"]
+
+
+def test_every_delivery_run_quarantines_the_companies_that_cannot_be_partitions(  # type: ignore[no-untyped-def]
+    engine, sandbox
+) -> None:
+    """The schedule, backfills and the rerun sensor run the job over partitions, and such a company has none: each
+    run's extraction quarantines its events for the run's providers, and the statistics asset shows the company in
+    its markdown as one cell ('|' escaped)."""
+    import dagster as dg
+
+    from impactin_pipelines.defs.assets.delivery import impact_deliveries, impact_outbox
+    from impactin_pipelines.defs.assets.stats import delivery_stats
+    from impactin_pipelines.defs.resources import DeliveryResource, ProvidersResource, WarehouseResource
+    from impactin_pipelines.partitions import partition_key
+
+    add_integration(engine, "acme", "benevity")
+    add_integration(engine, "acme|evil", "benevity")
+    add_integration(engine, "acme|evil", "workday")  # no workday run below: not quarantined yet
+    add_events(engine, [event("acme-1", "acme"), event("evil-1", "acme|evil")])
+    resources = {
+        "warehouse": WarehouseResource(url=engine.url.render_as_string(hide_password=False)),
+        "providers": ProvidersResource(**sandbox.env()),
+        "delivery": DeliveryResource(concurrency=2, lease_s=30),
+    }
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("company", ["acme"])
+        result = dg.materialize(
+            [impact_outbox, impact_deliveries],
+            instance=instance,
+            partition_key=partition_key("acme", "benevity"),
+            resources=resources,
+        )
+        assert result.success
+        stats = dg.materialize([delivery_stats], instance=instance, resources=resources)
+        assert stats.success
+        summary = stats.asset_materializations_for_node("delivery_stats")[0].metadata["summary"].value
+    found = {(r["company_id"], r["provider"], r["event_id"]): r for r in rows(engine)}
+    assert set(found) == {("acme", "benevity", "acme-1"), ("acme|evil", "benevity", "evil-1")}
+    evil = found["acme|evil", "benevity", "evil-1"]
+    assert (evil["status"], evil["error_kind"], evil["attempt_count"]) == ("failed", "invalid_event", 0)
+    assert "company_id='acme|evil'" in evil["last_error"]
+    assert _accepted(sandbox, "benevity") == ["acme-1"] and "evil-1" not in _requested(sandbox)
+    lines = summary.splitlines()
+    [header] = [line for line in lines if line.startswith("| company |")]
+    [company_row] = [line for line in lines if line.startswith("| acme\\|evil |")]
+    assert company_row.replace("\\|", "").count("|") == header.count("|")  # one cell, not two

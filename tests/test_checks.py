@@ -112,6 +112,30 @@ def test_ledger_balances_only_when_every_eligible_event_has_its_row(engine) -> N
     assert balanced.passed, balanced.description  # workday is disabled: no rows owed
 
 
+def test_ledger_reports_unknown_providers_once_never_as_missing_rows(engine) -> None:  # type: ignore[no-untyped-def]
+    """An enabled integration naming a provider we do not know gets no rows by design: one WARN line per integration
+    (not one missing row per event) until it is fixed or disabled; a real imbalance is still an ERROR."""
+    add_integration(engine, "acme", "benevity")
+    add_integration(engine, "acme", "salesforce")
+    add_integration(engine, "acme", "Benevity")
+    add_integration(engine, "acme", "oracle", enabled=False)
+    add_events(engine, events("acme", 3))
+    _age_events(engine, 30)
+    extract(engine, "acme", Provider.BENEVITY)
+    finding = health.ledger_balance(engine, DEFAULTS, NOW)
+    assert (finding.passed, finding.severity) == (False, health.WARN)
+    assert (finding.metrics["missing_rows"], finding.metrics["unknown_provider_integrations"]) == (0, 2)
+    assert [(r["company_id"], r["provider"]) for r in finding.rows] == [("acme", "Benevity"), ("acme", "salesforce")]
+    assert "unknown provider" in finding.rows[0]["problem"]
+
+    add_events(engine, [{**events("acme", 1)[0], "event_id": "late"}])
+    _age_events(engine, 30)
+    both = health.ledger_balance(engine, DEFAULTS, NOW)
+    assert (both.passed, both.severity) == (False, health.ERROR)
+    assert (both.metrics["missing_rows"], both.metrics["unknown_provider_integrations"]) == (1, 2)
+    assert "1 event x provider without a row" in both.description and "acme/salesforce" in both.description
+
+
 def test_ledger_names_events_delivered_twice(pg_engine) -> None:  # type: ignore[no-untyped-def]
     """The unique constraints make this impossible; the check must still see it if they were ever lost."""
     with pg_engine.begin() as conn:

@@ -91,6 +91,40 @@ def test_units_are_labelled(unit: str, label: str) -> None:
     assert unit_label(unit) == label
 
 
+@pytest.mark.parametrize(
+    ("field", "raw", "element"),
+    [
+        ("event_type", "___", "Activity_Type"),
+        ("event_type", "-_-", "Activity_Type"),
+        ("event_type", "_\u200b_", "Activity_Type"),
+        ("unit", "___", "Unit_of_Measure"),
+        ("unit", "_ _", "Unit_of_Measure"),
+    ],
+)
+def test_workday_refuses_codes_that_prettify_to_nothing(field: str, raw: str, element: str) -> None:
+    """Workday requires both elements; an empty one is refused before sending, naming the field and its value.
+    REST sends the event type as it is, so only an empty unit label stops it there."""
+    event = parse_event({**SPEC_EVENT, field: raw})
+    with pytest.raises(InvalidEvent) as err:
+        workday_soap_report(event)
+    assert (err.value.field, err.value.value) == (field, raw)
+    assert f"maps to an empty Workday {element}" in str(err.value)
+    if field == "unit":
+        with pytest.raises(InvalidEvent):
+            workday_rest_payload(event)
+    else:
+        assert workday_rest_payload(event)["impact_report"]["csr_activity"]["activity_type"] == raw
+    assert build_payload(Provider.BENEVITY, event)["event"]["id"] == "evt_123"  # the other providers take it
+
+
+def test_negative_zero_is_sent_as_zero() -> None:
+    event = parse_event({**SPEC_EVENT, "value": "-0", "outcome_scores": '{"community_engagement": -0.0}'})
+    assert encode_json(benevity_payload(event)).count(b'"value":0.0') == 1
+    assert b"-0" not in encode_json(goodera_payload(event))
+    assert workday_soap_report(event)["CSR_Impact_Report"]["CSR_Activity"]["Value"] == "0.0"
+    assert b"-0" not in encode_json(workday_rest_payload(event))
+
+
 def test_workday_soap_value_keeps_a_decimal_place() -> None:
     whole = parse_event({**SPEC_EVENT, "value": 5})
     fractional = parse_event({**SPEC_EVENT, "value": "2.25"})

@@ -39,8 +39,32 @@ FIELDS = (
 
 # -- strategies ----------------------------------------------------------------------------------------------------
 _printable = st.characters(blacklist_categories=("Cs", "Cc"))
-ident = st.text(_printable, min_size=1, max_size=40).filter(lambda s: s.strip() == s and s.strip() != "")
-padded_text = st.text(_printable, min_size=1, max_size=40).filter(lambda s: s.strip() != "")
+
+
+def _accepted_as(field: str) -> Any:
+    """Texts the gate takes for `field` (ids: nothing invisible at either end; codes: something visible)."""
+
+    def accepted(text: str) -> bool:
+        try:
+            parse_event({**_GOOD, field: text})
+        except InvalidEvent:
+            return False
+        return True
+
+    return accepted
+
+
+_GOOD = {
+    "event_id": "evt_1",
+    "company_id": "acme",
+    "user_id": "user_1",
+    "event_type": "volunteer_hours",
+    "occurred_at": "2025-11-14T10:00:00Z",
+    "value": "5",
+    "unit": "hours",
+}
+ident = st.text(_printable, min_size=1, max_size=40).filter(_accepted_as("user_id"))
+padded_text = st.text(_printable, min_size=1, max_size=40).filter(_accepted_as("event_type"))  # codes are trimmed
 company_ids = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_.:@-]{0,30}\Z").filter(lambda c: "..." not in c)
 offsets = st.integers(-14 * 60, 14 * 60).map(lambda m: timezone(timedelta(minutes=m)))
 moments = st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2200, 1, 1), timezones=offsets)
@@ -79,11 +103,11 @@ def valid_raw_events(draw: st.DrawFn) -> dict[str, Any]:
     return {
         "event_id": draw(ident),
         "company_id": draw(company_ids),
-        "user_id": draw(padded_text),
-        "event_type": draw(ident),
+        "user_id": draw(ident),
+        "event_type": draw(padded_text),
         "occurred_at": draw(timestamps),
         "value": draw(values),
-        "unit": draw(ident),
+        "unit": draw(padded_text),
         "outcome_scores": json.dumps(outcome_scores) if as_text else outcome_scores,
         "metadata": json.dumps(metadata) if as_text else metadata,
     }
@@ -141,10 +165,14 @@ def test_any_valid_event_maps_to_a_payload_that_round_trips_as_json_and_keeps_it
 ) -> None:
     event = parse_event(raw)
     provider, _, protocol = target.partition("-")
-    payload = build_payload(Provider(provider), event, workday_protocol=protocol or "soap")
+    try:
+        payload = build_payload(Provider(provider), event, workday_protocol=protocol or "soap")
+    except InvalidEvent as exc:  # Workday's only own rule: a code must leave a label once prettified
+        assert provider == "workday" and exc.field in ("event_type", "unit") and "maps to an empty" in exc.reason
+        return
     body = encode_json(payload)
     assert json.loads(body) == payload  # what we sign and store is what we meant
-    assert event.event_id == raw["event_id"] and event.user_id == raw["user_id"].strip()
+    assert event.event_id == raw["event_id"] and event.user_id == raw["user_id"]
     if provider == "benevity":
         e = payload["event"]
         assert (e["id"], e["user"]["external_id"], e["user"]["company_id"]) == (

@@ -16,8 +16,9 @@ from sqlalchemy.engine import Engine
 
 from impactin_pipelines.defs.planning import PartitionRange, plan_ranges
 from impactin_pipelines.domain.companies import is_valid_company_id
-from impactin_pipelines.domain.providers import PROVIDERS
+from impactin_pipelines.domain.providers import PROVIDERS, Provider
 from impactin_pipelines.partitions import company_partitions
+from impactin_pipelines.services.extract import quarantine_unpartitionable
 from impactin_pipelines.settings import state_dir
 from impactin_pipelines.store.source import integrations
 
@@ -57,7 +58,10 @@ def selected_partitions(
         if company not in known_companies:
             problems.append(f"company {company!r} has no enabled integration")
         elif not is_valid_company_id(company):
-            problems.append(f"company_id {company!r} cannot be a Dagster partition key; skipped")
+            problems.append(
+                f"company_id {company!r} cannot be a Dagster partition key; skipped: "
+                "its events are quarantined as failed/invalid_event, never delivered"
+            )
     chosen = [c for c in chosen if c in known_companies and is_valid_company_id(c)]
     for i in enabled:
         if i.provider not in PROVIDERS and i.company_id in chosen:
@@ -79,6 +83,8 @@ def run_delivery_job(
 ) -> list[RunOutcome]:
     from impactin_pipelines.definitions import build_defs  # after the caller has set the environment
 
+    # Each run's extraction does this too; here it also happens when no run is planned (say, only such companies).
+    quarantine_unpartitionable(engine, [Provider(p) for p in providers])
     home = ensure_dagster_home()
     job = build_defs().resolve_job_def(DELIVERY_JOB)
     outcomes = []

@@ -20,7 +20,10 @@ def company_partitions_sensor(context: dg.SensorEvaluationContext, warehouse: Wa
     companies = {i.company_id for i in integrations(warehouse.engine, enabled_only=False)}
     invalid = sorted(c for c in companies if not is_valid_company_id(c))
     for company in invalid:
-        context.log.warning(f"company_id {company!r} cannot be a Dagster partition key; its events are not delivered")
+        context.log.warning(
+            f"company_id {company!r} cannot be a Dagster partition key; delivery runs quarantine its events as "
+            "failed/invalid_event"
+        )
     known = set(context.instance.get_dynamic_partitions(company_partitions.name))
     new = sorted(c for c in companies - known if c not in invalid)
     if not new:

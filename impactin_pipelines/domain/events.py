@@ -6,6 +6,8 @@ everything after it can rely on the types below.
 
 import json
 import math
+import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,6 +26,16 @@ MAX_VALUE = Decimal("1e15")
 # billion zeros into the SOAP envelope.
 MAX_VALUE_DECIMALS = 30
 _MAX = f"{MAX_VALUE:.0e}"
+# What the platform writes: ASCII digits, an optional fraction and exponent. Python's own parsers also take `1_5`,
+# fullwidth and Arabic-Indic digits, which no other system reads as the same number.
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+# xsd:date needs four-digit years and zeep prints year 999 as `999-01-01`; `0001-01-01` is also the usual "no date"
+# placeholder of other systems. No impact event happened before this year.
+MIN_YEAR = 1000
+# Characters that show nothing on their own: controls, format characters (zero-width space and joiners, BOM, bidi
+# marks), separators, lone combining marks, and the letters that render blank (Hangul fillers, Braille blank).
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp", "Mn", "Me"})
+_BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 
 
 @dataclass(frozen=True)
@@ -60,11 +72,44 @@ def _text(raw: Mapping[str, Any], name: str, *, required: bool = True) -> str:
         raise InvalidEvent(name, value, f"must be a string, got {type(value).__name__}")
     if len(value) > MAX_TEXT_CHARS:
         raise InvalidEvent(name, value, f"is longer than {MAX_TEXT_CHARS} characters")
-    if any(ord(c) < 32 for c in value):
+    if any(unicodedata.category(c) == "Cc" for c in value):  # C0, DEL and C1 (`\x85` included)
         raise InvalidEvent(name, value, "contains control characters")
     if not is_utf8_text(value):
         raise InvalidEvent(name, value, "is not valid UTF-8")
+    if any(_is_noncharacter(c) for c in value):  # not for interchange; U+FFFE and U+FFFF cannot be written in XML
+        raise InvalidEvent(name, value, "contains a Unicode noncharacter")
+    if not has_visible_text(value):
+        raise InvalidEvent(name, value, "has no visible characters")
     return value.strip()
+
+
+def _is_noncharacter(char: str) -> bool:
+    code = ord(char)
+    return 0xFDD0 <= code <= 0xFDEF or code & 0xFFFE == 0xFFFE
+
+
+def _is_invisible(char: str) -> bool:
+    return unicodedata.category(char) in _INVISIBLE_CATEGORIES or char in _BLANK_LETTERS
+
+
+def has_visible_text(text: str) -> bool:
+    """True when something in `text` would show: not empty, not only spaces or zero-width characters."""
+    return not all(_is_invisible(c) for c in text)
+
+
+def _is_padding(char: str) -> bool:
+    """Whitespace or an invisible character that can start or end an id unnoticed (zero-width space, BOM...)."""
+    return char.isspace() or unicodedata.category(char) == "Cf" or char in _BLANK_LETTERS
+
+
+def _identifier(raw: Mapping[str, Any], name: str) -> str:
+    """An id is used exactly as stored: ' user_1' and 'user_1' are two ids, and trimming one silently would make
+    them one (two events under one id, or two workers under one employee id)."""
+    value = _text(raw, name)
+    stored = raw.get(name)
+    if value != stored or _is_padding(value[0]) or _is_padding(value[-1]):
+        raise InvalidEvent(name, stored, "has leading or trailing whitespace or invisible characters")
+    return value
 
 
 def is_utf8_text(value: str) -> bool:
@@ -91,13 +136,17 @@ def parse_timestamp(value: Any, name: str = "occurred_at") -> datetime:
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise InvalidEvent(name, value, "has no timezone offset (write it in UTC with 'Z' or with an offset)")
     try:
-        return moment.astimezone(UTC)
+        moment = moment.astimezone(UTC)
     except OverflowError:  # 0001-01-01T00:00+01:00 is a valid local time with no UTC equivalent
         raise InvalidEvent(name, value, "is out of range in UTC") from None
+    if moment.year < MIN_YEAR:
+        raise InvalidEvent(name, value, f"is before the year {MIN_YEAR} (in UTC)")
+    return moment
 
 
 def parse_value(value: Any, name: str = "value") -> Decimal:
-    """A finite, non-negative number. Decimal keeps '5.0' as 5.0 on the wire, as the spec shows it."""
+    """A finite, non-negative number; text must be a plain ASCII number. Decimal keeps '5.0' as 5.0 on the wire.
+    Negative zero is zero: providers get `0.0`, never `-0.0`."""
     if isinstance(value, bool) or value is None:
         raise InvalidEvent(name, value, "must be a number")
     if isinstance(value, int) and abs(value) > MAX_VALUE:  # before str(): an int over 4300 digits cannot print
@@ -110,6 +159,8 @@ def parse_value(value: Any, name: str = "value") -> Decimal:
         raise InvalidEvent(name, value, "must be a number")
     if not number.is_finite():
         raise InvalidEvent(name, value, "must be a finite number")
+    if isinstance(value, str) and not _PLAIN_NUMBER.fullmatch(value.strip()):
+        raise InvalidEvent(name, value, "must be a plain number: ASCII digits 0-9, an optional '.' and exponent")
     if number < 0:
         raise InvalidEvent(name, value, "must not be negative")
     if number > MAX_VALUE:
@@ -117,7 +168,7 @@ def parse_value(value: Any, name: str = "value") -> Decimal:
     exponent = number.as_tuple().exponent
     if isinstance(exponent, int) and exponent < -MAX_VALUE_DECIMALS:
         raise InvalidEvent(name, value, f"has more than {MAX_VALUE_DECIMALS} decimal places")
-    return number
+    return number.copy_abs() if number.is_zero() else number
 
 
 def parse_json_object(value: Any, name: str) -> dict[str, Any]:
@@ -135,7 +186,9 @@ def parse_json_object(value: Any, name: str) -> dict[str, Any]:
         if len(value.encode("utf-8")) > MAX_METADATA_BYTES:
             raise InvalidEvent(name, f"<{len(value)} characters>", f"is larger than {MAX_METADATA_BYTES} bytes")
         try:
-            value = json.loads(value, parse_constant=_reject_constant)
+            value = json.loads(value, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+        except _DuplicateKey as exc:
+            raise InvalidEvent(name, value, f"has the key {exc.key!r} more than once in one object") from None
         except (ValueError, RecursionError) as exc:
             raise InvalidEvent(name, value, f"is not valid JSON ({exc})") from None
     if not isinstance(value, Mapping):
@@ -153,21 +206,27 @@ def _reject_constant(token: str) -> Any:
     raise ValueError(f"{token} is not allowed")
 
 
-def _event_id(raw: Mapping[str, Any]) -> str:
-    """The id is the row's key and the provider's dedup key, so it is used exactly as stored: ' evt_1' and 'evt_1'
-    are two rows, and trimming one would send two events under one id."""
-    event_id = _text(raw, "event_id")
-    if event_id != raw.get("event_id"):
-        raise InvalidEvent("event_id", raw.get("event_id"), "has leading or trailing whitespace")
-    return event_id
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys repeat: parsers disagree on which value wins, so none is guessed."""
+    found: dict[str, Any] = {}
+    for key, item in pairs:
+        if key in found:
+            raise _DuplicateKey(key)
+        found[key] = item
+    return found
 
 
 def parse_event(raw: Mapping[str, Any]) -> ImpactEvent:
     """Validate one raw event (warehouse row or API body, snake_case keys). Raises InvalidEvent, nothing else."""
     return ImpactEvent(
-        event_id=_event_id(raw),
+        event_id=_identifier(raw, "event_id"),
         company_id=validate_company_id(raw.get("company_id")),
-        user_id=_text(raw, "user_id"),
+        user_id=_identifier(raw, "user_id"),
         event_type=_text(raw, "event_type"),
         occurred_at=parse_timestamp(raw.get("occurred_at")),
         value=parse_value(raw.get("value")),

@@ -5,7 +5,7 @@ from decimal import Decimal
 from typing import Any
 
 from impactin_pipelines.domain.errors import InvalidEvent
-from impactin_pipelines.domain.events import ImpactEvent
+from impactin_pipelines.domain.events import ImpactEvent, has_visible_text
 
 SCHEMA_VERSION = "v2.1"
 NORMALIZED_SCALE = "normalized_0_1"
@@ -19,17 +19,19 @@ def _in_unit_range(score: int | float | Decimal) -> bool:
 
 
 def impact_dimensions(outcome_scores: dict[str, Any]) -> list[dict[str, Any]]:
-    """Label a score `normalized_0_1` only when it is one: a number in [0, 1]. Anything else is refused."""
+    """Label a score `normalized_0_1` only when it is one: a number in [0, 1]. Anything else is refused.
+    A negative zero is sent as `0.0`."""
     dimensions = []
     for name, score in outcome_scores.items():
         field = f"outcome_scores.{name}"
-        if not isinstance(name, str) or not name.strip():
+        if not isinstance(name, str) or not has_visible_text(name):
             raise InvalidEvent("outcome_scores", name, "dimension names must be non-blank strings")
         if isinstance(score, bool) or not isinstance(score, int | float | Decimal):
             raise InvalidEvent(field, score, "must be a number between 0 and 1")
         if not _in_unit_range(score):
             raise InvalidEvent(field, score, "must be between 0 and 1 (scale normalized_0_1)")
-        dimensions.append({"dimension_name": name, "score": float(score), "scale": NORMALIZED_SCALE})
+        number = float(score)
+        dimensions.append({"dimension_name": name, "score": number if number else 0.0, "scale": NORMALIZED_SCALE})
     return dimensions
 
 

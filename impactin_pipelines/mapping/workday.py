@@ -8,7 +8,8 @@ Both prettify the unit ("Hours").
 from decimal import Decimal
 from typing import Any
 
-from impactin_pipelines.domain.events import ImpactEvent
+from impactin_pipelines.domain.errors import InvalidEvent
+from impactin_pipelines.domain.events import ImpactEvent, has_visible_text
 from impactin_pipelines.mapping.encoding import json_number
 
 SCHEMA_VERSION = "v3.0"
@@ -37,6 +38,22 @@ def unit_label(unit: str) -> str:
     return _UNIT_LABELS.get(unit.strip().lower(), prettify(unit))
 
 
+def _labelled(label: str, field: str, value: str, element: str) -> str:
+    """Workday requires the element: a code that prettifies to nothing (`___`, `-`) is refused here rather than
+    by Workday after sending."""
+    if not has_visible_text(label):
+        raise InvalidEvent(field, value, f"maps to an empty Workday {element}")
+    return label
+
+
+def activity_type(event: ImpactEvent) -> str:
+    return _labelled(prettify(event.event_type), "event_type", event.event_type, "Activity_Type")
+
+
+def unit_of_measure(event: ImpactEvent) -> str:
+    return _labelled(unit_label(event.unit), "unit", event.unit, "Unit_of_Measure")
+
+
 def decimal_text(value: Decimal) -> str:
     """xsd:decimal text that keeps one decimal place for whole numbers, as the guide shows (`5.0`)."""
     text = format(value, "f")
@@ -53,7 +70,7 @@ def workday_rest_payload(event: ImpactEvent) -> dict[str, Any]:
             "csr_activity": {
                 "activity_type": event.event_type,
                 "value": json_number(event.value),
-                "unit_of_measure": unit_label(event.unit),
+                "unit_of_measure": unit_of_measure(event),
             },
         },
     }
@@ -68,9 +85,9 @@ def workday_soap_report(event: ImpactEvent) -> dict[str, Any]:
             "Report_Date": event.occurred_at.date().isoformat(),
             "Worker_Reference": {"ID": {"type": WORKER_ID_TYPE, "value": event.user_id}},
             "CSR_Activity": {
-                "Activity_Type": prettify(event.event_type),
+                "Activity_Type": activity_type(event),
                 "Value": decimal_text(event.value),
-                "Unit_of_Measure": unit_label(event.unit),
+                "Unit_of_Measure": unit_of_measure(event),
             },
         },
     }

@@ -3,19 +3,24 @@
 Mapping happens here, once: the row stores the exact payload bytes every attempt and replay will send (and sign).
 An event that cannot be mapped becomes a `failed/invalid_event` row with the field and value in `last_error`,
 so nothing is lost and the good events around it go out.
+
+A company whose id cannot be a Dagster partition key never gets a partition, so no partition's extraction reaches
+it: `quarantine_unpartitionable` gives its events their `failed/invalid_event` rows instead (naming `company_id`),
+so they show in the ledger, the statistics and `deliveries list` like any other bad event.
 """
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.engine import Engine
 
 from impactin_pipelines.connectors.config import parse_settings
+from impactin_pipelines.domain.companies import is_valid_company_id
 from impactin_pipelines.domain.errors import ConfigError, InvalidEvent
 from impactin_pipelines.domain.events import is_utf8_text, parse_event
 from impactin_pipelines.domain.identity import delivery_id_for, payload_hash
-from impactin_pipelines.domain.providers import Provider
+from impactin_pipelines.domain.providers import PROVIDERS, Provider
 from impactin_pipelines.domain.statuses import DeliveryStatus, ErrorKind
 from impactin_pipelines.mapping.encoding import encode_json
 from impactin_pipelines.mapping.payloads import build_payload
@@ -99,3 +104,27 @@ def extract(
         report.new_rows += quarantined
         report.invalid += quarantined
     return report
+
+
+def unpartitionable_integrations(engine: Engine) -> list[source.Integration]:
+    """Enabled integrations of a known provider whose company id cannot be a Dagster partition key."""
+    return [i for i in source.integrations(engine) if i.provider in PROVIDERS and not is_valid_company_id(i.company_id)]
+
+
+def quarantine_unpartitionable(
+    engine: Engine, providers: Iterable[Provider] | None = None, *, env: ProviderEnv | None = None
+) -> list[ExtractReport]:
+    """Extract the events of companies that cannot be partitions (of these providers; default all). Every such event
+    fails the gate on its `company_id`, so each becomes `failed/invalid_event` and none is ever sent."""
+    wanted = {p.value for p in providers} if providers is not None else set(PROVIDERS)
+    reports = []
+    for integration in unpartitionable_integrations(engine):
+        if integration.provider not in wanted:
+            continue
+        if not is_utf8_text(integration.company_id):  # SQLite only: such an id cannot be bound to a query
+            report = ExtractReport(_writable(integration.company_id), integration.provider)
+            report.error = "company_id is not valid UTF-8; its events cannot be read"
+            reports.append(report)
+            continue
+        reports.append(extract(engine, integration.company_id, Provider(integration.provider), env=env))
+    return reports

@@ -12,6 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from impactin_pipelines.domain.providers import PROVIDERS
 from impactin_pipelines.domain.statuses import DeliveryStatus
 from impactin_pipelines.settings import CheckSettings
 from impactin_pipelines.store.engine import read_connection
@@ -112,32 +113,54 @@ def failure_rate(engine: Engine, settings: CheckSettings, now: datetime) -> Find
 
 def ledger_balance(engine: Engine, settings: CheckSettings, now: datetime) -> Finding:
     """Every eligible event (of an enabled integration, older than the grace period) has exactly one row per
-    enabled provider, and no event has two successful rows for one provider."""
+    enabled provider, and no event has two successful rows for one provider.
+
+    An enabled integration naming a provider we do not know gets no rows by design, so its events are not missing
+    rows: each such integration is reported once, as a WARN, until it is fixed or disabled."""
     eligible_before = now - timedelta(hours=settings.ledger_grace_hours)
     has_row = sa.exists().where(
         d.c.company_id == e.c.company_id, d.c.provider == ci.c.provider, d.c.event_id == e.c.event_id
     )
+    known = ci.c.provider.in_(PROVIDERS)
     missing = (
         sa.select(e.c.company_id, ci.c.provider, e.c.event_id, e.c.created_at)
-        .join(ci, sa.and_(ci.c.company_id == e.c.company_id, ci.c.enabled.is_(True)))
+        .join(ci, sa.and_(ci.c.company_id == e.c.company_id, ci.c.enabled.is_(True), known))
         .where(e.c.created_at < eligible_before, ~has_row)
     )
     per_event = (d.c.company_id, d.c.provider, d.c.event_id)
     duplicated = sa.select(*per_event, sa.func.count().label("rows")).group_by(*per_event).having(sa.func.count() > 1)
     twice_ok = duplicated.where(d.c.status == DeliveryStatus.SUCCESS.value)
+    unknown = (
+        sa.select(ci.c.company_id, ci.c.provider)
+        .where(ci.c.enabled.is_(True), ~known)
+        .order_by(ci.c.company_id, ci.c.provider)
+    )
     with read_connection(engine) as conn:
         counts = {
             name: conn.execute(sa.select(sa.func.count()).select_from(stmt.subquery())).scalar_one()
-            for name, stmt in (("missing_rows", missing), ("duplicate_rows", duplicated), ("double_success", twice_ok))
+            for name, stmt in (
+                ("missing_rows", missing),
+                ("duplicate_rows", duplicated),
+                ("double_success", twice_ok),
+                ("unknown_provider_integrations", unknown),
+            )
         }
         rows = _rows(conn, missing.order_by(e.c.created_at, e.c.event_id), problem="no delivery row")
         rows += _rows(conn, duplicated.order_by(*per_event), problem="more than one row")
         rows += _rows(conn, twice_ok.order_by(*per_event), problem="two successful rows")
-    if not any(counts.values()):
-        return Finding(True, "every eligible event has exactly one row per enabled provider", metrics=counts)
+        ignored = _rows(conn, unknown, problem=f"unknown provider (not one of {', '.join(PROVIDERS)}); no rows")
+    n_unknown = counts["unknown_provider_integrations"]
+    names = [f"{r['company_id']}/{r['provider']}" for r in ignored[:10]] + (["..."] if n_unknown > 10 else [])
+    also = f"; {n_unknown} enabled integration(s) with an unknown provider: {', '.join(names)}"
+    if not any(counts[k] for k in ("missing_rows", "duplicate_rows", "double_success")):
+        description = "every eligible event has exactly one row per enabled provider"
+        if ignored:
+            return Finding(False, description + also, WARN, metrics=counts, rows=ignored)
+        return Finding(True, description, metrics=counts)
     parts = [f"{counts['missing_rows']} event x provider without a row"]
     parts += [f"{counts['duplicate_rows']} with more than one row", f"{counts['double_success']} delivered twice"]
-    return Finding(False, "ledger does not balance: " + ", ".join(parts), metrics=counts, rows=rows[:SAMPLE_ROWS])
+    description = "ledger does not balance: " + ", ".join(parts) + (also if ignored else "")
+    return Finding(False, description, metrics=counts, rows=(ignored + rows)[:SAMPLE_ROWS])
 
 
 def retrying_past_cap(engine: Engine, max_run_attempts: int, now: datetime) -> Finding:

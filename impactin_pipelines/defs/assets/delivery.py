@@ -13,7 +13,7 @@ from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.domain.statuses import DeliveryStatus, ErrorKind
 from impactin_pipelines.partitions import delivery_partitions, partition_key, split_key
 from impactin_pipelines.services.deliver import DeliveryReport, DeliveryRun
-from impactin_pipelines.services.extract import extract
+from impactin_pipelines.services.extract import ExtractReport, extract, quarantine_unpartitionable
 
 GROUP = "impact_in"
 
@@ -32,7 +32,8 @@ def _companies_by_provider(context: dg.AssetExecutionContext) -> dict[Provider, 
     group_name=GROUP,
     kinds={"sql"},
     description="Outbox rows: one per (event, enabled provider), with the exact payload to send. "
-    "Events that cannot be mapped are quarantined as failed/invalid_event.",
+    "Events that cannot be mapped, and the events of companies whose id cannot be a partition key, are "
+    "quarantined as failed/invalid_event.",
 )
 def impact_outbox(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, providers: ProvidersResource
@@ -53,8 +54,21 @@ def impact_outbox(
                 metadata["error"] = report.error
                 context.log.error(f"{company}/{provider.value}: {report.error}")
             context.add_asset_metadata(metadata, partition_key=partition_key(company, provider.value))
+    # Companies that cannot be partitions are in no run's range: every run quarantines them for its providers.
+    for report in quarantine_unpartitionable(warehouse.engine, _companies_by_provider(context), env=env):
+        totals["new_rows"] += report.new_rows
+        totals["invalid_events"] += report.invalid
+        _log_unpartitionable(context, report)
     context.log.info(f"outbox: {totals['new_rows']} new rows, {totals['invalid_events']} quarantined")
     return dg.MaterializeResult()
+
+
+def _log_unpartitionable(context: dg.AssetExecutionContext, report: ExtractReport) -> None:
+    where = f"company_id {report.company_id!r} ({report.provider}) cannot be a Dagster partition key"
+    if report.error:
+        context.log.error(f"{where}: {report.error}")
+    elif report.invalid:
+        context.log.warning(f"{where}: {report.invalid} event(s) quarantined as failed/invalid_event")
 
 
 def _partition_metadata(counts: dict[str, int]) -> dict[str, object]:

@@ -37,7 +37,11 @@ def _fmt(value: Any) -> str:
 
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(_fmt(v) if not isinstance(v, str) else v for v in row) + " |" for row in rows]
+    # "|" would split a cell: a company id that cannot be a partition key may hold one
+    lines += [
+        "| " + " | ".join(_fmt(v) if not isinstance(v, str) else v.replace("|", "\\|") for v in row) + " |"
+        for row in rows
+    ]
     return "\n".join(lines)
 
 
