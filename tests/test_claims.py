@@ -1,6 +1,10 @@
-"""Claims: the fencing token checked at send and at settle. Storage tests run on SQLite and PostgreSQL."""
+"""Claims: the fencing token checked at send and at settle, and claimant identities that prove death only inside
+their own boot and PID namespace. Storage tests run on SQLite and PostgreSQL; the namespace tests use `unshare`."""
 
+import subprocess
+import sys
 import time
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -8,12 +12,14 @@ import pytest
 from impactin_pipelines.domain.statuses import DeliveryStatus
 from impactin_pipelines.services.deliver import CLAIM_LOST, LOST_AT_SEND
 from impactin_pipelines.services.replay import BUSY, ReplayRefused, replay_one
+from impactin_pipelines.store.claimants import Claimant, is_provably_dead
 from impactin_pipelines.store.outbox import AttemptRecord, Outbox, Settlement, utcnow
 from tests.reliability.ledger import when
-from tests.support import add_events, add_integration, attempts, deliver, events, factory_for, rows
+from tests.support import add_events, add_integration, attempts, deliver, events, factory_for, own_pid_namespace, rows
 
 INTRUDER = "otherhost/1/1/boot/ns/intruder"
 LEASE_S = 2.0  # a run waits up to one lease for rows another claimant holds before it ends
+PRINT_CLAIMANT = "from impactin_pipelines.store.claimants import Claimant; print(Claimant.new(), flush=True)"
 
 
 def _seed(engine, n: int) -> None:  # type: ignore[no-untyped-def]
@@ -209,3 +215,72 @@ def test_a_replay_whose_claim_is_taken_over_is_refused_as_busy(engine, sandbox) 
         factory.close()
     assert fired and len(_sends(sandbox)) == 1
     assert rows(engine)[0]["claimed_by"] == INTRUDER
+
+
+# -- identities ------------------------------------------------------------------------------------------------
+def _claimant_of_a_finished_process(*wrapper: str) -> str:
+    child = subprocess.run(
+        [*wrapper, sys.executable, "-c", PRINT_CLAIMANT], capture_output=True, text=True, check=True, timeout=60
+    )
+    return child.stdout.strip()
+
+
+def test_a_live_run_in_another_pid_namespace_is_not_taken_for_dead() -> None:
+    """Same host, same boot, its own PID namespace (a container with host networking): its pid means nothing
+    here, so the lease decides, not our view of that pid."""
+    child = subprocess.Popen(
+        [*own_pid_namespace(), sys.executable, "-c", PRINT_CLAIMANT + "; import sys; sys.stdin.read()"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        text = child.stdout.readline().strip()
+        theirs, ours = Claimant.parse(text), Claimant.new()
+        assert theirs is not None, text
+        assert (theirs.host, theirs.boot) == (ours.host, ours.boot) and theirs.pid_ns != ours.pid_ns
+        assert not is_provably_dead(text)
+    finally:
+        if child.stdin:
+            child.stdin.close()
+        child.wait(timeout=30)
+    assert not is_provably_dead(text), "nor once it is gone: from here, that cannot be proved"
+
+
+def test_only_a_claimant_of_our_boot_and_pid_namespace_can_be_proved_dead() -> None:
+    text = _claimant_of_a_finished_process()
+    dead = Claimant.parse(text)
+    assert dead is not None and dead.boot and dead.pid_ns
+    assert is_provably_dead(text), "a finished process of our own namespace is dead at once"
+    assert not is_provably_dead(str(replace(dead, boot="0b0e1d00-0000-4000-8000-000000000000")))
+    assert not is_provably_dead(str(replace(dead, pid_ns=str(int(dead.pid_ns) + 1))))
+    assert not is_provably_dead(str(replace(dead, boot="", pid_ns="")))
+
+
+def test_claimant_ids_in_the_older_format_parse_and_wait_for_the_lease() -> None:
+    dead = Claimant.parse(_claimant_of_a_finished_process())
+    assert dead is not None
+    old = f"{dead.host}/{dead.pid}/{dead.started}/{dead.token}"
+    parsed = Claimant.parse(old)
+    assert parsed is not None and (parsed.pid, parsed.boot, parsed.pid_ns) == (dead.pid, "", "")
+    assert not is_provably_dead(old)
+    for garbage in ("", "garbage", "a/b/c/d", "h/1/2/3/4/5/6", "h/x/1/boot/ns/t"):
+        assert not is_provably_dead(garbage)
+
+
+def test_without_a_proc_of_its_own_pid_namespace_nothing_is_proved_dead() -> None:
+    """A process in its own PID namespace that still sees the host's /proc (no --mount-proc) cannot read its pids'
+    start times there: it must not take even itself for dead."""
+    script = (
+        "from impactin_pipelines.store.claimants import Claimant, is_provably_dead; "
+        "print(is_provably_dead(str(Claimant.new())))"
+    )
+    child = subprocess.run(
+        [*own_pid_namespace(mount_proc=False), sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert child.stdout.strip() == "False"
