@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,10 @@ def run_cli(args: list[str], env: dict[str, str], *, timeout: float = 120, cwd: 
     )
 
 
-def start_cli(args: list[str], env: dict[str, str], cwd: Path | None = None) -> subprocess.Popen[str]:
+def start_cli(
+    args: list[str], env: dict[str, str], cwd: Path | None = None, *, wrapper: Sequence[str] = ()
+) -> subprocess.Popen[str]:
+    """`wrapper` runs the command through another one (e.g. `unshare` for a PID namespace of its own)."""
     return subprocess.Popen(
-        [*IMPACTIN, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd
+        [*wrapper, *IMPACTIN, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd
     )

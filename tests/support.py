@@ -1,9 +1,12 @@
 """Helpers for tests: seed the source contract, read the ledger."""
 
+import shutil
+import subprocess
 from collections import Counter
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -96,3 +99,16 @@ def attempts(engine: Engine, delivery_id: str | None = None) -> list[dict[str, A
         stmt = stmt.where(a.c.delivery_id == delivery_id)
     with engine.connect() as conn:
         return [dict(r._mapping) for r in conn.execute(stmt).all()]
+
+
+def own_pid_namespace(*, mount_proc: bool = True) -> list[str]:
+    """A command prefix that runs a command in a PID namespace of its own, with the host's hostname and network (as
+    a container with host networking does); `mount_proc`: with a /proc of that namespace. Fails, never skips, where
+    it cannot (it needs util-linux `unshare` and root or CAP_SYS_ADMIN): the claims tests prove containers with it."""
+    wrapper = ["unshare", "--fork", "--pid", *(["--mount-proc"] if mount_proc else [])]
+    if shutil.which("unshare") is None:
+        pytest.fail("util-linux `unshare` is required for the PID-namespace tests (apt-get install util-linux)")
+    probe = subprocess.run([*wrapper, "true"], capture_output=True, text=True, timeout=30, check=False)
+    if probe.returncode != 0:
+        pytest.fail(f"`{' '.join(wrapper)} true` failed (it needs root or CAP_SYS_ADMIN): {probe.stderr.strip()}")
+    return wrapper

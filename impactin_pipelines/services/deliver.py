@@ -2,7 +2,9 @@
 
 Concurrency is a bounded thread pool (network-bound work); a row is only ever in one worker because it is
 only ever held by one claim. Claims carry a lease renewed by a heartbeat while the run lives; a crashed run's
-rows come back when its lease lapses, or at once when its process is provably dead on this host.
+rows come back when its lease lapses, or at once when its process is provably dead (same boot and PID namespace).
+A worker confirms the claim right before each request, and settling checks it again: a row whose claim was taken
+over or lapsed while it waited in the pool, or between retries, is left to its new holder, never sent.
 """
 
 import logging
@@ -31,6 +33,9 @@ from impactin_pipelines.store.outbox import AttemptRecord, ClaimedDelivery, Outb
 
 LOG = logging.getLogger("impactin.delivery")
 PROVIDER_RESPONSE_CHARS = 16 * 1024
+CLAIM_LOST = "claim_lost"  # a RowResult status: the claim was taken over or lapsed, so this run stopped the row
+LOST_AT_SEND = "claim lost before sending (taken over or lapsed): not sent"
+LOST_AT_SETTLE = "claim lost before settling (another claimant holds it now): attempt recorded, row left to it"
 
 
 @dataclass
@@ -57,7 +62,7 @@ class DeliveryReport:
 @dataclass(frozen=True)
 class RowResult:
     row: ClaimedDelivery
-    status: str  # a DeliveryStatus, or "error" when we could not record the outcome
+    status: str  # a DeliveryStatus, "error" when we could not record the outcome, or CLAIM_LOST
     error_kind: str | None
     attempts: int
     error: str | None = None
@@ -242,12 +247,14 @@ class DeliveryRun:
             settlement = Settlement(
                 DeliveryStatus.FAILED, ErrorKind.INVALID_EVENT, "no payload was built for this event"
             )
-            self._settle(row, None, settlement)
+            if not self._settle(row, None, settlement)[1]:
+                return self._claim_lost(row, 0, LOST_AT_SETTLE)
             return RowResult(row, DeliveryStatus.FAILED, ErrorKind.INVALID_EVENT, 0)
         try:
             connector = self.factory.connector(row.company_id, self.provider)
         except ConfigError as exc:
-            self._settle(row, None, Settlement(DeliveryStatus.FAILED, ErrorKind.CONFIG, str(exc)))
+            if not self._settle(row, None, Settlement(DeliveryStatus.FAILED, ErrorKind.CONFIG, str(exc)))[1]:
+                return self._claim_lost(row, 0, LOST_AT_SETTLE)
             self._log_row(logging.ERROR, "delivery not configured", row, DeliveryStatus.FAILED, row.attempt_count)
             return RowResult(row, DeliveryStatus.FAILED, ErrorKind.CONFIG, 0)
 
@@ -258,6 +265,8 @@ class DeliveryRun:
                 return RowResult(
                     row, "error", None, attempts, "not retried: this run could no longer record deliveries"
                 )
+            if not self.outbox.confirm(self.claimant, row.id, row.claim_version, self.settings.lease_s):
+                return self._claim_lost(row, attempts, LOST_AT_SEND)
             result = connector.send(outbound)
             attempts += 1
             if result.outcome is AttemptOutcome.RETRYABLE:
@@ -272,7 +281,9 @@ class DeliveryRun:
                 rng=self.rng,
             )
             settlement = self._settlement(row, result, decision)
-            attempt_count = self._settle(row, result, settlement)
+            attempt_count, applied = self._settle(row, result, settlement)
+            if not applied:
+                return self._claim_lost(row, attempts, LOST_AT_SETTLE)
             level = logging.INFO if settlement.status is DeliveryStatus.SUCCESS else logging.WARNING
             self._log_row(
                 level,
@@ -322,7 +333,12 @@ class DeliveryRun:
             next_attempt_at=now + timedelta(seconds=delay),
         )
 
-    def _settle(self, row: ClaimedDelivery, result: AttemptResult | None, settlement: Settlement) -> int:
+    def _claim_lost(self, row: ClaimedDelivery, attempts: int, message: str) -> RowResult:
+        self._log_row(logging.WARNING, message, row, row.status, row.attempt_count)
+        return RowResult(row, CLAIM_LOST, None, attempts, message)
+
+    def _settle(self, row: ClaimedDelivery, result: AttemptResult | None, settlement: Settlement) -> tuple[int, bool]:
+        """Record the attempt and settle the row under our claim; (attempt count, whether it was settled)."""
         attempt = None
         if result is not None:
             attempt = AttemptRecord(
@@ -334,17 +350,14 @@ class DeliveryRun:
                 response_excerpt=(result.response_body or "")[:2000] or None,
                 request_body=result.request_body,
             )
-        count, applied = self.outbox.record(
+        return self.outbox.record(
             claimant=self.claimant,
+            claim_version=row.claim_version,
             delivery_id=row.delivery_id,
             run_id=self.run_id,
             attempt=attempt,
             settlement=settlement,
         )
-        if not applied:
-            message = "claim lost before settling (another claimant holds it now)"
-            self._log_row(logging.WARNING, message, row, settlement.status, row.attempt_count)
-        return count
 
     def _log_row(
         self, level: int, message: str, row: ClaimedDelivery, status: str, attempt_count: int, **more: object

@@ -27,7 +27,7 @@ from impactin_pipelines.domain.errors import ConfigError
 from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.domain.statuses import DeliveryStatus
 from impactin_pipelines.observability import log_delivery
-from impactin_pipelines.services.deliver import DeliveryRun, RowResult
+from impactin_pipelines.services.deliver import CLAIM_LOST, DeliveryRun, RowResult
 from impactin_pipelines.services.extract import outbox_row, workday_protocol
 from impactin_pipelines.store import requeue, source
 from impactin_pipelines.store.delivery_log import get_delivery
@@ -174,7 +174,7 @@ def _replay_rows(
         if row["id"] in by_row:
             continue
         outcome = outcomes.get(row["id"])
-        if outcome is None:  # not claimed: delivered meanwhile, or held by someone else
+        if outcome is None or outcome.status == CLAIM_LOST:  # not ours: delivered meanwhile, or someone else's
             by_row[row["id"]] = _refused_now(engine, row, logger, strict, ident=ident)
             continue
         ok = outcome.status == DeliveryStatus.SUCCESS.value

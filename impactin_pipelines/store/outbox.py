@@ -1,7 +1,9 @@
 """The outbox state machine: create rows, claim them under a lease, record attempts, settle them.
 
-Every write that changes a row's status checks the claim, so only the holder of a row's claim can settle it;
-attempts are always recorded, because a request that went out is a fact whoever holds the claim now.
+Each claim of a row gets a new `claim_version`; (claimant, version) is the claim's fencing token. The holder
+confirms it right before each request (`confirm`) and every settlement checks it, so a claim that was taken over
+(or whose lease lapsed) neither sends the row nor settles it. Attempts are always recorded, because a request
+that went out is a fact whoever holds the claim now.
 """
 
 import uuid
@@ -53,6 +55,7 @@ class ClaimedDelivery:
     status: str
     attempt_count: int
     run_count: int
+    claim_version: int  # with the claimant, the fencing token of this claim
 
 
 @dataclass(frozen=True)
@@ -199,6 +202,7 @@ class Outbox:
                 claimed_by=claimant,
                 lease_expires_at=now + timedelta(seconds=lease_s),
                 run_count=d.c.run_count + 1,
+                claim_version=d.c.claim_version + 1,
                 updated_at=now,
             )
             .returning(
@@ -211,12 +215,34 @@ class Outbox:
                 d.c.status,
                 d.c.attempt_count,
                 d.c.run_count,
+                d.c.claim_version,
             )
         )
         with self.engine.begin() as conn:
             rows = conn.execute(stmt).all()
         rows.sort(key=lambda r: r.id)
         return [ClaimedDelivery(**row._mapping) for row in rows]
+
+    def confirm(
+        self, claimant: str, row_id: str, claim_version: int, lease_s: float, *, now: datetime | None = None
+    ) -> bool:
+        """Just before a request: do we still hold this claim, unlapsed? If so, push its lease, so it cannot lapse
+        between this check and the request. One statement by primary key."""
+        now = now or utcnow()
+        stmt = (
+            sa.update(d)
+            .where(
+                d.c.id == row_id,
+                d.c.claimed_by == claimant,
+                d.c.claim_version == claim_version,
+                d.c.lease_expires_at > now,
+                d.c.status != DeliveryStatus.SUCCESS.value,
+            )
+            .values(lease_expires_at=now + timedelta(seconds=lease_s))
+            .returning(d.c.id)
+        )
+        with self.engine.begin() as conn:
+            return conn.execute(stmt).first() is not None
 
     def renew(self, claimant: str, lease_s: float, *, now: datetime | None = None) -> int:
         """Heartbeat: push the lease of every row this claimant still holds."""
@@ -267,13 +293,15 @@ class Outbox:
         self,
         *,
         claimant: str,
+        claim_version: int,
         delivery_id: str,
         run_id: str | None,
         attempt: AttemptRecord | None,
         settlement: Settlement,
         now: datetime | None = None,
     ) -> tuple[int, bool]:
-        """Write the attempt (if any) and, if we still hold the claim, move the row. One transaction.
+        """Write the attempt (if any) and, if we still hold this claim (claimant and version), move the row. One
+        transaction. A lapsed lease nobody took over still settles: no one else can have sent the row meanwhile.
 
         Returns the row's attempt count and whether the settlement was applied.
         """
@@ -319,6 +347,7 @@ class Outbox:
                 .where(
                     d.c.delivery_id == delivery_id,
                     d.c.claimed_by == claimant,
+                    d.c.claim_version == claim_version,
                     d.c.status != DeliveryStatus.SUCCESS.value,
                 )
                 .values(**values)

@@ -1,6 +1,7 @@
 """Process-level faults, for every provider on both backends, with real processes: `impactin run` killed with
-SIGKILL mid-run and finished by a plain `impactin run`; two `impactin run` of the same partition at once; a replay
-racing a run. (The first two moved here from tests/test_crash_and_concurrency.py, which proved them for Benevity.)"""
+SIGKILL mid-run and finished by a plain `impactin run`; two `impactin run` of the same partition at once (also with
+one of them in a PID namespace of its own, as in a container); a replay racing a run. (The first two moved here from
+tests/test_crash_and_concurrency.py, which proved them for Benevity.)"""
 
 import json
 import signal
@@ -9,9 +10,20 @@ import time
 from collections import Counter
 
 from impactin_pipelines.services.replay import BUSY, replay_many
+from impactin_pipelines.store.claimants import Claimant
 from tests.cli_support import cli_env, run_cli, start_cli
-from tests.reliability.ledger import COMPANY, accepted_count, held_rows, make_due, make_factory, read, seed, when
-from tests.support import attempts, deliver, rows
+from tests.reliability.ledger import (
+    BY_NAME,
+    COMPANY,
+    accepted_count,
+    held_rows,
+    make_due,
+    make_factory,
+    read,
+    seed,
+    when,
+)
+from tests.support import attempts, deliver, own_pid_namespace, rows
 
 CONCURRENCY = 4
 
@@ -86,6 +98,46 @@ def test_two_runs_of_the_same_partition_at_once(engine, warehouse_url, sandbox, 
     by_run = Counter(a["run_id"] for a in attempts(engine))
     print(f"attempts per run: {sorted(by_run.values())}")
     assert sum(by_run.values()) == n and len(by_run) == 2, "both runs must have delivered part of the rows"
+
+
+def test_two_runs_in_different_pid_namespaces(engine, warehouse_url, sandbox, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Two `impactin run` of one partition on one host, one of them in a PID namespace of its own with the same
+    hostname (Docker with host networking, a Kubernetes pod with hostNetwork). Each sees the other's pid as one that
+    does not exist or belongs to another process; neither may take the other's live claims for a dead run's. Every
+    event is sent exactly once. Claims do not depend on the provider: Benevity stands for all of them."""
+    case = BY_NAME["benevity"]
+    n = 120
+    seed(engine, case, n, extract_now=False)
+    sandbox.providers[case.provider].configure({"latency_ms": 2000})
+    env = cli_env(
+        tmp_path,
+        warehouse_url,
+        sandbox,
+        IMPACTIN_DELIVERY_CONCURRENCY="8",
+        IMPACTIN_LEASE_S="10",
+        IMPACTIN_CLAIM_BATCH="8",  # both runs hold rows at once, for most of the run
+    )
+    wrapper = own_pid_namespace()
+    claimants: set[str] = set()
+
+    def both_claim() -> bool:
+        holders = set(held_rows(engine).values())
+        claimants.update(holders)
+        return len(holders) >= 2
+
+    with when(both_claim, lambda: None, timeout_s=120, poll_s=0.05) as overlapped:
+        plain = start_cli(_run_args(case), env)
+        contained = start_cli(_run_args(case), env, wrapper=wrapper)
+        outputs = [p.communicate(timeout=300) for p in (plain, contained)]
+    assert plain.returncode == 0 and contained.returncode == 0, "\n---\n".join(o[1][-4000:] for o in outputs)
+    ledger = read(engine, sandbox, case, "two runs, two PID namespaces", runs=2).check()
+    assert len(ledger.sends) == n and not ledger.duplicates
+    assert overlapped, "the two runs never held rows at the same time"
+    assert not any("dead claimant" in err for _, err in outputs), "a live run was taken for a dead one"
+    identities = [Claimant.parse(c) for c in claimants]
+    assert all(identities), claimants
+    assert len({c.pid_ns for c in identities}) == 2, f"the runs did not run in two PID namespaces: {claimants}"  # type: ignore[union-attr]
+    assert len({c.host for c in identities}) == 1 and len({c.boot for c in identities}) == 1  # type: ignore[union-attr]
 
 
 def test_replay_racing_a_run(engine, sandbox, case) -> None:  # type: ignore[no-untyped-def]

@@ -1,0 +1,286 @@
+"""Claims: the fencing token checked at send and at settle, and claimant identities that prove death only inside
+their own boot and PID namespace. Storage tests run on SQLite and PostgreSQL; the namespace tests use `unshare`."""
+
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+
+from impactin_pipelines.domain.statuses import DeliveryStatus
+from impactin_pipelines.services.deliver import CLAIM_LOST, LOST_AT_SEND
+from impactin_pipelines.services.replay import BUSY, ReplayRefused, replay_one
+from impactin_pipelines.store.claimants import Claimant, is_provably_dead
+from impactin_pipelines.store.outbox import AttemptRecord, Outbox, Settlement, utcnow
+from tests.reliability.ledger import when
+from tests.support import add_events, add_integration, attempts, deliver, events, factory_for, own_pid_namespace, rows
+
+INTRUDER = "otherhost/1/1/boot/ns/intruder"
+LEASE_S = 2.0  # a run waits up to one lease for rows another claimant holds before it ends
+PRINT_CLAIMANT = "from impactin_pipelines.store.claimants import Claimant; print(Claimant.new(), flush=True)"
+
+
+def _seed(engine, n: int) -> None:  # type: ignore[no-untyped-def]
+    from impactin_pipelines.domain.providers import Provider
+    from impactin_pipelines.services.extract import extract
+
+    add_integration(engine, "acme", "benevity")
+    add_events(engine, events("acme", n))
+    assert extract(engine, "acme", Provider.BENEVITY).new_rows == n
+
+
+def _take_over(engine, row_ids: list[str]) -> list[str]:  # type: ignore[no-untyped-def]
+    """Another run claims these rows as it would once their lease had lapsed; it holds them from then on."""
+    taken = Outbox(engine).claim(
+        claimant=INTRUDER,
+        provider="benevity",
+        company_ids=None,
+        limit=len(row_ids),
+        lease_s=3600,
+        now=utcnow() + timedelta(hours=1),
+        ids=row_ids,
+        due_only=False,
+    )
+    return [r.id for r in taken]
+
+
+def _sends(sandbox) -> list[str]:  # type: ignore[no-untyped-def]
+    return [r["idempotency_key"] for r in sandbox.providers["benevity"].snapshot()["requests"]]
+
+
+# -- the fencing token in the store ----------------------------------------------------------------------------
+def test_a_claim_taken_over_can_neither_confirm_nor_settle(engine) -> None:  # type: ignore[no-untyped-def]
+    _seed(engine, 1)
+    outbox = Outbox(engine)
+    (mine,) = outbox.claim(claimant="a", provider="benevity", company_ids=None, limit=1, lease_s=30)
+    assert outbox.confirm("a", mine.id, mine.claim_version, 30)
+    assert _take_over(engine, [mine.id]) == [mine.id]
+    (theirs,) = rows(engine)
+    assert theirs["claim_version"] == mine.claim_version + 1
+
+    assert not outbox.confirm("a", mine.id, mine.claim_version, 30), "a claim taken over must stop the send"
+    now = utcnow()
+    attempt = AttemptRecord(started_at=now, finished_at=now, outcome="success", http_status=200)
+    _, settled = outbox.record(
+        claimant="a",
+        claim_version=mine.claim_version,
+        delivery_id=mine.delivery_id,
+        run_id=None,
+        attempt=attempt,
+        settlement=Settlement(DeliveryStatus.SUCCESS),
+    )
+    assert not settled
+    (row,) = rows(engine)
+    assert (row["status"], row["claimed_by"], row["attempt_count"]) == ("pending", INTRUDER, 1)  # the attempt is a fact
+    assert outbox.confirm(INTRUDER, mine.id, theirs["claim_version"], 30)
+
+
+def test_an_old_claim_of_the_same_claimant_is_fenced_by_its_version(engine) -> None:  # type: ignore[no-untyped-def]
+    _seed(engine, 1)
+    outbox = Outbox(engine)
+    (first,) = outbox.claim(claimant="a", provider="benevity", company_ids=None, limit=1, lease_s=30)
+    outbox.release_all("a")
+    (second,) = outbox.claim(claimant="a", provider="benevity", company_ids=None, limit=1, lease_s=30)
+    assert second.claim_version == first.claim_version + 1
+    assert not outbox.confirm("a", first.id, first.claim_version, 30)
+    assert outbox.confirm("a", second.id, second.claim_version, 30)
+
+
+def test_a_lapsed_lease_stops_the_send_but_its_outcome_still_settles(engine) -> None:  # type: ignore[no-untyped-def]
+    """Lapsed and taken by nobody: no new request goes out under it, but a request that went out is settled, since
+    no other claimant can have sent the row meanwhile (that would have needed a new claim)."""
+    _seed(engine, 1)
+    outbox = Outbox(engine)
+    start = utcnow()
+    (mine,) = outbox.claim(claimant="a", provider="benevity", company_ids=None, limit=1, lease_s=5, now=start)
+    later = start + timedelta(seconds=6)
+    assert not outbox.confirm("a", mine.id, mine.claim_version, 5, now=later)
+    _, settled = outbox.record(
+        claimant="a",
+        claim_version=mine.claim_version,
+        delivery_id=mine.delivery_id,
+        run_id=None,
+        attempt=None,
+        settlement=Settlement(DeliveryStatus.SUCCESS),
+        now=later,
+    )
+    assert settled and rows(engine)[0]["status"] == "success"
+
+
+def test_confirming_pushes_the_lease(engine) -> None:  # type: ignore[no-untyped-def]
+    """A confirmed claim cannot lapse between the check and the request."""
+    _seed(engine, 1)
+    outbox = Outbox(engine)
+    start = utcnow()
+    (mine,) = outbox.claim(claimant="a", provider="benevity", company_ids=None, limit=1, lease_s=5, now=start)
+    assert outbox.confirm("a", mine.id, mine.claim_version, 5, now=start + timedelta(seconds=4))
+    later = start + timedelta(seconds=7)  # past the first lease, within the pushed one
+    assert _take_over_at(engine, mine.id, later) == []
+    assert outbox.confirm("a", mine.id, mine.claim_version, 5, now=later)
+
+
+def _take_over_at(engine, row_id: str, now) -> list[str]:  # type: ignore[no-untyped-def]
+    taken = Outbox(engine).claim(
+        claimant=INTRUDER, provider="benevity", company_ids=None, limit=1, lease_s=60, now=now, ids=[row_id]
+    )
+    return [r.id for r in taken]
+
+
+# -- the send path ---------------------------------------------------------------------------------------------
+def test_rows_taken_over_while_queued_in_the_pool_are_not_sent(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+    """One worker, five rows claimed at once: while the first row waits out its retry backoff, another run takes over
+    the four rows still queued in the pool. They are left to it: not sent, not settled, and the run does not fail."""
+    _seed(engine, 5)
+    sandbox.providers["benevity"].configure({"fail_next": {"status": 503, "count": 1}})
+    factory = factory_for(engine, sandbox, concurrency=1, claim_batch=10, lease_s=LEASE_S)
+    stolen: list[str] = []
+
+    def sleep(seconds: float) -> None:
+        if not stolen:
+            stolen.extend(_take_over(engine, [r["id"] for r in rows(engine) if r["attempt_count"] == 0]))
+        time.sleep(seconds)
+
+    try:
+        report = deliver(engine, factory, "benevity", sleep=sleep)
+    finally:
+        factory.close()
+    assert len(stolen) == 4
+    first = next(r for r in rows(engine) if r["id"] not in stolen)
+    assert _sends(sandbox) == [first["delivery_id"]] * 2, "only the first row went out (503, then delivered)"
+    assert first["status"] == "success"
+    assert report.totals[CLAIM_LOST] == 4 and report.totals["success"] == 1 and not report.errors
+    assert {report.rows[i].error for i in stolen} == {LOST_AT_SEND}
+    for row in rows(engine):
+        if row["id"] in stolen:
+            assert (row["status"], row["claimed_by"], row["attempt_count"]) == ("pending", INTRUDER, 0)
+
+
+def test_a_row_taken_over_between_retries_is_not_sent_again(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+    _seed(engine, 1)
+    sandbox.providers["benevity"].configure({"fail_next": {"status": 503, "count": 1}})
+    factory = factory_for(engine, sandbox, lease_s=LEASE_S)
+    (row,) = rows(engine)
+    taken: list[str] = []
+    try:
+        report = deliver(engine, factory, "benevity", sleep=lambda _: taken.extend(_take_over(engine, [row["id"]])))
+    finally:
+        factory.close()
+    assert taken == [row["id"]]
+    assert len(_sends(sandbox)) == 1, "the new holder sends the retry, not us"
+    assert report.rows[row["id"]].status == CLAIM_LOST and report.rows[row["id"]].attempts == 1
+    (after,) = rows(engine)
+    assert (after["status"], after["claimed_by"], after["attempt_count"]) == ("retrying", INTRUDER, 1)
+
+
+def test_a_lapsed_lease_stops_the_retry(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+    """The run stalled past its lease between two attempts (nobody took the row yet): it does not send again; the
+    row is released at the end of the run for the next one."""
+    import sqlalchemy as sa
+
+    from impactin_pipelines.store.schema import impact_deliveries as d
+
+    _seed(engine, 1)
+    sandbox.providers["benevity"].configure({"fail_next": {"status": 503, "count": 1}})
+    factory = factory_for(engine, sandbox, lease_s=300.0)
+
+    def lapse(_: float) -> None:
+        with engine.begin() as conn:
+            conn.execute(sa.update(d).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+
+    try:
+        report = deliver(engine, factory, "benevity", sleep=lapse)
+    finally:
+        factory.close()
+    assert len(_sends(sandbox)) == 1
+    (after,) = rows(engine)
+    assert report.rows[after["id"]].status == CLAIM_LOST
+    assert (after["status"], after["claimed_by"], after["attempt_count"]) == ("retrying", None, 1)
+
+
+def test_a_replay_whose_claim_is_taken_over_is_refused_as_busy(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+    """A replay waiting out a Retry-After loses its claim to a run: it is told the row is busy, and sends no more."""
+    _seed(engine, 1)
+    (row,) = rows(engine)
+    sandbox.providers["benevity"].configure({"fail_next": {"status": 503, "retry_after": "1"}})
+    factory = factory_for(engine, sandbox)
+    try:
+        with (
+            when(lambda: bool(attempts(engine)), lambda: _take_over(engine, [row["id"]])) as fired,
+            pytest.raises(ReplayRefused, match=BUSY),
+        ):
+            replay_one(engine, factory, row["id"])
+    finally:
+        factory.close()
+    assert fired and len(_sends(sandbox)) == 1
+    assert rows(engine)[0]["claimed_by"] == INTRUDER
+
+
+# -- identities ------------------------------------------------------------------------------------------------
+def _claimant_of_a_finished_process(*wrapper: str) -> str:
+    child = subprocess.run(
+        [*wrapper, sys.executable, "-c", PRINT_CLAIMANT], capture_output=True, text=True, check=True, timeout=60
+    )
+    return child.stdout.strip()
+
+
+def test_a_live_run_in_another_pid_namespace_is_not_taken_for_dead() -> None:
+    """Same host, same boot, its own PID namespace (a container with host networking): its pid means nothing
+    here, so the lease decides, not our view of that pid."""
+    child = subprocess.Popen(
+        [*own_pid_namespace(), sys.executable, "-c", PRINT_CLAIMANT + "; import sys; sys.stdin.read()"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        text = child.stdout.readline().strip()
+        theirs, ours = Claimant.parse(text), Claimant.new()
+        assert theirs is not None, text
+        assert (theirs.host, theirs.boot) == (ours.host, ours.boot) and theirs.pid_ns != ours.pid_ns
+        assert not is_provably_dead(text)
+    finally:
+        if child.stdin:
+            child.stdin.close()
+        child.wait(timeout=30)
+    assert not is_provably_dead(text), "nor once it is gone: from here, that cannot be proved"
+
+
+def test_only_a_claimant_of_our_boot_and_pid_namespace_can_be_proved_dead() -> None:
+    text = _claimant_of_a_finished_process()
+    dead = Claimant.parse(text)
+    assert dead is not None and dead.boot and dead.pid_ns
+    assert is_provably_dead(text), "a finished process of our own namespace is dead at once"
+    assert not is_provably_dead(str(replace(dead, boot="0b0e1d00-0000-4000-8000-000000000000")))
+    assert not is_provably_dead(str(replace(dead, pid_ns=str(int(dead.pid_ns) + 1))))
+    assert not is_provably_dead(str(replace(dead, boot="", pid_ns="")))
+
+
+def test_claimant_ids_in_the_older_format_parse_and_wait_for_the_lease() -> None:
+    dead = Claimant.parse(_claimant_of_a_finished_process())
+    assert dead is not None
+    old = f"{dead.host}/{dead.pid}/{dead.started}/{dead.token}"
+    parsed = Claimant.parse(old)
+    assert parsed is not None and (parsed.pid, parsed.boot, parsed.pid_ns) == (dead.pid, "", "")
+    assert not is_provably_dead(old)
+    for garbage in ("", "garbage", "a/b/c/d", "h/1/2/3/4/5/6", "h/x/1/boot/ns/t"):
+        assert not is_provably_dead(garbage)
+
+
+def test_without_a_proc_of_its_own_pid_namespace_nothing_is_proved_dead() -> None:
+    """A process in its own PID namespace that still sees the host's /proc (no --mount-proc) cannot read its pids'
+    start times there: it must not take even itself for dead."""
+    script = (
+        "from impactin_pipelines.store.claimants import Claimant, is_provably_dead; "
+        "print(is_provably_dead(str(Claimant.new())))"
+    )
+    child = subprocess.run(
+        [*own_pid_namespace(mount_proc=False), sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert child.stdout.strip() == "False"
