@@ -498,7 +498,6 @@ def catalogue(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
         url = fresh_postgres_url(request.getfixturevalue("postgres_database"))
     with pytest.MonkeyPatch.context() as env, SandboxServer() as sandbox:
         env.setenv("IMPACTIN_STATE_DIR", str(tmp_path_factory.mktemp("state")))
-        env.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")  # the loopback sandbox only
         engine = next(_migrated(url))
         refused = {c.id: why for c in CASES if (why := _seed(engine, c)) is not None}
         keyring = KeyRing([generate_key()])
