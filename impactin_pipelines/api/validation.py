@@ -16,7 +16,7 @@ from impactin_pipelines.api.errors import bad_request, field_error
 from impactin_pipelines.domain.companies import validate_company_id
 from impactin_pipelines.domain.errors import InvalidEvent
 from impactin_pipelines.domain.events import MAX_TEXT_CHARS
-from impactin_pipelines.domain.periods import parse_bound
+from impactin_pipelines.domain.periods import BoundOutOfRange, out_of_range_reason, parse_bound
 from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.domain.statuses import DeliveryStatus
 from impactin_pipelines.services.replay import MAX_BULK_IDS
@@ -84,6 +84,8 @@ def _bound(value: Any, name: str, *, end: bool) -> Any:
         raise ValueError(f"is longer than {_MAX_BOUND_CHARS} characters")
     try:
         return parse_bound(value, name, end=end)
+    except BoundOutOfRange:
+        raise ValueError(out_of_range_reason(value.strip(), end=end)) from None
     except ValueError:
         raise ValueError("is not a date (YYYY-MM-DD) or an ISO 8601 datetime") from None
 

@@ -222,3 +222,19 @@ def test_sql_text_in_an_event_is_just_text(api):
     with api.engine.connect() as conn:
         assert conn.execute(sa.text("select event_id from impact_events")).scalars().all() == [sneaky]
     assert rows(api.engine)[0]["event_id"] == sneaky
+
+
+def test_a_well_formed_date_outside_the_calendar_is_out_of_range_not_malformed(api):
+    """9999-12-31 as an end date would end at a midnight that does not exist: the answer says that."""
+    for params, name in (
+        ({"endDate": "9999-12-31"}, "endDate"),
+        ({"startDate": "0001-01-01T00:00:00+01:00"}, "startDate"),
+        ({"endDate": "9999-12-31T23:30:00-01:00"}, "endDate"),
+    ):
+        response = api.get(LIST, **params)
+        assert answered(response, [name]) is None, response.text
+        [detail] = response.json()["details"]
+        assert detail["message"].startswith("is out of range") and "not a date" not in detail["message"], detail
+    assert "latest is 9999-12-30" in api.get(LIST, endDate="9999-12-31").json()["message"]
+    for params in ({"endDate": "9999-12-30"}, {"startDate": "9999-12-31"}, {"endDate": "9999-12-31T23:59:59Z"}):
+        assert api.get(LIST, **params).status_code == 200, params
