@@ -238,3 +238,39 @@ def test_a_well_formed_date_outside_the_calendar_is_out_of_range_not_malformed(a
     assert "latest is 9999-12-30" in api.get(LIST, endDate="9999-12-31").json()["message"]
     for params in ({"endDate": "9999-12-30"}, {"startDate": "9999-12-31"}, {"endDate": "9999-12-31T23:59:59Z"}):
         assert api.get(LIST, **params).status_code == 200, params
+
+
+LONE = "\\ud800"  # as JSON spells it: a surrogate without its pair, which no UTF-8 text can hold
+
+
+def test_a_lone_surrogate_in_any_string_is_400_naming_the_field(api):
+    add_integration(api.engine, "acme", "benevity")
+    event = json.dumps(spec_event(metadata={"program": "p"}, outcomeScores={"community_engagement": 0.5}))
+    cases = [
+        (DELIVER, '"eventId": "evt_api_1"', f'"eventId": "evt{LONE}"', "event.eventId"),
+        (DELIVER, '"userId": "user_456"', f'"userId": "{LONE}x"', "event.userId"),
+        (DELIVER, '"program": "p"', f'"program": "p{LONE}"', "event.metadata.program"),
+        (DELIVER, '"program": "p"', f'"pro{LONE}": "p"', f"event.metadata.pro{LONE}"),
+        (DELIVER, '"community_engagement"', f'"{LONE}"', f"event.outcomeScores.{LONE}"),
+    ]
+    for path, old, new, field in cases:
+        raw = '{"companyId": "acme", "provider": "benevity", "event": ' + event.replace(old, new) + "}"
+        response = api.call("POST", path, data=raw.encode(), headers={"Content-Type": "application/json"}, key="acme")
+        assert answered(response, [field]) is None, (new, response.status_code, response.text)
+        assert "lone surrogate" in response.json()["message"]
+    for path, raw, field in (
+        (BULK, f'{{"ids": ["{UUID}", "{LONE}"]}}', "ids.1"),
+        (RETRY_ALL, f'{{"companyId": "{LONE}"}}', "companyId"),
+        (DELIVER, f'"{LONE}"', "body"),
+    ):
+        response = api.call("POST", path, data=raw.encode(), headers={"Content-Type": "application/json"})
+        assert answered(response, [field]) is None, (raw, response.status_code, response.text)
+    # in a query string, a surrogate's UTF-8 bytes are no UTF-8: the filter is refused, not a crash
+    assert answered(api.call("GET", LIST + "?companyId=%ED%A0%80"), ["companyId"]) is None
+    assert rows(api.engine) == [] and api.sent() == []
+
+    paired = event.replace('"program": "p"', '"program": "\\ud83c\\udf31 garden"')  # a real pair is fine
+    raw = '{"companyId": "acme", "provider": "benevity", "event": ' + paired + "}"
+    response = api.call("POST", DELIVER, data=raw.encode(), headers={"Content-Type": "application/json"}, key="acme")
+    assert response.status_code == 201, response.text
+    assert response.json()["data"]["payload"]["event"]["impact"]["metadata"]["program"] == "\U0001f331 garden"
