@@ -73,5 +73,6 @@ def build_app(
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
+    app.router.redirect_slashes = False  # an empty 307 answered for the router; a JSON 404 names the route instead
     app.state.ctx = ctx
     return app

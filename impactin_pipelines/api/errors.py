@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+from starlette.routing import Match
 
 from impactin_pipelines.domain.errors import InvalidEvent
 
@@ -125,13 +126,27 @@ async def on_invalid_event(_request: Request, exc: Exception) -> JSONResponse:
     return bad_request([invalid_event_detail(exc)]).response()
 
 
-async def on_http_exception(_request: Request, exc: Exception) -> JSONResponse:
+async def on_http_exception(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     titles = {404: "Not found", 405: "Method not allowed"}
     message = {404: "no such route", 405: "method not allowed on this route"}.get(exc.status_code, str(exc.detail))
+    if exc.status_code == 404 and (route := _route_without_trailing_slash(request)) is not None:
+        message = f"no such route; without the trailing slash it is {route}"
     return error_response(
         exc.status_code, titles.get(exc.status_code, "Error"), message, headers=dict(exc.headers or {}) or None
     )
+
+
+def _route_without_trailing_slash(request: Request) -> str | None:
+    """The path without its trailing slash, when that is a route (`/deliveries/` for `/deliveries`)."""
+    path = request.url.path
+    if path == "/" or not path.endswith("/"):
+        return None
+    scope = {**request.scope, "path": path.rstrip("/")}
+    for route in request.app.router.routes:
+        if route.matches(scope)[0] is not Match.NONE:
+            return scope["path"]
+    return None
 
 
 async def on_database_error(request: Request, exc: Exception) -> JSONResponse:

@@ -1,6 +1,7 @@
 """Bad input in every filter, path and body: 400 naming each bad field, never a trace, never a query run with it."""
 
 import json
+import socket
 
 import requests
 import sqlalchemy as sa
@@ -91,6 +92,39 @@ def test_unknown_routes_and_methods_answer_json(api):
     assert api.get(f"{BASE}/nothing-here").json()["error"] == "Not found"
     wrong_method = api.call("DELETE", f"{BASE}/deliveries")
     assert wrong_method.status_code == 405 and wrong_method.json()["error"] == "Method not allowed"
+
+
+def test_a_trailing_slash_is_a_json_404_naming_the_route_not_an_empty_redirect(api):
+    for method, path in (("GET", f"{BASE}/deliveries/"), ("POST", f"{BASE}/deliveries/bulk-replay/")):
+        response = api.call(method, path, allow_redirects=False)
+        assert response.status_code == 404, (path, response.status_code, response.headers)
+        assert response.headers["content-type"] == "application/json" and "location" not in response.headers
+        assert response.json() == {
+            "error": "Not found",
+            "message": f"no such route; without the trailing slash it is {path.rstrip('/')}",
+        }
+    assert api.call("GET", f"{BASE}/nothing-here/", allow_redirects=False).json()["message"] == "no such route"
+
+
+def test_a_request_the_server_cannot_parse_is_answered_in_json(api):
+    host, port = api.url.removeprefix("http://").split(":")
+    for raw in (
+        b"NOT HTTP AT ALL\r\n\r\n",
+        b"GET /v1/impact-in/deliveries HTTP/1.1\r\nHost: x\r\nContent-Length: lots\r\n\r\n",
+        b"GET /v1/impact-in/deliveries HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+    ):
+        with socket.create_connection((host, int(port)), timeout=10) as conn:
+            conn.sendall(raw)
+            answer = b""
+            while chunk := conn.recv(4096):
+                answer += chunk
+        head, _, payload = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 "), answer
+        assert b"content-type: application/json" in head.lower(), answer
+        assert json.loads(payload) == {
+            "error": "Bad request",
+            "message": "the request is not valid HTTP/1.1 and could not be read",
+        }
 
 
 BULK = f"{BASE}/deliveries/bulk-replay"
