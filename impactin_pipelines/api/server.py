@@ -31,7 +31,15 @@ class JsonErrorHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
 
 
 def serve(app: Starlette, host: str, port: int, *, log_level: str = "info") -> None:
-    uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False, http=JsonErrorHTTPProtocol)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        server_header=False,
+        http=JsonErrorHTTPProtocol,
+        proxy_headers=False,  # the app trusts X-Forwarded-For from its configured proxies only (api/app.py)
+    )
 
 
 class BackgroundServer:
@@ -47,6 +55,7 @@ class BackgroundServer:
             server_header=False,
             lifespan="on",
             http=JsonErrorHTTPProtocol,
+            proxy_headers=False,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="impactin-api", daemon=True)
