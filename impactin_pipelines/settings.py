@@ -4,6 +4,7 @@ Provider secrets stay in the environment (or encrypted in the warehouse): they a
 and never copied into Dagster run config, metadata or logs.
 """
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -190,10 +191,28 @@ class ApiSettings:
     max_body_bytes: int = 256 * 1024  # an event may carry 64 KiB of metadata and 64 KiB of outcome scores
     max_query_bytes: int = 2048
     max_auth_header_chars: int = 256
+    # Peers (addresses or networks) whose X-Forwarded-For names the client; from anyone else it is ignored, so a
+    # client cannot pick the address its failed logins are counted against.
+    trusted_proxies: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "ApiSettings":
         return cls(
             rate_limit_per_minute=_int(env, "IMPACTIN_API_RATE_LIMIT_PER_MINUTE", 600, minimum=1),
             max_body_bytes=_int(env, "IMPACTIN_API_MAX_BODY_BYTES", 256 * 1024, minimum=1024),
+            trusted_proxies=_networks(env, "IMPACTIN_API_TRUSTED_PROXIES"),
         )
+
+
+def _networks(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """Comma-separated IP addresses or CIDR networks, each checked (a host name or `*` is refused)."""
+    found = []
+    for item in (part.strip() for part in (env.get(name) or "").split(",")):
+        if not item:
+            continue
+        try:
+            found.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            example = "e.g. 10.0.0.5 or 10.0.0.0/8"
+            raise ValueError(f"{name}: {item!r} is not an IP address or CIDR network ({example})") from None
+    return tuple(found)

@@ -1,7 +1,9 @@
 """Builds the Starlette application: routes, the middleware in front of them, and the error handlers.
 
-Order of the gates a request meets: size limits (cheap, before any lookup) -> authentication and rate limit
--> the route (which validates its input and checks the company scope) -> the error handlers.
+Order of the gates a request meets: the client's address (X-Forwarded-For, only when the peer is one of
+`trusted_proxies`) -> size limits (cheap, before any lookup) -> authentication and rate limit -> the route (which
+validates its input and checks the company scope) -> the error handlers. uvicorn's own forwarding support is off
+(api/server.py): it trusts loopback by default, and anyone on the host could then choose their address.
 """
 
 import contextlib
@@ -13,6 +15,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from impactin_pipelines.api import openapi
 from impactin_pipelines.api.auth import AuthMiddleware
@@ -55,9 +58,15 @@ def build_app(
         if owned:
             ctx.factory.close()
 
+    forwarding = (
+        [Middleware(ProxyHeadersMiddleware, trusted_hosts=list(settings.trusted_proxies))]
+        if settings.trusted_proxies
+        else []
+    )
     app = Starlette(
         routes=ROUTES,
         middleware=[
+            *forwarding,
             Middleware(
                 RequestLimitsMiddleware,
                 max_query_bytes=settings.max_query_bytes,
@@ -73,5 +82,6 @@ def build_app(
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
+    app.router.redirect_slashes = False  # an empty 307 answered for the router; a JSON 404 names the route instead
     app.state.ctx = ctx
     return app

@@ -4,8 +4,10 @@ service's shape, so existing clients keep working), with `details` naming each b
 Nothing else leaves: an unexpected exception becomes a 500 with an id to find it in the log, never a trace.
 """
 
+import json
 import logging
 import math
+import re
 import uuid
 from typing import Any
 
@@ -14,11 +16,14 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+from starlette.routing import Match
 
 from impactin_pipelines.domain.errors import InvalidEvent
 
 LOG = logging.getLogger("impactin.api")
 _MAX_ECHO_CHARS = 80
+# JSON's "\ud800" escape decodes to a lone surrogate: a str Python holds but UTF-8 (so no response) cannot encode.
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 # A snake_case event field (as domain/events names it) -> where it sits in the `POST /deliver` body.
 _DELIVER_FIELDS = {
@@ -34,6 +39,14 @@ _DELIVER_FIELDS = {
 }
 
 
+class ApiJSONResponse(JSONResponse):
+    """JSON that always encodes: a lone surrogate that slipped into a message goes out as its JSON escape."""
+
+    def render(self, content: Any) -> bytes:
+        text = json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":"))
+        return text.encode("utf-8", errors="backslashreplace")
+
+
 class ApiError(Exception):
     def __init__(self, status: int, error: str, message: str, **extra: Any) -> None:
         super().__init__(message)
@@ -46,7 +59,12 @@ class ApiError(Exception):
 def error_response(
     status: int, error: str, message: str, *, headers: dict[str, str] | None = None, **extra: Any
 ) -> JSONResponse:
-    return JSONResponse({"error": error, "message": message, **extra}, status_code=status, headers=headers)
+    return ApiJSONResponse({"error": error, "message": message, **extra}, status_code=status, headers=headers)
+
+
+def printable(text: str) -> str:
+    """Text as UTF-8 can carry it: each lone surrogate written as its escape (`\\ud800`)."""
+    return LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def echo(value: Any) -> Any:
@@ -56,12 +74,13 @@ def echo(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)  # JSON has no inf or nan
     if isinstance(value, str):
+        value = printable(value)
         return value if len(value) <= _MAX_ECHO_CHARS else value[: _MAX_ECHO_CHARS - 3] + "..."
     return f"<{type(value).__name__}>"
 
 
 def field_error(field: str, message: str, value: Any = None, *, with_value: bool = True) -> dict[str, Any]:
-    detail: dict[str, Any] = {"field": field, "message": message}
+    detail: dict[str, Any] = {"field": printable(field), "message": message}
     if with_value:
         detail["value"] = echo(value)
     return detail
@@ -107,13 +126,27 @@ async def on_invalid_event(_request: Request, exc: Exception) -> JSONResponse:
     return bad_request([invalid_event_detail(exc)]).response()
 
 
-async def on_http_exception(_request: Request, exc: Exception) -> JSONResponse:
+async def on_http_exception(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     titles = {404: "Not found", 405: "Method not allowed"}
     message = {404: "no such route", 405: "method not allowed on this route"}.get(exc.status_code, str(exc.detail))
+    if exc.status_code == 404 and (route := _route_without_trailing_slash(request)) is not None:
+        message = f"no such route; without the trailing slash it is {route}"
     return error_response(
         exc.status_code, titles.get(exc.status_code, "Error"), message, headers=dict(exc.headers or {}) or None
     )
+
+
+def _route_without_trailing_slash(request: Request) -> str | None:
+    """The path without its trailing slash, when that is a route (`/deliveries/` for `/deliveries`)."""
+    path = request.url.path
+    if path == "/" or not path.endswith("/"):
+        return None
+    scope = {**request.scope, "path": path.rstrip("/")}
+    for route in request.app.router.routes:
+        if route.matches(scope)[0] is not Match.NONE:
+            return scope["path"]
+    return None
 
 
 async def on_database_error(request: Request, exc: Exception) -> JSONResponse:

@@ -242,11 +242,16 @@ def _paths() -> dict[str, Any]:
             "post": {
                 "operationId": "deliver",
                 "summary": "Store one event and deliver it now (idempotent on eventId).",
+                "description": (
+                    "With a company key the event is stored, and sent, as `api/<companyId>/<eventId>`: the key can "
+                    "neither take nor detect another company's event ids. With an admin key `eventId` is the "
+                    "warehouse's own id."
+                ),
                 "requestBody": _body("DeliverBody"),
                 "responses": {
                     "201": _json("DeliveryResponse", "Created and sent; `status` says how the send went."),
                     "200": _json("DeliveryResponse", "This event was already delivered to this provider."),
-                    "409": _json("Error", "The eventId exists with different content."),
+                    "409": _json("Error", "The caller's own event exists under this eventId with different content."),
                     **_errors("400", "401"),
                     **_FORBIDDEN,
                     **_errors("429", "503"),

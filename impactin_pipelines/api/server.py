@@ -1,17 +1,45 @@
 """Serving the app with uvicorn: in the foreground (`impactin api`, with uvicorn's access log: method, path, status,
 never a header, so never a key) or on a background thread for tests and demos (quiet)."""
 
+import json
 import threading
 import time
 
 import uvicorn
 from starlette.applications import Starlette
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 STARTUP_TIMEOUT_S = 10.0
+_UNPARSEABLE = json.dumps(
+    {"error": "Bad request", "message": "the request is not valid HTTP/1.1 and could not be read"}
+).encode("ascii")
+
+
+class JsonErrorHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
+    """uvicorn's HTTP/1.1 protocol (httptools, or h11 without it), except that a request it cannot parse is answered
+    with the API's JSON error instead of plain text: the app never sees such a request, so it cannot answer it."""
+
+    def send_400_response(self, msg: str) -> None:
+        head = (
+            b"HTTP/1.1 400 Bad Request\r\n"
+            b"content-type: application/json\r\n"
+            b"content-length: %d\r\n"
+            b"connection: close\r\n\r\n" % len(_UNPARSEABLE)
+        )
+        self.transport.write(head + _UNPARSEABLE)
+        self.transport.close()
 
 
 def serve(app: Starlette, host: str, port: int, *, log_level: str = "info") -> None:
-    uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        server_header=False,
+        http=JsonErrorHTTPProtocol,
+        proxy_headers=False,  # the app trusts X-Forwarded-For from its configured proxies only (api/app.py)
+    )
 
 
 class BackgroundServer:
@@ -19,7 +47,15 @@ class BackgroundServer:
 
     def __init__(self, app: Starlette, host: str = "127.0.0.1", port: int = 0) -> None:
         config = uvicorn.Config(
-            app, host=host, port=port, log_level="warning", access_log=False, server_header=False, lifespan="on"
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            server_header=False,
+            lifespan="on",
+            http=JsonErrorHTTPProtocol,
+            proxy_headers=False,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="impactin-api", daemon=True)

@@ -12,11 +12,11 @@ from typing import Annotated, Any, TypeVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 from starlette.requests import Request
 
-from impactin_pipelines.api.errors import bad_request, field_error
+from impactin_pipelines.api.errors import LONE_SURROGATE, bad_request, field_error
 from impactin_pipelines.domain.companies import validate_company_id
 from impactin_pipelines.domain.errors import InvalidEvent
 from impactin_pipelines.domain.events import MAX_TEXT_CHARS
-from impactin_pipelines.domain.periods import parse_bound
+from impactin_pipelines.domain.periods import BoundOutOfRange, out_of_range_reason, parse_bound
 from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.domain.statuses import DeliveryStatus
 from impactin_pipelines.services.replay import MAX_BULK_IDS
@@ -84,6 +84,8 @@ def _bound(value: Any, name: str, *, end: bool) -> Any:
         raise ValueError(f"is longer than {_MAX_BOUND_CHARS} characters")
     try:
         return parse_bound(value, name, end=end)
+    except BoundOutOfRange:
+        raise ValueError(out_of_range_reason(value.strip(), end=end)) from None
     except ValueError:
         raise ValueError("is not a date (YYYY-MM-DD) or an ISO 8601 datetime") from None
 
@@ -176,7 +178,34 @@ async def body(request: Request, model: type[Model], max_bytes: int) -> Model:
         raise bad_request([field_error("body", f"is not valid JSON ({reason})", with_value=False)]) from None
     if not isinstance(parsed, dict):
         raise bad_request([field_error("body", "must be a JSON object", parsed)])
+    found = _lone_surrogate(parsed)
+    if found is not None:
+        where, text = found
+        reason = "contains a lone surrogate (a \\ud800-\\udfff escape without its pair), which is not Unicode text"
+        raise bad_request([field_error(where, reason, text)])
     return model.model_validate(parsed)
+
+
+def _lone_surrogate(document: Any) -> tuple[str, str] | None:
+    """The first key or string value, in document order, that holds a lone surrogate, and where it is.
+
+    JSON can spell one (`"\\ud800"`) but no UTF-8 text can hold it: not the warehouse, not a provider's payload,
+    not the answer naming it. Checked once here so that every field of every body is covered."""
+    pending: list[tuple[str, Any]] = [("", document)]
+    while pending:
+        where, value = pending.pop()
+        if isinstance(value, str):
+            if LONE_SURROGATE.search(value):
+                return where or "body", value
+        elif isinstance(value, dict):
+            items = [(f"{where}.{k}" if where else str(k), k, v) for k, v in value.items()]
+            for at, name, _ in items:
+                if LONE_SURROGATE.search(name):
+                    return at, name
+            pending.extend((at, v) for at, _, v in reversed(items))
+        elif isinstance(value, list):
+            pending.extend((f"{where}.{i}" if where else str(i), v) for i, v in reversed(list(enumerate(value))))
+    return None
 
 
 async def _read_capped(request: Request, max_bytes: int) -> bytes:

@@ -2,7 +2,7 @@
 
 import click
 
-from impactin_pipelines.cli.common import engine
+from impactin_pipelines.cli.common import engine, require_encryption_key
 from impactin_pipelines.cli.output import echo_json, table
 from impactin_pipelines.store import source
 from impactin_pipelines.store.api_keys import ApiKey, ApiKeyStore
@@ -22,6 +22,7 @@ def api(host: str, port: int, log_level: str) -> None:
         settings = ApiSettings.from_env()
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+    require_encryption_key()
     eng = engine()
     if not ApiKeyStore(eng).list(include_revoked=False):
         click.echo("warning: no API key exists yet; every request will get 401 (`impactin api-keys create`)", err=True)

@@ -5,7 +5,9 @@ from datetime import datetime
 import click
 from sqlalchemy.engine import Engine
 
+from impactin_pipelines.domain.errors import ConfigError
 from impactin_pipelines.domain.periods import parse_bound
+from impactin_pipelines.security.crypto import load_keyring
 from impactin_pipelines.settings import warehouse_url
 from impactin_pipelines.store import migrations
 from impactin_pipelines.store.engine import make_engine
@@ -20,6 +22,16 @@ def engine(*, require_schema: bool = True) -> Engine:
                 f"the warehouse schema is at version {have}, this code needs {want}: run `impactin db upgrade`"
             )
     return eng
+
+
+def require_encryption_key() -> None:
+    """Refuse to start a long-lived command on an unusable IMPACTIN_ENCRYPTION_KEY (malformed, empty, or missing
+    for a non-embedded warehouse): started, it would fail every row that needs a secret at rest (OAuth tokens,
+    encrypted company credentials) as `config`, one by one. The message names the variable, never the key."""
+    try:
+        load_keyring()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def bound(value: str | None, name: str, *, end: bool = False) -> datetime | None:

@@ -5,7 +5,7 @@ import logging
 import click
 from sqlalchemy.engine import Engine
 
-from impactin_pipelines.cli.common import engine
+from impactin_pipelines.cli.common import engine, require_encryption_key
 from impactin_pipelines.cli.output import echo_json, table
 from impactin_pipelines.domain.providers import PROVIDERS
 from impactin_pipelines.store.delivery_log import attempts_in_runs, status_counts
@@ -32,6 +32,7 @@ def run(companies: tuple[str, ...], providers: tuple[str, ...], log_level: str, 
     from impactin_pipelines.cli import configure_logging
 
     configure_logging(getattr(logging, log_level))
+    require_encryption_key()
     eng = engine()
     summary = execute(eng, companies=list(companies), providers=list(providers), trigger="cli", log_level=log_level)
     if as_json:

@@ -23,16 +23,11 @@ class DecryptionError(ValueError):
 
 
 class KeyRing:
-    def __init__(self, keys: list[str]) -> None:
+    def __init__(self, keys: list[str], *, source: str = KEY_ENV) -> None:
+        """`source` names where the keys came from in errors; a key's value is never shown."""
         if not keys:
-            raise ConfigError(f"{KEY_ENV} holds no key")
-        try:
-            self._fernets = [Fernet(k.strip().encode("ascii")) for k in keys]
-        except (ValueError, UnicodeEncodeError):
-            raise ConfigError(
-                f"{KEY_ENV} is not a valid Fernet key (32 url-safe base64-encoded bytes; "
-                "make one with `impactin keys generate`)"
-            ) from None
+            raise ConfigError(f"{source} holds no key")
+        self._fernets = [_fernet(key, source, position, len(keys)) for position, key in enumerate(keys, start=1)]
         self._multi = MultiFernet(self._fernets)
 
     @property
@@ -66,6 +61,17 @@ class KeyRing:
             raise DecryptionError(f"a stored secret cannot be decrypted with {KEY_ENV}") from None
 
 
+def _fernet(key: str, source: str, position: int, count: int) -> Fernet:
+    try:
+        return Fernet(key.strip().encode("ascii"))
+    except (ValueError, UnicodeEncodeError):
+        which = f"key {position} of {count}: " if count > 1 else ""
+        raise ConfigError(
+            f"{source} is not a valid Fernet key ({which}32 url-safe base64-encoded bytes are needed; "
+            "make one with `impactin keys generate`)"
+        ) from None
+
+
 def generate_key() -> str:
     return Fernet.generate_key().decode("ascii")
 
@@ -79,7 +85,8 @@ def load_keyring(env: Mapping[str, str] = os.environ) -> KeyRing:
             f"{KEY_ENV} is required when IMPACTIN_WAREHOUSE_URL is not the embedded SQLite default",
             missing=(KEY_ENV,),
         )
-    return KeyRing([_local_key(state_dir(env) / KEY_FILE_NAME)])
+    path = state_dir(env) / KEY_FILE_NAME
+    return KeyRing([_local_key(path)], source=f"{KEY_ENV} is not set, and the key file {path}")
 
 
 def _local_key(path: Path) -> str:

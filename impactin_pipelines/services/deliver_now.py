@@ -4,8 +4,15 @@ sent by a `DeliveryRun` targeted at that row (claim, retries, attempts, settleme
 
 Idempotent on the event id: the same event again returns the existing delivery and sends nothing; a different
 event under an existing id is a conflict, never an overwrite (the warehouse row is the platform's record).
+
+Event ids are one namespace in `impact_events`, shared by every company. An event submitted for one company by a
+caller scoped to it (a company API key) is therefore stored as `api/<company>/<eventId>`: such a caller can neither
+take an id another company's platform will write, nor learn from a conflict that another company's id exists; a
+conflict can only be with its own earlier event. Unscoped callers (admin keys: the platform, operators) use the
+warehouse's ids as they are.
 """
 
+import dataclasses
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
@@ -19,7 +26,7 @@ from sqlalchemy.engine import Engine
 from impactin_pipelines.connectors.config import parse_settings
 from impactin_pipelines.connectors.registry import ConnectorFactory
 from impactin_pipelines.domain.errors import ConfigError, InvalidEvent
-from impactin_pipelines.domain.events import ImpactEvent, parse_event
+from impactin_pipelines.domain.events import MAX_TEXT_CHARS, ImpactEvent, parse_event
 from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.mapping.payloads import build_payload
 from impactin_pipelines.services.deliver import DeliveryRun
@@ -31,6 +38,8 @@ from impactin_pipelines.store.outbox import Outbox
 from impactin_pipelines.store.schema import impact_events as e
 
 LOG = logging.getLogger("impactin.deliver_now")
+# Company ids cannot contain "/" (domain/companies), so `api/<company>/` prefixes of two companies never overlap.
+SCOPED_ID_PREFIX = "api/"
 
 
 class OutOfScope(PermissionError):
@@ -51,6 +60,11 @@ class DeliverNowResult:
     created: bool  # False: the delivery existed already and nothing was sent
 
 
+def scoped_event_id(company_id: str, event_id: str) -> str:
+    """Where an event id submitted by a caller scoped to `company_id` is stored: its company's own namespace."""
+    return f"{SCOPED_ID_PREFIX}{company_id}/{event_id}"
+
+
 def deliver_now(
     engine: Engine,
     factory: ConnectorFactory,
@@ -62,15 +76,19 @@ def deliver_now(
     logger: logging.Logger = LOG,
 ) -> DeliverNowResult:
     """`raw` is a snake_case event (as `parse_event` takes it). `company_ids` is the caller's tenant scope
-    (None: any company). Raises InvalidEvent, OutOfScope, DeliverNowRefused or EventConflict."""
+    (None: any company, and event ids are the warehouse's own; otherwise they are stored with `scoped_event_id`).
+    Raises InvalidEvent, OutOfScope, DeliverNowRefused or EventConflict."""
     event = parse_event(raw)
     if company_ids is not None and event.company_id not in company_ids:
         raise OutOfScope(f"companyId {event.company_id!r} is outside this API key's scope")
+    submitted = event.event_id
+    if company_ids is not None:
+        event = _in_company_namespace(event)
     protocol = _protocol(engine, factory, event.company_id, provider)
     build_payload(provider, event, workday_protocol=protocol)  # provider-specific rules raise InvalidEvent here
     normalized = _as_row(event)
 
-    _store_event(engine, event, normalized)
+    _store_event(engine, event, normalized, submitted)
     new = outbox_row(normalized, provider, protocol=protocol)
     created = Outbox(engine).add([new]) == 1
     row = get_delivery(engine, new.delivery_id)
@@ -103,6 +121,19 @@ def _protocol(engine: Engine, factory: ConnectorFactory, company_id: str, provid
         raise DeliverNowRefused(str(exc)) from None
 
 
+def _in_company_namespace(event: ImpactEvent) -> ImpactEvent:
+    scoped = scoped_event_id(event.company_id, event.event_id)
+    if len(scoped) > MAX_TEXT_CHARS:
+        room = MAX_TEXT_CHARS - (len(scoped) - len(event.event_id))
+        raise InvalidEvent(
+            "event_id",
+            event.event_id,
+            f"is longer than {room} characters (a company key's eventId is stored as "
+            f"'{scoped_event_id(event.company_id, '<eventId>')}', at most {MAX_TEXT_CHARS} characters)",
+        )
+    return dataclasses.replace(event, event_id=scoped)
+
+
 def _as_row(event: ImpactEvent) -> dict[str, Any]:
     return {
         "event_id": event.event_id,
@@ -117,8 +148,9 @@ def _as_row(event: ImpactEvent) -> dict[str, Any]:
     }
 
 
-def _store_event(engine: Engine, event: ImpactEvent, row: Mapping[str, Any]) -> None:
-    """Insert the event unless its id exists; an existing id must hold the same event."""
+def _store_event(engine: Engine, event: ImpactEvent, row: Mapping[str, Any], submitted: str) -> None:
+    """Insert the event unless its id exists; an existing id must hold the same event. The conflict names the id
+    as the caller wrote it (`submitted`)."""
     insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
     stmt = insert(e).values(**row).on_conflict_do_nothing(index_elements=[e.c.event_id]).returning(e.c.event_id)
     with engine.begin() as conn:
@@ -128,7 +160,7 @@ def _store_event(engine: Engine, event: ImpactEvent, row: Mapping[str, Any]) -> 
     with read_connection(engine) as conn:
         stored = conn.execute(sa.select(e).where(e.c.event_id == event.event_id)).first()
     if stored is None or not _same_event(stored._mapping, event):
-        raise EventConflict(f"eventId {event.event_id!r} already exists with different content")
+        raise EventConflict(f"eventId {submitted!r} already exists with different content")
 
 
 def _same_event(stored: Mapping[str, Any], event: ImpactEvent) -> bool:

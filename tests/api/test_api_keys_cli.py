@@ -1,15 +1,17 @@
 """`impactin api-keys create|list|revoke` and `impactin api`, run as an operator would."""
 
+import contextlib
 import re
 import socket
 import time
+from collections.abc import Iterator
 
 import requests
 from click.testing import CliRunner
 
 from impactin_pipelines.cli import cli
 from impactin_pipelines.store.api_keys import ApiKeyStore
-from tests.cli_support import cli_env, start_cli
+from tests.cli_support import cli_env, run_cli, start_cli
 
 TOKEN = re.compile(r"^imk_[0-9a-f]{12}_[A-Za-z0-9_-]{43}$")
 
@@ -59,10 +61,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_impactin_api_serves_the_api(engine, warehouse_url, tmp_path):
-    token = ApiKeyStore(engine).create(company_id="acme").token
+@contextlib.contextmanager
+def serving(warehouse_url: str, tmp_path, **env: str) -> Iterator[str]:
+    """`impactin api` in a subprocess; yields its URL once it answers, stops it after."""
     port = _free_port()
-    process = start_cli(["api", "--port", str(port)], cli_env(tmp_path, warehouse_url))
+    process = start_cli(["api", "--port", str(port)], cli_env(tmp_path, warehouse_url, **env))
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
@@ -74,17 +77,51 @@ def test_impactin_api_serves_the_api(engine, warehouse_url, tmp_path):
                 pass
             assert process.poll() is None and time.monotonic() < deadline, "impactin api did not come up"
             time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def test_impactin_api_serves_the_api(engine, warehouse_url, tmp_path):
+    token = ApiKeyStore(engine).create(company_id="acme").token
+    with serving(warehouse_url, tmp_path) as url:
         listed = requests.get(
             url + "/v1/impact-in/deliveries", headers={"Authorization": f"Bearer {token}"}, timeout=10
         )
         assert listed.status_code == 200 and listed.json()["pagination"]["total"] == 0
         assert requests.get(url + "/v1/impact-in/deliveries", timeout=10).status_code == 401
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
+
+
+def test_impactin_api_ignores_forwarding_headers_unless_the_peer_is_a_configured_proxy(engine, warehouse_url, tmp_path):
+    """uvicorn alone would believe X-Forwarded-For from loopback: every local client could pick its address."""
+
+    def failed_logins(url: str, *addresses: str) -> list[int]:
+        headers = [{"Authorization": "Bearer imk_000000000000_" + "B" * 43, "X-Forwarded-For": a} for a in addresses]
+        return [requests.get(url + "/v1/impact-in/deliveries", headers=h, timeout=10).status_code for h in headers]
+
+    with serving(warehouse_url, tmp_path, IMPACTIN_API_RATE_LIMIT_PER_MINUTE="2") as url:
+        assert failed_logins(url, "203.0.113.1", "203.0.113.2", "203.0.113.3") == [401, 401, 429]
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as conn:
+            conn.sendall(b"NOT HTTP\r\n\r\n")
+            assert b"content-type: application/json" in conn.recv(4096).lower()
+    proxied = {"IMPACTIN_API_RATE_LIMIT_PER_MINUTE": "2", "IMPACTIN_API_TRUSTED_PROXIES": "127.0.0.1"}
+    with serving(warehouse_url, tmp_path, **proxied) as url:
+        assert failed_logins(url, "203.0.113.1", "203.0.113.2", "203.0.113.3", "203.0.113.1") == [401] * 4
+        assert failed_logins(url, "203.0.113.1") == [429]
 
 
 def test_impactin_api_refuses_a_bad_setting_with_its_name(engine, warehouse_url, monkeypatch):
     monkeypatch.setenv("IMPACTIN_API_RATE_LIMIT_PER_MINUTE", "lots")
     result = invoke(["api"], monkeypatch, warehouse_url)
     assert result.exit_code == 1 and "IMPACTIN_API_RATE_LIMIT_PER_MINUTE='lots' is not an integer" in result.output
+
+
+def test_impactin_api_refuses_a_trusted_proxy_that_is_no_address(engine, warehouse_url, tmp_path):
+    """`*` would trust everyone's X-Forwarded-For; a host name cannot be checked against a peer address."""
+    for bad in ("*", "proxy.internal"):
+        env = cli_env(tmp_path, warehouse_url, IMPACTIN_API_TRUSTED_PROXIES=f"10.0.0.1, {bad}")
+        result = run_cli(["api", "--port", str(_free_port())], env, timeout=60)  # a server that starts never exits
+        assert result.returncode == 1, result.stderr
+        assert f"IMPACTIN_API_TRUSTED_PROXIES: '{bad}' is not an IP address" in result.stderr

@@ -4,7 +4,7 @@ import sqlalchemy as sa
 
 from impactin_pipelines.store.api_keys import ApiKeyStore, impact_api_keys
 from tests.api.conftest import BASE, seed
-from tests.support import add_integration, deliver, rows
+from tests.support import add_events, add_integration, deliver, event, rows
 
 ANY_UUID = "6f1d3a52-9c1e-5b7e-8f43-1f0e2c9a7d10"
 PROTECTED = [
@@ -143,3 +143,88 @@ def test_company_key_cannot_deliver_for_another_company(api):
         assert conn.execute(sa.text("select count(*) from impact_events")).scalar_one() == 0
     assert rows(api.engine) == [] and api.sent() == []
     assert api.post(f"{BASE}/deliver", body, key="globex").status_code == 201
+
+
+# -- POST /deliver: event ids of a company key live in that company's own namespace ------------------------------
+def _sent_ids(api) -> list[str]:
+    return [r["event_id"] for r in api.sent()]
+
+
+def _event_row(engine, event_id: str) -> dict | None:
+    from impactin_pipelines.store.schema import impact_events
+
+    with engine.connect() as conn:
+        found = conn.execute(sa.select(impact_events).where(impact_events.c.event_id == event_id)).first()
+    return dict(found._mapping) if found else None
+
+
+def test_a_company_key_learns_nothing_about_another_companys_event_ids(api):
+    """globex's platform wrote evt_globex_1: acme naming that id gets the same answer as for an id that exists
+    nowhere (201, delivered under its own namespace), never a 409 that would tell it the id is taken."""
+    from tests.api.test_deliver_api import body
+
+    add_integration(api.engine, "acme", "benevity")
+    add_integration(api.engine, "globex", "benevity")
+    add_events(api.engine, [event("evt_globex_1", "globex", value="9", user_id="globex_user")])
+    taken = api.post(f"{BASE}/deliver", body("evt_globex_1"), key="acme")
+    unused = api.post(f"{BASE}/deliver", body("evt_nowhere"), key="acme")
+    for answer in (taken, unused):
+        assert answer.status_code == 201, answer.text
+        assert answer.json()["data"]["status"] == "success" and "globex_user" not in answer.text
+    assert taken.json()["data"]["payload"]["event"]["id"] == "api/acme/evt_globex_1"
+    assert _sent_ids(api) == ["api/acme/evt_globex_1", "api/acme/evt_nowhere"]
+    theirs = _event_row(api.engine, "evt_globex_1")
+    assert theirs is not None and (theirs["company_id"], theirs["user_id"]) == ("globex", "globex_user")
+
+
+def test_a_company_key_cannot_take_an_id_another_companys_platform_will_use(api):
+    from impactin_pipelines.domain.providers import Provider
+    from impactin_pipelines.services.extract import extract
+    from tests.api.test_deliver_api import body
+
+    add_integration(api.engine, "acme", "benevity")
+    add_integration(api.engine, "globex", "benevity")
+    assert api.post(f"{BASE}/deliver", body("evt_future"), key="acme").status_code == 201
+    add_events(api.engine, [event("evt_future", "globex")])  # globex's platform writes the id later: it is free
+    extract(api.engine, "globex", Provider.BENEVITY)
+    deliver(api.engine, api.factory, "benevity", ["globex"])
+    assert [(r["company_id"], r["event_id"], r["status"]) for r in rows(api.engine, company_id="globex")] == [
+        ("globex", "evt_future", "success")
+    ]
+    assert _sent_ids(api) == ["api/acme/evt_future", "evt_future"]
+    # and globex's key has the id to itself as well: no conflict with acme's event of the same name
+    other = api.post(f"{BASE}/deliver", body("evt_future", company="globex", value=7), key="globex")
+    assert other.status_code == 201 and other.json()["data"]["payload"]["event"]["id"] == "api/globex/evt_future"
+
+
+def test_a_company_key_conflicts_only_with_its_own_events(api):
+    from tests.api.test_deliver_api import body
+
+    add_integration(api.engine, "acme", "benevity")
+    add_integration(api.engine, "globex", "benevity")
+    first = api.post(f"{BASE}/deliver", body("evt_1"), key="acme")
+    assert first.status_code == 201
+    again = api.post(f"{BASE}/deliver", body("evt_1"), key="acme")
+    assert again.status_code == 200 and again.json()["data"]["id"] == first.json()["data"]["id"]
+    changed = api.post(f"{BASE}/deliver", body("evt_1", value=6), key="acme")
+    assert changed.status_code == 409
+    assert changed.json()["message"] == "eventId 'evt_1' already exists with different content"
+    assert api.post(f"{BASE}/deliver", body("evt_1", company="globex", value=6), key="globex").status_code == 201
+    # an admin key (the platform, an operator) speaks in the warehouse's own ids
+    admin = api.post(f"{BASE}/deliver", body("evt_1"), key="admin")
+    assert admin.status_code == 201 and admin.json()["data"]["payload"]["event"]["id"] == "evt_1"
+    assert _sent_ids(api) == ["api/acme/evt_1", "api/globex/evt_1", "evt_1"]
+
+
+def test_a_company_keys_event_id_leaves_room_for_its_namespace(api):
+    from tests.api.test_deliver_api import body
+
+    add_integration(api.engine, "acme", "benevity")
+    room = 256 - len("api/acme/")
+    too_long = api.post(f"{BASE}/deliver", body("e" * (room + 1)), key="acme")
+    assert too_long.status_code == 400
+    [detail] = too_long.json()["details"]
+    assert detail["field"] == "event.eventId" and detail["message"].startswith(f"is longer than {room} characters")
+    assert "'api/acme/<eventId>'" in detail["message"]
+    assert rows(api.engine) == [] and api.sent() == []
+    assert api.post(f"{BASE}/deliver", body("e" * room), key="acme").status_code == 201

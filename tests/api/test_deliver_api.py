@@ -37,20 +37,21 @@ def stored_events(engine):
 
 
 def test_deliver_stores_the_event_and_sends_it_now(api):
+    """With a company key the event id lives in the company's namespace (tests/api/test_auth_and_tenancy.py)."""
     add_integration(api.engine, "acme", "benevity")
     response = api.post(DELIVER, body(), key="acme")
     assert response.status_code == 201, response.text
     data = response.json()["data"]
     assert set(response.json()) == {"data"} and set(data) == DETAIL_KEYS
-    expected_id = delivery_id_for("acme", "benevity", "evt_api_1")
+    expected_id = delivery_id_for("acme", "benevity", "api/acme/evt_api_1")
     assert (data["deliveryId"], data["companyId"], data["provider"]) == (expected_id, "acme", "benevity")
     assert (data["status"], data["attemptCount"]) == ("success", 1)
-    assert data["payload"]["event"]["id"] == "evt_api_1"
+    assert data["payload"]["event"]["id"] == "api/acme/evt_api_1"
     assert data["payload"]["event"]["timestamp"] == "2025-11-14T10:00:00Z"  # normalised to UTC
     assert data["payload"]["event"]["impact"]["value"] == 5.0
 
     [stored] = stored_events(api.engine)
-    assert parse_event(stored) == parse_event(event("evt_api_1", "acme"))  # the spec's event, in the warehouse
+    assert parse_event(stored) == parse_event(event("api/acme/evt_api_1", "acme"))  # the spec's event, stored
     assert [(r["idempotency_key"], r["status"]) for r in api.sent()] == [(expected_id, 201)]
     assert api.get(f"{BASE}/deliveries/{data['id']}", key="acme").json()["data"] == data
 

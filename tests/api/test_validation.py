@@ -1,6 +1,7 @@
 """Bad input in every filter, path and body: 400 naming each bad field, never a trace, never a query run with it."""
 
 import json
+import socket
 
 import requests
 import sqlalchemy as sa
@@ -91,6 +92,39 @@ def test_unknown_routes_and_methods_answer_json(api):
     assert api.get(f"{BASE}/nothing-here").json()["error"] == "Not found"
     wrong_method = api.call("DELETE", f"{BASE}/deliveries")
     assert wrong_method.status_code == 405 and wrong_method.json()["error"] == "Method not allowed"
+
+
+def test_a_trailing_slash_is_a_json_404_naming_the_route_not_an_empty_redirect(api):
+    for method, path in (("GET", f"{BASE}/deliveries/"), ("POST", f"{BASE}/deliveries/bulk-replay/")):
+        response = api.call(method, path, allow_redirects=False)
+        assert response.status_code == 404, (path, response.status_code, response.headers)
+        assert response.headers["content-type"] == "application/json" and "location" not in response.headers
+        assert response.json() == {
+            "error": "Not found",
+            "message": f"no such route; without the trailing slash it is {path.rstrip('/')}",
+        }
+    assert api.call("GET", f"{BASE}/nothing-here/", allow_redirects=False).json()["message"] == "no such route"
+
+
+def test_a_request_the_server_cannot_parse_is_answered_in_json(api):
+    host, port = api.url.removeprefix("http://").split(":")
+    for raw in (
+        b"NOT HTTP AT ALL\r\n\r\n",
+        b"GET /v1/impact-in/deliveries HTTP/1.1\r\nHost: x\r\nContent-Length: lots\r\n\r\n",
+        b"GET /v1/impact-in/deliveries HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+    ):
+        with socket.create_connection((host, int(port)), timeout=10) as conn:
+            conn.sendall(raw)
+            answer = b""
+            while chunk := conn.recv(4096):
+                answer += chunk
+        head, _, payload = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 "), answer
+        assert b"content-type: application/json" in head.lower(), answer
+        assert json.loads(payload) == {
+            "error": "Bad request",
+            "message": "the request is not valid HTTP/1.1 and could not be read",
+        }
 
 
 BULK = f"{BASE}/deliveries/bulk-replay"
@@ -222,3 +256,55 @@ def test_sql_text_in_an_event_is_just_text(api):
     with api.engine.connect() as conn:
         assert conn.execute(sa.text("select event_id from impact_events")).scalars().all() == [sneaky]
     assert rows(api.engine)[0]["event_id"] == sneaky
+
+
+def test_a_well_formed_date_outside_the_calendar_is_out_of_range_not_malformed(api):
+    """9999-12-31 as an end date would end at a midnight that does not exist: the answer says that."""
+    for params, name in (
+        ({"endDate": "9999-12-31"}, "endDate"),
+        ({"startDate": "0001-01-01T00:00:00+01:00"}, "startDate"),
+        ({"endDate": "9999-12-31T23:30:00-01:00"}, "endDate"),
+    ):
+        response = api.get(LIST, **params)
+        assert answered(response, [name]) is None, response.text
+        [detail] = response.json()["details"]
+        assert detail["message"].startswith("is out of range") and "not a date" not in detail["message"], detail
+    assert "latest is 9999-12-30" in api.get(LIST, endDate="9999-12-31").json()["message"]
+    for params in ({"endDate": "9999-12-30"}, {"startDate": "9999-12-31"}, {"endDate": "9999-12-31T23:59:59Z"}):
+        assert api.get(LIST, **params).status_code == 200, params
+
+
+LONE = "\\ud800"  # as JSON spells it: a surrogate without its pair, which no UTF-8 text can hold
+
+
+def test_a_lone_surrogate_in_any_string_is_400_naming_the_field(api):
+    add_integration(api.engine, "acme", "benevity")
+    event = json.dumps(spec_event(metadata={"program": "p"}, outcomeScores={"community_engagement": 0.5}))
+    cases = [
+        (DELIVER, '"eventId": "evt_api_1"', f'"eventId": "evt{LONE}"', "event.eventId"),
+        (DELIVER, '"userId": "user_456"', f'"userId": "{LONE}x"', "event.userId"),
+        (DELIVER, '"program": "p"', f'"program": "p{LONE}"', "event.metadata.program"),
+        (DELIVER, '"program": "p"', f'"pro{LONE}": "p"', f"event.metadata.pro{LONE}"),
+        (DELIVER, '"community_engagement"', f'"{LONE}"', f"event.outcomeScores.{LONE}"),
+    ]
+    for path, old, new, field in cases:
+        raw = '{"companyId": "acme", "provider": "benevity", "event": ' + event.replace(old, new) + "}"
+        response = api.call("POST", path, data=raw.encode(), headers={"Content-Type": "application/json"}, key="acme")
+        assert answered(response, [field]) is None, (new, response.status_code, response.text)
+        assert "lone surrogate" in response.json()["message"]
+    for path, raw, field in (
+        (BULK, f'{{"ids": ["{UUID}", "{LONE}"]}}', "ids.1"),
+        (RETRY_ALL, f'{{"companyId": "{LONE}"}}', "companyId"),
+        (DELIVER, f'"{LONE}"', "body"),
+    ):
+        response = api.call("POST", path, data=raw.encode(), headers={"Content-Type": "application/json"})
+        assert answered(response, [field]) is None, (raw, response.status_code, response.text)
+    # in a query string, a surrogate's UTF-8 bytes are no UTF-8: the filter is refused, not a crash
+    assert answered(api.call("GET", LIST + "?companyId=%ED%A0%80"), ["companyId"]) is None
+    assert rows(api.engine) == [] and api.sent() == []
+
+    paired = event.replace('"program": "p"', '"program": "\\ud83c\\udf31 garden"')  # a real pair is fine
+    raw = '{"companyId": "acme", "provider": "benevity", "event": ' + paired + "}"
+    response = api.call("POST", DELIVER, data=raw.encode(), headers={"Content-Type": "application/json"}, key="acme")
+    assert response.status_code == 201, response.text
+    assert response.json()["data"]["payload"]["event"]["impact"]["metadata"]["program"] == "\U0001f331 garden"

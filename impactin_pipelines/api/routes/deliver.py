@@ -16,7 +16,8 @@ from impactin_pipelines.services import deliver_now as service
 async def deliver_route(request: Request) -> JSONResponse:
     """201 with the delivery when it was created (and sent) now; 200 with the existing delivery when this
     event was already delivered to this provider (nothing is sent again); 409 when the eventId is taken by a
-    different event."""
+    different event. A company key's event ids live in its company's namespace (services/deliver_now), so the
+    409 only ever concerns the caller's own events."""
     ctx = context(request)
     body = await validation.body(request, validation.DeliverBody, ctx.settings.max_body_bytes)
     key = api_key(request)
