@@ -13,6 +13,7 @@ from tests.support import SPEC_EVENT
     ("field", "value", "reason"),
     [
         ("user_id", None, "missing or blank"),
+        ("event_id", "api/beta/evt_1", "another company's API namespace"),
         ("user_id", "   ", "missing or blank"),
         ("user_id", 456, "must be a string"),
         ("event_type", "", "missing or blank"),
@@ -93,3 +94,9 @@ def test_huge_value_is_shown_cut_short_in_the_message() -> None:
     with pytest.raises(InvalidEvent) as err:
         parse_event({**SPEC_EVENT, "event_type": "x" * 5000})
     assert len(str(err.value)) < 200
+
+
+def test_an_id_in_the_companys_own_api_namespace_is_valid() -> None:
+    assert parse_event({**SPEC_EVENT, "event_id": "api/company_789/evt_1"}).event_id == "api/company_789/evt_1"
+    with pytest.raises(InvalidEvent, match="another company's API namespace"):
+        parse_event({**SPEC_EVENT, "event_id": "api/company_78/evt_1"})  # a prefix of the company id is not it

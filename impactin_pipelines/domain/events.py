@@ -16,6 +16,7 @@ from typing import Any
 
 from impactin_pipelines.domain.companies import validate_company_id
 from impactin_pipelines.domain.errors import InvalidEvent
+from impactin_pipelines.domain.identity import SCOPED_ID_PREFIX, scoped_event_id
 
 MAX_TEXT_CHARS = 256
 MAX_METADATA_BYTES = 64 * 1024
@@ -223,9 +224,13 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def parse_event(raw: Mapping[str, Any]) -> ImpactEvent:
     """Validate one raw event (warehouse row or API body, snake_case keys). Raises InvalidEvent, nothing else."""
+    event_id, company_id = _identifier(raw, "event_id"), validate_company_id(raw.get("company_id"))
+    if event_id.startswith(SCOPED_ID_PREFIX) and not event_id.startswith(scoped_event_id(company_id, "")):
+        own = scoped_event_id(company_id, "")
+        raise InvalidEvent("event_id", event_id, f"is in another company's API namespace (this company's: '{own}…')")
     return ImpactEvent(
-        event_id=_identifier(raw, "event_id"),
-        company_id=validate_company_id(raw.get("company_id")),
+        event_id=event_id,
+        company_id=company_id,
         user_id=_identifier(raw, "user_id"),
         event_type=_text(raw, "event_type"),
         occurred_at=parse_timestamp(raw.get("occurred_at")),

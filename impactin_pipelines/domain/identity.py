@@ -13,6 +13,16 @@ def delivery_id_for(company_id: str, provider: str, event_id: str) -> str:
     return str(uuid.uuid5(DELIVERY_NAMESPACE, name))
 
 
+# Event ids submitted with a company's API key live under `api/<company>/`, so they never collide with the
+# platform's ids or another company's (company ids cannot contain "/"). The gate keeps the namespace honest.
+SCOPED_ID_PREFIX = "api/"
+
+
+def scoped_event_id(company_id: str, event_id: str) -> str:
+    """Where an event id submitted by a caller scoped to `company_id` is stored: its company's own namespace."""
+    return f"{SCOPED_ID_PREFIX}{company_id}/{event_id}"
+
+
 def payload_hash(body: bytes) -> str:
     """SHA-256 of the exact bytes sent, so the audit log can prove what went out."""
     return hashlib.sha256(body).hexdigest()

@@ -27,6 +27,7 @@ from impactin_pipelines.connectors.config import parse_settings
 from impactin_pipelines.connectors.registry import ConnectorFactory
 from impactin_pipelines.domain.errors import ConfigError, InvalidEvent
 from impactin_pipelines.domain.events import MAX_TEXT_CHARS, ImpactEvent, parse_event
+from impactin_pipelines.domain.identity import scoped_event_id
 from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.mapping.payloads import build_payload
 from impactin_pipelines.services.deliver import DeliveryRun
@@ -38,8 +39,6 @@ from impactin_pipelines.store.outbox import Outbox
 from impactin_pipelines.store.schema import impact_events as e
 
 LOG = logging.getLogger("impactin.deliver_now")
-# Company ids cannot contain "/" (domain/companies), so `api/<company>/` prefixes of two companies never overlap.
-SCOPED_ID_PREFIX = "api/"
 
 
 class OutOfScope(PermissionError):
@@ -58,11 +57,6 @@ class DeliverNowRefused(ValueError):
 class DeliverNowResult:
     row: dict[str, Any]  # the delivery row as it stands after the attempt
     created: bool  # False: the delivery existed already and nothing was sent
-
-
-def scoped_event_id(company_id: str, event_id: str) -> str:
-    """Where an event id submitted by a caller scoped to `company_id` is stored: its company's own namespace."""
-    return f"{SCOPED_ID_PREFIX}{company_id}/{event_id}"
 
 
 def deliver_now(
