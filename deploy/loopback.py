@@ -74,8 +74,8 @@ def _encryption_key(folder: Path) -> str:
 
     path = folder / "encryption.key"
     if not path.exists():
-        path.write_text(Fernet.generate_key().decode())
-        path.chmod(0o600)
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as key_file:
+            key_file.write(Fernet.generate_key().decode())
     return path.read_text().strip()
 
 
@@ -192,10 +192,18 @@ def up(folder: Path, webserver_port: int, code_server_port: int, sandbox_port: i
     if not env.get("IMPACTIN_ENCRYPTION_KEY"):
         env["IMPACTIN_ENCRYPTION_KEY"] = _encryption_key(folder)
     env["DAGSTER_HOME"] = str(home)
-    for url in (env["DAGSTER_POSTGRES_URL"], env["IMPACTIN_WAREHOUSE_URL"]):
-        _ensure_database(url)
+    for name in ("DAGSTER_POSTGRES_URL", "IMPACTIN_WAREHOUSE_URL"):
+        try:
+            _ensure_database(env[name])
+        except Exception as exc:  # the message may carry the URL's password: name the variable, not the value
+            reason = type(exc).__name__
+            print(f"prod-up failed: cannot reach or create the database of {name}: {reason}", file=sys.stderr)
+            return 1
     migrate = [str(BIN / "impactin"), "db", "upgrade"]
-    subprocess.run(migrate, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)  # noqa: S603
+    migrated = subprocess.run(migrate, cwd=ROOT, env=env, capture_output=True, text=True, check=False)  # noqa: S603
+    if migrated.returncode != 0:
+        print(f"prod-up failed: impactin db upgrade:\n{migrated.stderr[-2000:]}", file=sys.stderr)
+        return 1
 
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:

@@ -269,7 +269,7 @@ def test_each_launchers_instance_loads_with_its_package(tmp_path, postgres_datab
     with dg.DagsterInstance.from_config(str(k8s_home)) as instance:
         launcher = instance.run_launcher
         assert type(launcher).__name__ == "K8sRunLauncher"
-        assert launcher._env_secrets == ["impactin-secrets"]
+        assert list(launcher.env_secrets) == ["impactin-secrets"]
         limits = instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
         assert {"key": PROVIDER_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 3} in limits
 
