@@ -4,12 +4,12 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench ui clean
+.PHONY: setup demo test lint bench ui prod-up prod-down clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,deploy]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -30,6 +30,14 @@ bench: $(STAMP)
 
 ui: $(STAMP)
 	DAGSTER_HOME=$(CURDIR)/.impactin/dagster_home $(BIN)/dagster dev -w workspace.yaml
+
+# The production deployment on this machine: PostgreSQL storage (deploy/dagster.yaml), a gRPC code server, the
+# webserver and the daemon as separate processes on 127.0.0.1 (see deploy/loopback.py for ports and variables).
+prod-up: $(STAMP)
+	$(BIN)/python deploy/loopback.py up
+
+prod-down:
+	$(BIN)/python deploy/loopback.py down
 
 clean:
 	rm -rf $(VENV) .impactin .pytest_cache .ruff_cache

@@ -174,12 +174,16 @@ def is_embedded(url: str) -> bool:
 class ScheduleSettings:
     cron: str = "0 2 * * *"
     timezone: str = "UTC"
+    # Range runs the nightly schedule asks for per provider: more than one spreads a big night over several run
+    # workers (each run a process, a container or a pod, depending on the run launcher).
+    runs_per_provider: int = 1
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "ScheduleSettings":
         return cls(
             cron=env.get("IMPACTIN_SCHEDULE_CRON") or "0 2 * * *",
             timezone=env.get("IMPACTIN_SCHEDULE_TIMEZONE") or "UTC",
+            runs_per_provider=_int(env, "IMPACTIN_RUNS_PER_PROVIDER", 1, minimum=1),
         )
 
 

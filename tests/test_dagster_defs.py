@@ -12,9 +12,11 @@ from impactin_pipelines.defs.planning import (
     PROVIDER_TAG,
     RANGE_END_TAG,
     RANGE_START_TAG,
+    SLICE_TAG,
     covering_range,
     plan_ranges,
     segments,
+    split_covering_range,
 )
 from impactin_pipelines.defs.resources import DeliveryResource, ProvidersResource, WarehouseResource
 from impactin_pipelines.defs.schedules import nightly_delivery_schedule
@@ -208,3 +210,61 @@ def test_run_log_level_keeps_successes_out_of_the_run_log(engine, sandbox) -> No
     assert statuses(engine) == {"success": 2}
     assert any("attempt retry" in m for m in messages)  # the problem is in the run log
     assert not any("attempt succeed" in m for m in messages)  # the routine is only in the warehouse
+
+
+# -- a night split over several run workers (IMPACTIN_RUNS_PER_PROVIDER) ----------------------------------------
+def test_split_covering_range_gives_disjoint_balanced_ranges_in_partition_order() -> None:
+    order = ["a", "b", "c", "d", "e", "f", "g", "h"]
+    work = {"a", "b", "d", "e", "f", "h", "zz-not-a-partition"}
+    ranges = split_covering_range(order, work, "benevity", 3)
+    assert [(r.start, r.end) for r in ranges] == [
+        ("a|benevity", "b|benevity"),
+        ("d|benevity", "e|benevity"),
+        ("f|benevity", "h|benevity"),
+    ]
+    covered = [c for r in ranges for c in order[order.index(r.first_company) : order.index(r.last_company) + 1]]
+    assert len(covered) == len(set(covered)), "a partition is in two runs"
+    assert work - {"zz-not-a-partition"} <= set(covered)
+    # never more runs than companies with work; one run is the plain covering range
+    assert [(r.start, r.end) for r in split_covering_range(order, {"c", "g"}, "workday", 5)] == [
+        ("c|workday", "c|workday"),
+        ("g|workday", "g|workday"),
+    ]
+    assert split_covering_range(order, work, "goodera", 1) == [covering_range(order, work, "goodera")]
+    assert split_covering_range(order, set(), "goodera", 3) == []
+
+
+def test_runs_per_provider_setting_defaults_to_one_and_refuses_nonsense() -> None:
+    assert ScheduleSettings.from_env({}).runs_per_provider == 1
+    assert ScheduleSettings.from_env({"IMPACTIN_RUNS_PER_PROVIDER": "4"}).runs_per_provider == 4
+    for bad in ("0", "three"):
+        with pytest.raises(ValueError, match=f"IMPACTIN_RUNS_PER_PROVIDER='{bad}'"):
+            ScheduleSettings.from_env({"IMPACTIN_RUNS_PER_PROVIDER": bad})
+
+
+def test_nightly_schedule_splits_each_provider_into_runs_per_provider(engine) -> None:  # type: ignore[no-untyped-def]
+    companies = [f"c{i}" for i in range(1, 8)]
+    for c in companies:
+        add_integration(engine, c, "benevity")
+    for c in ("c2", "c5"):
+        add_integration(engine, c, "goodera")
+    add_events(engine, [ev for c in companies for ev in events(c, 1)])
+    schedule = nightly_delivery_schedule(ScheduleSettings.from_env({"IMPACTIN_RUNS_PER_PROVIDER": "3"}))
+    result = _tick(engine, schedule, datetime(2026, 1, 2, 2, 0, tzinfo=UTC), companies)
+    by_provider: dict[str, list[dg.RunRequest]] = {}
+    for request in result.run_requests:
+        by_provider.setdefault(request.tags[PROVIDER_TAG], []).append(request)
+    assert sorted(by_provider) == ["benevity", "goodera"]
+    spans = {
+        p: [(r.tags[RANGE_START_TAG], r.tags[RANGE_END_TAG], r.tags[SLICE_TAG]) for r in rs]
+        for p, rs in by_provider.items()
+    }
+    assert spans["benevity"] == [
+        ("c1|benevity", "c3|benevity", "1/3"),
+        ("c4|benevity", "c5|benevity", "2/3"),
+        ("c6|benevity", "c7|benevity", "3/3"),
+    ]
+    assert spans["goodera"] == [("c2|goodera", "c2|goodera", "1/2"), ("c5|goodera", "c5|goodera", "2/2")]
+    keys = [r.run_key for r in result.run_requests]
+    assert len(set(keys)) == len(keys) == 5
+    assert "nightly-benevity-2of3-2026-01-02T0200" in keys

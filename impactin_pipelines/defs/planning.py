@@ -5,7 +5,7 @@ providers: static). Selections are split into contiguous segments so a run never
 not asked for.
 """
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import dagster as dg
@@ -18,6 +18,7 @@ RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 PROVIDER_TAG = "impactin/provider"
 TRIGGER_TAG = "impactin/trigger"
+SLICE_TAG = "impactin/slice"  # "2/3": the second of three runs a provider's night was split into
 
 
 @dataclass(frozen=True)
@@ -81,5 +82,26 @@ def covering_range(known_companies: Sequence[str], companies: Iterable[str], pro
     return PartitionRange(members[0], members[-1], provider, provider)
 
 
-def run_request(rng: PartitionRange, *, trigger: str, run_key: str | None = None) -> dg.RunRequest:
-    return dg.RunRequest(run_key=run_key, tags=rng.tags(trigger), run_config=logging_run_config())
+def split_covering_range(
+    known_companies: Sequence[str], companies: Iterable[str], provider: str, parts: int
+) -> list[PartitionRange]:
+    """The covering range cut into at most `parts` disjoint ranges, in partition order, each with as many
+    companies with work as the others (give or take one), so a night too big for one process goes to several
+    run workers at once. One company's rows always go to one of them."""
+    chosen = set(companies)
+    members = [c for c in known_companies if c in chosen]
+    count = min(max(1, parts), len(members))
+    ranges: list[PartitionRange] = []
+    start = 0
+    for index in range(count):
+        size = len(members) // count + (1 if index < len(members) % count else 0)
+        chunk = members[start : start + size]
+        ranges.append(PartitionRange(chunk[0], chunk[-1], provider, provider))
+        start += size
+    return ranges
+
+
+def run_request(
+    rng: PartitionRange, *, trigger: str, run_key: str | None = None, tags: Mapping[str, str] | None = None
+) -> dg.RunRequest:
+    return dg.RunRequest(run_key=run_key, tags={**rng.tags(trigger), **(tags or {})}, run_config=logging_run_config())

@@ -1,11 +1,12 @@
-"""The nightly delivery: one range run per provider over the companies that have work."""
+"""The nightly delivery: range runs per provider over the companies that have work (one per provider, or
+IMPACTIN_RUNS_PER_PROVIDER disjoint ones to spread a big night over several run workers)."""
 
 from datetime import UTC, datetime
 
 import dagster as dg
 
 from impactin_pipelines.defs.jobs import impact_delivery_job
-from impactin_pipelines.defs.planning import covering_range, run_request
+from impactin_pipelines.defs.planning import SLICE_TAG, run_request, split_covering_range
 from impactin_pipelines.defs.resources import WarehouseResource
 from impactin_pipelines.partitions import company_partitions
 from impactin_pipelines.settings import ScheduleSettings
@@ -27,12 +28,15 @@ def nightly_delivery_schedule(settings: ScheduleSettings | None = None) -> dg.Sc
         scheduled = context.scheduled_execution_time or datetime.now(UTC)
         known = context.instance.get_dynamic_partitions(company_partitions.name)
         work = work_by_provider(warehouse.engine, scheduled.astimezone(UTC))
+        stamp = scheduled.strftime("%Y-%m-%dT%H%M")
         requests = []
         for provider in sorted(work):
-            rng = covering_range(known, work[provider], provider)
-            if rng is not None:
-                key = f"nightly-{provider}-{scheduled.strftime('%Y-%m-%dT%H%M')}"
-                requests.append(run_request(rng, trigger="schedule", run_key=key))
+            ranges = split_covering_range(known, work[provider], provider, settings.runs_per_provider)
+            sliced = len(ranges) > 1
+            for index, rng in enumerate(ranges, start=1):
+                key = f"nightly-{provider}-{index}of{len(ranges)}-{stamp}" if sliced else f"nightly-{provider}-{stamp}"
+                tags = {SLICE_TAG: f"{index}/{len(ranges)}"} if sliced else None
+                requests.append(run_request(rng, trigger="schedule", run_key=key, tags=tags))
         return requests or dg.SkipReason("no company has pending or due deliveries")
 
     return _schedule
