@@ -15,7 +15,7 @@ from starlette.requests import Request
 from impactin_pipelines.api.errors import LONE_SURROGATE, bad_request, field_error
 from impactin_pipelines.domain.companies import validate_company_id
 from impactin_pipelines.domain.errors import InvalidEvent
-from impactin_pipelines.domain.events import MAX_TEXT_CHARS
+from impactin_pipelines.domain.events import MAX_TEXT_CHARS, DuplicateKey, unique_keys
 from impactin_pipelines.domain.periods import BoundOutOfRange, out_of_range_reason, parse_bound
 from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.domain.statuses import DeliveryStatus
@@ -170,7 +170,9 @@ async def body(request: Request, model: type[Model], max_bytes: int) -> Model:
     if not data.strip():
         raise bad_request([field_error("body", "a JSON object is required", with_value=False)])
     try:
-        parsed = json.loads(data, parse_constant=_reject_constant)
+        parsed = json.loads(data, parse_constant=_reject_constant, object_pairs_hook=unique_keys)
+    except DuplicateKey as exc:  # which value wins differs between parsers, so none is guessed
+        raise bad_request([field_error("body", f"names the key {exc.key!r} twice in one object", exc.key)]) from None
     except RecursionError:
         raise bad_request([field_error("body", "is nested too deeply", with_value=False)]) from None
     except ValueError as exc:

@@ -187,8 +187,8 @@ def parse_json_object(value: Any, name: str) -> dict[str, Any]:
         if len(value.encode("utf-8")) > MAX_METADATA_BYTES:
             raise InvalidEvent(name, f"<{len(value)} characters>", f"is larger than {MAX_METADATA_BYTES} bytes")
         try:
-            value = json.loads(value, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
-        except _DuplicateKey as exc:
+            value = json.loads(value, parse_constant=_reject_constant, object_pairs_hook=unique_keys)
+        except DuplicateKey as exc:
             raise InvalidEvent(name, value, f"has the key {exc.key!r} more than once in one object") from None
         except (ValueError, RecursionError) as exc:
             raise InvalidEvent(name, value, f"is not valid JSON ({exc})") from None
@@ -207,17 +207,20 @@ def _reject_constant(token: str) -> Any:
     raise ValueError(f"{token} is not allowed")
 
 
-class _DuplicateKey(Exception):
+class DuplicateKey(ValueError):
+    """A JSON object names the same key twice."""
+
     def __init__(self, key: str) -> None:
+        super().__init__(f"the key {key!r} appears more than once in one object")
         self.key = key
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """A JSON object whose keys repeat: parsers disagree on which value wins, so none is guessed."""
     found: dict[str, Any] = {}
     for key, item in pairs:
         if key in found:
-            raise _DuplicateKey(key)
+            raise DuplicateKey(key)
         found[key] = item
     return found
 

@@ -308,3 +308,28 @@ def test_a_lone_surrogate_in_any_string_is_400_naming_the_field(api):
     response = api.call("POST", DELIVER, data=raw.encode(), headers={"Content-Type": "application/json"}, key="acme")
     assert response.status_code == 201, response.text
     assert response.json()["data"]["payload"]["event"]["impact"]["metadata"]["program"] == "\U0001f331 garden"
+
+
+def test_a_key_repeated_anywhere_in_a_body_is_400_naming_it_and_nothing_is_stored(api):
+    add_integration(api.engine, "acme", "benevity")
+    event = json.dumps(spec_event(metadata={"program": "p"}, outcomeScores={"community_engagement": 0.5}))
+    cases = [
+        ('"program": "p"', '"program": "p", "program": "q"', "program"),
+        (
+            '"community_engagement": 0.5',
+            '"community_engagement": 0.5, "community_engagement": 0.9',
+            "community_engagement",
+        ),
+        ('"eventId": "evt_api_1"', '"eventId": "evt_api_1", "eventId": "evt_api_2"', "eventId"),
+    ]
+    for old, new, key in cases:
+        raw = '{"companyId": "acme", "provider": "benevity", "event": ' + event.replace(old, new) + "}"
+        response = api.call(
+            "POST", DELIVER, data=raw.encode(), headers={"Content-Type": "application/json"}, key="acme"
+        )
+        assert answered(response, ["body"]) is None, (new, response.status_code, response.text)
+        assert f"names the key '{key}' twice" in response.json()["message"]
+    raw = '{"companyId": "acme", "companyId": "beta", "provider": "benevity", "event": ' + event + "}"
+    response = api.call("POST", DELIVER, data=raw.encode(), headers={"Content-Type": "application/json"}, key="acme")
+    assert answered(response, ["body"]) is None
+    assert rows(api.engine) == [] and api.sent() == []
