@@ -46,5 +46,5 @@ def test_config_checks_the_package_and_refuses_untyped_defs_and_stale_ignores(tm
 
 def test_config_targets_the_package() -> None:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
-    assert config["files"] == ["impactin_pipelines"]
+    assert "impactin_pipelines" in config["files"]
     assert config["python_version"] == "3.11"
