@@ -19,11 +19,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check impactin_pipelines tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/pytest -n 2
 
 lint: $(STAMP)
 	$(BIN)/ruff check impactin_pipelines tests benchmarks
 	$(BIN)/ruff format --check impactin_pipelines tests benchmarks
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
@@ -40,4 +42,4 @@ prod-down:
 	$(BIN)/python deploy/loopback.py down
 
 clean:
-	rm -rf $(VENV) .impactin .pytest_cache .ruff_cache
+	rm -rf $(VENV) .impactin .pytest_cache .ruff_cache .mypy_cache

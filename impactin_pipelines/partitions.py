@@ -4,7 +4,8 @@ import dagster as dg
 
 from impactin_pipelines.domain.providers import PROVIDERS
 
-company_partitions = dg.DynamicPartitionsDefinition(name="company")
+COMPANY_PARTITIONS = "company"  # the name the instance stores the dynamic partition keys under
+company_partitions = dg.DynamicPartitionsDefinition(name=COMPANY_PARTITIONS)
 provider_partitions = dg.StaticPartitionsDefinition(list(PROVIDERS))
 delivery_partitions = dg.MultiPartitionsDefinition({"company": company_partitions, "provider": provider_partitions})
 

@@ -7,7 +7,7 @@ import threading
 import time
 from collections import OrderedDict
 
-from pyrate_limiter import Duration, InMemoryBucket, Rate, RateItem
+from pyrate_limiter import Decision, Duration, InMemoryBucket, Rate, RateItem
 
 MAX_CALLERS = 10_000  # buckets kept; the least recently seen caller is forgotten first
 
@@ -30,6 +30,7 @@ class KeyedRateLimiter:
                 self._buckets.popitem(last=False)
             bucket.leak(now_ms)
             decision = bucket.put_decision(RateItem(caller, now_ms))
+        assert isinstance(decision, Decision)  # an in-memory bucket decides synchronously, never an awaitable
         if decision.allowed:
             return None
         wait_ms = decision.retry_after_ms if decision.retry_after_ms is not None else 60_000

@@ -15,6 +15,8 @@ _UNPARSEABLE = json.dumps(
 ).encode("ascii")
 
 
+# uvicorn declares AutoHTTPProtocol as a variable (type[asyncio.Protocol]: httptools or h11, whichever is installed),
+# which a type checker cannot take as a base class; subclassing it is how uvicorn picks the same implementation.
 class JsonErrorHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
     """uvicorn's HTTP/1.1 protocol (httptools, or h11 without it), except that a request it cannot parse is answered
     with the API's JSON error instead of plain text: the app never sees such a request, so it cannot answer it."""

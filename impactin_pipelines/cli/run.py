@@ -87,7 +87,7 @@ def execute(
     }
 
 
-def print_summary(summary: dict) -> None:  # type: ignore[type-arg]
+def print_summary(summary: dict) -> None:
     for r in summary["runs"]:
         state = "ok" if r["success"] else f"FAILED: {r['error']}"
         click.echo(f"run {r['runId']} [{r['from']} .. {r['to']}]: {state}")

@@ -39,7 +39,7 @@ def _rate(value: float | None) -> str:
     return "-" if value is None else f"{value:.2%}"
 
 
-def print_detail(result: dict) -> None:  # type: ignore[type-arg]
+def print_detail(result: dict) -> None:
     latency = result["latency"]
     click.echo(
         f"\nsuccess rate (of settled): {_rate(result['successRate'])}   latency created->delivered: "

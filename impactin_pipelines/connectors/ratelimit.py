@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from pyrate_limiter import Limiter, PostgresBucket, Rate, SQLiteBucket
+from pyrate_limiter import AbstractBucket, Limiter, PostgresBucket, Rate, SQLiteBucket
 from sqlalchemy.engine import Engine
 
 from impactin_pipelines.connectors.retry import parse_retry_after
@@ -178,16 +178,12 @@ class PauseStore:
 
     def extend(self, key: str, until_epoch: float) -> None:
         self._ensure()
-        if is_sqlite(self.engine):
-            from sqlalchemy.dialects.sqlite import insert
+        from sqlalchemy.dialects import postgresql, sqlite
 
-            stmt = insert(_pauses).values(limit_key=key, until_epoch=until_epoch)
-            later = sa.func.max(stmt.excluded.until_epoch, _pauses.c.until_epoch)
-        else:
-            from sqlalchemy.dialects.postgresql import insert
-
-            stmt = insert(_pauses).values(limit_key=key, until_epoch=until_epoch)
-            later = sa.func.greatest(stmt.excluded.until_epoch, _pauses.c.until_epoch)
+        insert = sqlite.insert if is_sqlite(self.engine) else postgresql.insert
+        stmt = insert(_pauses).values(limit_key=key, until_epoch=until_epoch)
+        greater = sa.func.max if is_sqlite(self.engine) else sa.func.greatest  # SQLite's max() of two is greatest()
+        later = greater(stmt.excluded.until_epoch, _pauses.c.until_epoch)
         with self.engine.begin() as conn:
             conn.execute(stmt.on_conflict_do_update(index_elements=["limit_key"], set_={"until_epoch": later}))
 
@@ -312,7 +308,7 @@ def shared_limiter(engine: Engine, provider: str, credential_key: str, rate: Rat
         if is_sqlite(engine):
             path: Path = state_dir() / RATE_LIMIT_DB
             path.parent.mkdir(parents=True, exist_ok=True)
-            bucket = SQLiteBucket.init_from_file(
+            bucket: AbstractBucket = SQLiteBucket.init_from_file(
                 _rates(rate), table=f"ratelimit_{key}", db_path=str(path), use_file_lock=True
             )
             pauses = _sqlite_stores.get(str(path))
@@ -320,7 +316,7 @@ def shared_limiter(engine: Engine, provider: str, credential_key: str, rate: Rat
                 pauses = _sqlite_stores[str(path)] = PauseStore(make_engine(f"sqlite:///{path}"))
             limiter = Limiter(bucket, buffer_ms=0)
         else:
-            bucket = PostgresBucket(_EnginePool(engine), key, _rates(rate))  # type: ignore[arg-type]
+            bucket = PostgresBucket(_EnginePool(engine), key, _rates(rate))
             pauses = PauseStore(engine)
             limiter = Limiter(bucket, buffer_ms=1)  # lock contention can report no wait: never spin at 0
         found = _registry[registry_key] = SharedRateLimiter(key, rate, limiter, pauses)

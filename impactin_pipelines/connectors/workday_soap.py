@@ -23,7 +23,7 @@ from dataclasses import replace
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import requests
 from lxml import etree
@@ -65,7 +65,8 @@ LOG = logging.getLogger("impactin.workday")
 @functools.cache
 def wsdl_document() -> Document:
     """The WSDL, parsed once per process and shared by every company's client (it is read-only after parsing)."""
-    document = Document(str(WSDL_PATH), Transport(), settings=ZEEP_SETTINGS)
+    # zeep annotates `transport` as type[Transport], but it calls methods on the instance it is given.
+    document = Document(str(WSDL_PATH), cast(type[Transport], Transport()), settings=ZEEP_SETTINGS)
     document.types.set_ns_prefix("wd", NAMESPACE)  # envelopes read like the guide's example: wd:...
     return document
 

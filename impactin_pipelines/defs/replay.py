@@ -7,6 +7,9 @@
 The run fails (red in the UI) when a replay did not end in `success`; its metadata lists every row.
 """
 
+from collections.abc import Iterator
+from typing import Any
+
 import dagster as dg
 from pydantic import Field
 
@@ -57,7 +60,7 @@ def replay_deliveries(
     warehouse: WarehouseResource,
     providers: ProvidersResource,
     delivery: DeliveryResource,
-):  # type: ignore[no-untyped-def]
+) -> Iterator[dg.Output[None]]:
     """Replays through the same service as the CLI and the API (claimed, so never sent twice)."""
     problems = config.problems()
     if problems:
@@ -83,7 +86,7 @@ def replay_deliveries(
     finally:
         factory.close()
     ok = sum(r.success for r in results)
-    metadata: dict[str, object] = {
+    metadata: dict[str, Any] = {
         "total": len(results),
         "successful": ok,
         "failed": len(results) - ok,

@@ -28,7 +28,7 @@ from impactin_pipelines.defs.jobs import impact_delivery_job
 from impactin_pipelines.defs.planning import RANGE_END_TAG, RANGE_START_TAG, covering_range, run_request
 from impactin_pipelines.defs.resources import DeliveryResource, WarehouseResource
 from impactin_pipelines.domain.providers import PROVIDERS
-from impactin_pipelines.partitions import company_partitions, split_key
+from impactin_pipelines.partitions import COMPANY_PARTITIONS, split_key
 from impactin_pipelines.settings import RetrySettings
 from impactin_pipelines.store.reruns import due_retrying
 from impactin_pipelines.store.source import work_by_provider
@@ -123,7 +123,7 @@ def impact_rerun_sensor(
     cap = delivery.max_run_attempts
     policy = RetryPolicy(RetrySettings.from_env())
     cursor = RerunCursor.load(context.cursor)
-    known = context.instance.get_dynamic_partitions(company_partitions.name)
+    known = context.instance.get_dynamic_partitions(COMPANY_PARTITIONS)
     busy = _busy(context.instance, known)
     work = work_by_provider(warehouse.engine, now)
     requests: list[dg.RunRequest] = []

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 from impactin_pipelines.defs.planning import PartitionRange, plan_ranges
 from impactin_pipelines.domain.companies import is_valid_company_id
 from impactin_pipelines.domain.providers import PROVIDERS, Provider
-from impactin_pipelines.partitions import company_partitions
+from impactin_pipelines.partitions import COMPANY_PARTITIONS
 from impactin_pipelines.services.extract import quarantine_unpartitionable
 from impactin_pipelines.settings import state_dir
 from impactin_pipelines.store.source import integrations
@@ -122,15 +122,15 @@ def _open_instance(home: Path) -> dg.DagsterInstance:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _ensure_company_partitions(instance: dg.DagsterInstance, companies: Sequence[str]) -> list[str]:
+def _ensure_company_partitions(instance: dg.DagsterInstance, companies: Sequence[str]) -> Sequence[str]:
     """Add missing company partitions (the sensor does this too; a concurrent adder may win the race)."""
-    known = instance.get_dynamic_partitions(company_partitions.name)
+    known = instance.get_dynamic_partitions(COMPANY_PARTITIONS)
     missing = [c for c in companies if c not in set(known)]
     if missing:
         # Another process may add some of them first; what matters is that they exist afterwards.
         with contextlib.suppress(Exception):
-            instance.add_dynamic_partitions(company_partitions.name, missing)
-        known = instance.get_dynamic_partitions(company_partitions.name)
+            instance.add_dynamic_partitions(COMPANY_PARTITIONS, missing)
+        known = instance.get_dynamic_partitions(COMPANY_PARTITIONS)
         still_missing = [c for c in missing if c not in set(known)]
         if still_missing:
             raise RuntimeError(f"could not add company partitions: {', '.join(still_missing)}")

@@ -8,7 +8,7 @@ import dagster as dg
 from impactin_pipelines.defs.jobs import impact_delivery_job
 from impactin_pipelines.defs.planning import SLICE_TAG, run_request, split_covering_range
 from impactin_pipelines.defs.resources import WarehouseResource
-from impactin_pipelines.partitions import company_partitions
+from impactin_pipelines.partitions import COMPANY_PARTITIONS
 from impactin_pipelines.settings import ScheduleSettings
 from impactin_pipelines.store.source import work_by_provider
 
@@ -24,12 +24,14 @@ def nightly_delivery_schedule(settings: ScheduleSettings | None = None) -> dg.Sc
         default_status=dg.DefaultScheduleStatus.RUNNING,
         description="Every night, deliver each (company, provider) with pending or due rows.",
     )
-    def _schedule(context: dg.ScheduleEvaluationContext, warehouse: WarehouseResource):  # type: ignore[no-untyped-def]
+    def _schedule(
+        context: dg.ScheduleEvaluationContext, warehouse: WarehouseResource
+    ) -> list[dg.RunRequest] | dg.SkipReason:
         scheduled = context.scheduled_execution_time or datetime.now(UTC)
-        known = context.instance.get_dynamic_partitions(company_partitions.name)
+        known = context.instance.get_dynamic_partitions(COMPANY_PARTITIONS)
         work = work_by_provider(warehouse.engine, scheduled.astimezone(UTC))
         stamp = scheduled.strftime("%Y-%m-%dT%H%M")
-        requests = []
+        requests: list[dg.RunRequest] = []
         for provider in sorted(work):
             ranges = split_covering_range(known, work[provider], provider, settings.runs_per_provider)
             sliced = len(ranges) > 1

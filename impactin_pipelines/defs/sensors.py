@@ -6,7 +6,7 @@ from impactin_pipelines.defs.jobs import delivery_stats_job, impact_delivery_job
 from impactin_pipelines.defs.loggers import logging_run_config
 from impactin_pipelines.defs.resources import WarehouseResource
 from impactin_pipelines.domain.companies import is_valid_company_id
-from impactin_pipelines.partitions import company_partitions
+from impactin_pipelines.partitions import COMPANY_PARTITIONS, company_partitions
 from impactin_pipelines.store.source import integrations
 
 
@@ -16,7 +16,9 @@ from impactin_pipelines.store.source import integrations
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Adds a company partition for every company that appears in company_integrations.",
 )
-def company_partitions_sensor(context: dg.SensorEvaluationContext, warehouse: WarehouseResource):  # type: ignore[no-untyped-def]
+def company_partitions_sensor(
+    context: dg.SensorEvaluationContext, warehouse: WarehouseResource
+) -> dg.SkipReason | dg.SensorResult:
     companies = {i.company_id for i in integrations(warehouse.engine, enabled_only=False)}
     invalid = sorted(c for c in companies if not is_valid_company_id(c))
     for company in invalid:
@@ -24,7 +26,7 @@ def company_partitions_sensor(context: dg.SensorEvaluationContext, warehouse: Wa
             f"company_id {company!r} cannot be a Dagster partition key; delivery runs quarantine its events as "
             "failed/invalid_event"
         )
-    known = set(context.instance.get_dynamic_partitions(company_partitions.name))
+    known = set(context.instance.get_dynamic_partitions(COMPANY_PARTITIONS))
     new = sorted(c for c in companies - known if c not in invalid)
     if not new:
         return dg.SkipReason(f"no new companies ({len(known)} known, {len(invalid)} invalid)")

@@ -23,7 +23,7 @@ import time
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, cast
 
 from lxml import etree
 from zeep import Settings
@@ -333,7 +333,8 @@ class WorkdaySandbox(ProviderSandbox):
         if not (request.header("Content-Type") or "").startswith("text/xml"):
             return Response.text(415, "SOAP 1.1 requests must be text/xml")
         try:
-            envelope = parse_xml(request.body, None, settings=_PARSE_SETTINGS)
+            # zeep annotates `content` as str; it hands it to lxml, which takes the raw bytes (and their encoding).
+            envelope = parse_xml(cast(str, request.body), None, settings=_PARSE_SETTINGS)
         except (ZeepError, etree.XMLSyntaxError, ValueError) as exc:
             return fault_response(SoapFault("SOAP-ENV:Client", f"request XML refused: {exc!r}"))
         try:

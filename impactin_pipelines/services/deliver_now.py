@@ -153,7 +153,7 @@ def _store_event(engine: Engine, event: ImpactEvent, row: Mapping[str, Any], sub
         return
     with read_connection(engine) as conn:
         stored = conn.execute(sa.select(e).where(e.c.event_id == event.event_id)).first()
-    if stored is None or not _same_event(stored._mapping, event):
+    if stored is None or not _same_event(stored._asdict(), event):
         raise EventConflict(f"eventId {submitted!r} already exists with different content")
 
 

@@ -5,6 +5,7 @@ A company or window with nothing settled is healthy, never a breach (the origina
 this wrong).
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,7 +30,7 @@ class Finding:
     passed: bool
     description: str
     severity: str = ERROR
-    metrics: dict[str, float | int] = field(default_factory=dict)
+    metrics: Mapping[str, float | int] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)  # a sample of the rows at fault
 
 

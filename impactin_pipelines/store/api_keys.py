@@ -12,6 +12,7 @@ import secrets
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -95,7 +96,7 @@ class ApiKeyStore:
             raise ValueError(f"label is {len(label)} characters long, at most 200")
         key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
         now = utcnow()
-        row = {
+        row: dict[str, Any] = {
             "key_id": key_id,
             "key_hash": _hash(key_id, secret),
             "company_id": company_id,

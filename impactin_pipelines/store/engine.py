@@ -5,6 +5,7 @@ transaction: a deferred transaction that later writes can fail at once with "dat
 waiting, which is exactly the concurrency we have (threads of one run, several runs at once).
 """
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,7 +39,7 @@ def _sqlite_engine(url: str) -> Engine:
     )
 
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+    def _on_connect(dbapi_connection: sqlite3.Connection, _record: object) -> None:
         dbapi_connection.isolation_level = None  # we emit BEGIN ourselves, below
         # Undecodable bytes written by another system must fail one event, not the whole query.
         dbapi_connection.text_factory = _decode_lenient

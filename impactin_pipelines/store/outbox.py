@@ -7,7 +7,7 @@ that went out is a fact whoever holds the claim now.
 """
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -85,7 +85,7 @@ class Settlement:
     release: bool = True  # give up the claim (the run is done with this row)
 
 
-def _insert(engine: Engine):  # type: ignore[no-untyped-def]
+def _insert(engine: Engine) -> Callable[[sa.Table], postgresql.Insert | sqlite.Insert]:
     return postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
 
 
@@ -220,7 +220,7 @@ class Outbox:
         )
         with self.engine.begin() as conn:
             rows = conn.execute(stmt).all()
-        rows.sort(key=lambda r: r.id)
+        rows = sorted(rows, key=lambda r: r.id)
         return [ClaimedDelivery(**row._mapping) for row in rows]
 
     def confirm(

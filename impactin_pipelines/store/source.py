@@ -59,7 +59,7 @@ def undelivered_events(
             .limit(batch_size)
         )
         with read_connection(engine) as conn:
-            rows = [dict(row._mapping) for row in conn.execute(stmt).all()]
+            rows: list[Mapping[str, Any]] = [dict(row._mapping) for row in conn.execute(stmt).all()]
         if not rows:
             return
         yield rows

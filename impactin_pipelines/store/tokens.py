@@ -104,10 +104,9 @@ class TokenStore:
             "expires_at": token.expires_at,
             "updated_at": token.issued_at,
         }
-        if is_sqlite(self.engine):
-            from sqlalchemy.dialects.sqlite import insert
-        else:
-            from sqlalchemy.dialects.postgresql import insert
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        insert = sqlite.insert if is_sqlite(self.engine) else postgresql.insert
         stmt = insert(t).values(company_id=company_id, provider=provider, created_at=token.issued_at, **values)
         conn.execute(stmt.on_conflict_do_update(index_elements=["company_id", "provider"], set_=values))
 

@@ -45,7 +45,7 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _provider_markdown(stats: dict) -> str:  # type: ignore[type-arg]
+def _provider_markdown(stats: dict) -> str:
     lines = ["| provider | status | count | avg attempts |", "|---|---|---:|---:|"]
     lines += [
         f"| {r['provider']} | {r['status']} | {r['count']} | {r['avgAttempts']:.2f} |" for r in stats["byProvider"]
@@ -53,7 +53,7 @@ def _provider_markdown(stats: dict) -> str:  # type: ignore[type-arg]
     return "\n".join(lines)
 
 
-def stats_markdown(stats: dict) -> str:  # type: ignore[type-arg]
+def stats_markdown(stats: dict) -> str:
     latency = stats["latency"]
     counts = ["total", *STATUS_NAMES]
     worst = sorted(stats["byCompany"], key=lambda r: (-r["failed"], r["companyId"]))[:MARKDOWN_ROWS]
@@ -89,7 +89,7 @@ def stats_markdown(stats: dict) -> str:  # type: ignore[type-arg]
     )
 
 
-def stats_metadata(stats: dict) -> dict[str, float | int]:  # type: ignore[type-arg]
+def stats_metadata(stats: dict) -> dict[str, float | int]:
     """Numeric metadata under stable keys: the same names every run (0 when nothing matched) so the UI can plot
     them; a rate or a latency that is undefined (nothing settled, nothing delivered) is left out."""
     values: dict[str, float | int] = {f"total_{k}": v for k, v in stats["overall"].items()}
@@ -135,7 +135,7 @@ def delivery_stats(
         keep_days=config.keep_days,
     )
     context.log.info(f"delivery stats: {stats['overall']['total']} deliveries, {written} rows in impact_delivery_stats")
-    metadata: dict[str, object] = dict(stats_metadata(stats))
+    metadata: dict[str, Any] = dict(stats_metadata(stats))
     metadata["by_provider"] = dg.MetadataValue.md(_provider_markdown(stats))
     metadata["summary"] = dg.MetadataValue.md(stats_markdown(stats))
     metadata["period_days"] = config.period_days
