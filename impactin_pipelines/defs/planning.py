@@ -81,5 +81,5 @@ def covering_range(known_companies: Sequence[str], companies: Iterable[str], pro
     return PartitionRange(members[0], members[-1], provider, provider)
 
 
-def run_request(rng: PartitionRange, *, trigger: str, run_key: str | None = None) -> dg.RunRequest:
-    return dg.RunRequest(run_key=run_key, tags=rng.tags(trigger), run_config=logging_run_config())
+def run_request(rng: PartitionRange, *, trigger: str, log_format: str, run_key: str | None = None) -> dg.RunRequest:
+    return dg.RunRequest(run_key=run_key, tags=rng.tags(trigger), run_config=logging_run_config(log_format))
