@@ -86,7 +86,7 @@ class ImpactinSettings(BaseSettings):
         try:
             super().__init__(**values)
         except ValidationError as exc:
-            raise ValueError(describe_error(type(self), exc, _ENVIRON.get() or os.environ)) from None
+            raise ValueError(describe_error(type(self), exc)) from None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Self:
@@ -110,7 +110,7 @@ class ImpactinSettings(BaseSettings):
         return cls.model_fields[name].get_default(call_default_factory=True)
 
 
-def describe_error(model: type[ImpactinSettings], exc: ValidationError, env: Mapping[str, str]) -> str:
+def describe_error(model: type[ImpactinSettings], exc: ValidationError) -> str:
     """`NAME='value' <reason>` for each bad value (a model-wide rule's own message as it is)."""
     by_key = {}
     for name in model.model_fields:
@@ -126,7 +126,7 @@ def describe_error(model: type[ImpactinSettings], exc: ValidationError, env: Map
         if message.startswith(var):
             messages.append(message)
             continue
-        raw = env.get(var, error.get("input"))
+        raw = error.get("input")
         reason = _REASONS.get(error["type"])
         bound = next(iter((error.get("ctx") or {}).values()), "")
         if error["type"] == "greater_than_equal":
