@@ -15,7 +15,13 @@ from impactin_pipelines.defs.provider_health import (
 )
 from impactin_pipelines.defs.replay import impact_replay_job
 from impactin_pipelines.defs.rerun import impact_rerun_sensor
-from impactin_pipelines.defs.resources import DeliveryResource, ProvidersResource, WarehouseResource
+from impactin_pipelines.defs.resources import (
+    ChecksResource,
+    DeliveryResource,
+    LogsResource,
+    ProvidersResource,
+    WarehouseResource,
+)
 from impactin_pipelines.defs.schedules import nightly_delivery_schedule
 from impactin_pipelines.defs.sensors import company_partitions_sensor, stats_after_delivery_sensor
 
@@ -32,6 +38,8 @@ def build_defs() -> dg.Definitions:
             "warehouse": WarehouseResource.from_env(),
             "providers": ProvidersResource.from_env(),
             "delivery": DeliveryResource.from_env(),
+            "checks": ChecksResource.from_env(),
+            "logs": LogsResource.from_env(),
         },
     )
 

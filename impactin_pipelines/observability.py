@@ -13,9 +13,10 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from impactin_pipelines.settings import LogSettings
+
 DELIVERY_FIELDS = ("deliveryId", "provider", "eventId", "status", "attemptCount")
-LOG_FORMAT_ENV = "IMPACTIN_LOG_FORMAT"
-LOG_FORMATS = ("text", "json")
+LOG_FORMAT_ENV = LogSettings.env_var("log_format")
 TEXT_FORMAT = "%(levelname)s %(name)s: %(message)s"
 _FIELDS_ATTR = "impactin"  # the structured fields, as one dict on the record
 _MESSAGE_ATTR = "impactin_message"  # the message without the rendered fields
@@ -47,10 +48,7 @@ def log_delivery(
 
 
 def log_format(env: Mapping[str, str] = os.environ) -> str:
-    value = (env.get(LOG_FORMAT_ENV) or "text").strip().lower()
-    if value not in LOG_FORMATS:
-        raise ValueError(f"{LOG_FORMAT_ENV}={env.get(LOG_FORMAT_ENV)!r} must be one of {', '.join(LOG_FORMATS)}")
-    return value
+    return LogSettings.from_env(env).log_format
 
 
 def _jsonable(value: Any) -> Any:

@@ -8,7 +8,7 @@ import sqlalchemy as sa
 
 from impactin_pipelines.defs.assets.delivery import impact_deliveries, impact_outbox
 from impactin_pipelines.defs.checks import delivery_checks
-from impactin_pipelines.defs.resources import DeliveryResource, ProvidersResource, WarehouseResource
+from impactin_pipelines.defs.resources import ChecksResource, DeliveryResource, ProvidersResource, WarehouseResource
 from impactin_pipelines.domain.identity import delivery_id_for
 from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.partitions import partition_key
@@ -181,6 +181,7 @@ def test_checks_run_with_the_delivery_job_and_carry_the_rows(engine, sandbox) ->
         "warehouse": WarehouseResource(url=engine.url.render_as_string(hide_password=False)),
         "providers": ProvidersResource(**sandbox.env()),
         "delivery": DeliveryResource(concurrency=2, lease_s=30),
+        "checks": ChecksResource(),
     }
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("company", ["acme"])

@@ -18,7 +18,7 @@ from impactin_pipelines.defs.planning import (
     segments,
     split_covering_range,
 )
-from impactin_pipelines.defs.resources import DeliveryResource, ProvidersResource, WarehouseResource
+from impactin_pipelines.defs.resources import DeliveryResource, LogsResource, ProvidersResource, WarehouseResource
 from impactin_pipelines.defs.schedules import nightly_delivery_schedule
 from impactin_pipelines.defs.sensors import company_partitions_sensor
 from impactin_pipelines.partitions import company_partitions, partition_key
@@ -59,6 +59,7 @@ def _all_resources(engine):  # type: ignore[no-untyped-def]
         "warehouse": WarehouseResource(url=engine.url.render_as_string(hide_password=False)),
         "providers": ProvidersResource(),
         "delivery": DeliveryResource(),
+        "logs": LogsResource(),
     }
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from impactin_pipelines.connectors.registry import ConnectorFactory
 from impactin_pipelines.defs.planning import covering_range, run_request
+from impactin_pipelines.defs.resources import LogsResource
 from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.observability import (
     DELIVERY_FIELDS,
@@ -207,7 +208,7 @@ def test_cli_writes_one_json_object_per_line(engine, sandbox, warehouse_url) -> 
 
 
 def test_requested_runs_select_no_logger_in_text_mode() -> None:
-    request = run_request(covering_range(["acme"], ["acme"], "benevity"), trigger="schedule")
+    request = run_request(covering_range(["acme"], ["acme"], "benevity"), trigger="schedule", log_format="text")
     assert request.run_config == {}
 
 
@@ -224,7 +225,10 @@ def test_dagster_run_logs_are_json_lines_and_in_the_event_log(engine, sandbox, m
     try:
         with dg.instance_for_test() as instance:
             instance.add_dynamic_partitions("company", ["acme"])
-            request = run_request(covering_range(["acme"], ["acme"], "benevity"), trigger="schedule")
+            logs = defs.resources["logs"]
+            assert isinstance(logs, LogsResource) and logs.log_format == "json"  # from IMPACTIN_LOG_FORMAT
+            rng = covering_range(["acme"], ["acme"], "benevity")
+            request = run_request(rng, trigger="schedule", log_format=logs.log_format)
             assert request.run_config == {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
             result = defs.resolve_job_def("impact_delivery_job").execute_in_process(
                 instance=instance, tags=request.tags, run_config=request.run_config

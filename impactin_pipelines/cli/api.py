@@ -4,19 +4,31 @@ import click
 
 from impactin_pipelines.cli.common import engine, require_encryption_key
 from impactin_pipelines.cli.output import echo_json, table
+from impactin_pipelines.settings import ApiSettings
 from impactin_pipelines.store import source
 from impactin_pipelines.store.api_keys import ApiKey, ApiKeyStore
 
 
 @click.command("api")
-@click.option("--host", default="127.0.0.1", show_default=True, envvar="IMPACTIN_API_HOST", help="Address to bind.")
-@click.option("--port", type=click.IntRange(0, 65535), default=3007, show_default=True, envvar="IMPACTIN_API_PORT")
+@click.option(
+    "--host",
+    default=ApiSettings.default("host"),
+    show_default=True,
+    envvar=ApiSettings.env_var("host"),
+    help="Address to bind.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=ApiSettings.default("port"),
+    show_default=True,
+    envvar=ApiSettings.env_var("port"),
+)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
 def api(host: str, port: int, log_level: str) -> None:
     """Serve the /v1/impact-in HTTP API (keys: `impactin api-keys create`)."""
     from impactin_pipelines.api import build_app
     from impactin_pipelines.api.server import serve
-    from impactin_pipelines.settings import ApiSettings
 
     try:
         settings = ApiSettings.from_env()

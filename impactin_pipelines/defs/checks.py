@@ -2,7 +2,7 @@
 the cap. Each result's metadata names the rows at fault. Not partitioned (partitioned checks are preview in
 1.13): each looks at the whole ledger, and runs in the stats job after every successful delivery run.
 
-Thresholds: IMPACTIN_CHECK_* (settings.CheckSettings); the cap: the delivery resource's max_run_attempts."""
+Thresholds: the checks resource (IMPACTIN_CHECK_*); the cap: the delivery resource's max_run_attempts."""
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -11,9 +11,8 @@ from typing import Any
 import dagster as dg
 
 from impactin_pipelines.defs.assets.delivery import impact_deliveries
-from impactin_pipelines.defs.resources import DeliveryResource, WarehouseResource
+from impactin_pipelines.defs.resources import ChecksResource, DeliveryResource, WarehouseResource
 from impactin_pipelines.services import health
-from impactin_pipelines.settings import CheckSettings
 
 SEVERITY = {health.ERROR: dg.AssetCheckSeverity.ERROR, health.WARN: dg.AssetCheckSeverity.WARN}
 
@@ -48,16 +47,16 @@ def result(finding: health.Finding, thresholds: dict[str, float | int]) -> dg.As
 
 
 @dg.asset_check(asset=impact_deliveries, description="No row pending too long, no claim unmoved too long.")
-def no_stuck_deliveries(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    s = CheckSettings.from_env()
+def no_stuck_deliveries(warehouse: WarehouseResource, checks: ChecksResource) -> dg.AssetCheckResult:
+    s = checks.settings()
     finding = health.stuck_rows(warehouse.engine, s, datetime.now(UTC))
     thresholds = {"stuck_pending_hours": s.stuck_pending_hours, "stuck_claim_minutes": s.stuck_claim_minutes}
     return result(finding, thresholds)
 
 
 @dg.asset_check(asset=impact_deliveries, description="Failure rate of recently settled deliveries (WARN / ERROR).")
-def delivery_failure_rate(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    s = CheckSettings.from_env()
+def delivery_failure_rate(warehouse: WarehouseResource, checks: ChecksResource) -> dg.AssetCheckResult:
+    s = checks.settings()
     finding = health.failure_rate(warehouse.engine, s, datetime.now(UTC))
     thresholds = {
         "warn_threshold": s.failure_rate_warn,
@@ -71,8 +70,8 @@ def delivery_failure_rate(warehouse: WarehouseResource) -> dg.AssetCheckResult:
     asset=impact_deliveries,
     description="Every eligible event has exactly one row per enabled provider; none delivered twice.",
 )
-def delivery_ledger_balances(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    s = CheckSettings.from_env()
+def delivery_ledger_balances(warehouse: WarehouseResource, checks: ChecksResource) -> dg.AssetCheckResult:
+    s = checks.settings()
     finding = health.ledger_balance(warehouse.engine, s, datetime.now(UTC))
     return result(finding, {"grace_hours": s.ledger_grace_hours})
 

@@ -3,7 +3,8 @@ that writes one JSON object per line, with the delivery fields of each line at t
 record's `extra` on to run loggers). The event log the UI shows is unaffected: it keeps every line as text.
 
 Dagster instantiates a job's loggers only when the run config names them (otherwise it falls back to its
-colored console logger), so the runs we request carry `logging_run_config()`."""
+colored console logger), so the runs we request carry `logging_run_config(...)`, given the log format of the logs
+resource."""
 
 import logging
 
@@ -33,9 +34,9 @@ def run_loggers() -> dict[str, dg.LoggerDefinition]:
     return {"console": json_lines_logger}
 
 
-def logging_run_config(level: str = "INFO") -> dict[str, object]:
-    """Run config that selects the code location's console logger (the JSON one when IMPACTIN_LOG_FORMAT=json);
+def logging_run_config(fmt: str, level: str = "INFO") -> dict[str, object]:
+    """Run config that selects the code location's console logger (the JSON one when the format is json);
     empty otherwise, so Dagster's defaults stay untouched."""
-    if log_format() != "json":
+    if fmt != "json":
         return {}
     return {"loggers": {"console": {"config": {"log_level": level}}}}

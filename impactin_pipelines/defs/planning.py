@@ -102,6 +102,13 @@ def split_covering_range(
 
 
 def run_request(
-    rng: PartitionRange, *, trigger: str, run_key: str | None = None, tags: Mapping[str, str] | None = None
+    rng: PartitionRange,
+    *,
+    trigger: str,
+    log_format: str,
+    run_key: str | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> dg.RunRequest:
-    return dg.RunRequest(run_key=run_key, tags={**rng.tags(trigger), **(tags or {})}, run_config=logging_run_config())
+    return dg.RunRequest(
+        run_key=run_key, tags={**rng.tags(trigger), **(tags or {})}, run_config=logging_run_config(log_format)
+    )

@@ -26,10 +26,9 @@ import dagster as dg
 from impactin_pipelines.connectors.retry import RetryPolicy
 from impactin_pipelines.defs.jobs import impact_delivery_job
 from impactin_pipelines.defs.planning import RANGE_END_TAG, RANGE_START_TAG, covering_range, run_request
-from impactin_pipelines.defs.resources import DeliveryResource, WarehouseResource
+from impactin_pipelines.defs.resources import DeliveryResource, LogsResource, WarehouseResource
 from impactin_pipelines.domain.providers import PROVIDERS
 from impactin_pipelines.partitions import COMPANY_PARTITIONS, split_key
-from impactin_pipelines.settings import RetrySettings
 from impactin_pipelines.store.reruns import due_retrying
 from impactin_pipelines.store.source import work_by_provider
 
@@ -117,11 +116,11 @@ def _with_tags(request: dg.RunRequest, **tags: str) -> dg.RunRequest:
     description="Re-runs partitions of failed delivery runs (spaced, capped) and partitions with due retrying rows.",
 )
 def impact_rerun_sensor(
-    context: dg.SensorEvaluationContext, warehouse: WarehouseResource, delivery: DeliveryResource
+    context: dg.SensorEvaluationContext, warehouse: WarehouseResource, delivery: DeliveryResource, logs: LogsResource
 ) -> dg.SensorResult:
     now = datetime.now(UTC)
     cap = delivery.max_run_attempts
-    policy = RetryPolicy(RetrySettings.from_env())
+    policy = RetryPolicy(delivery.retry.settings())
     cursor = RerunCursor.load(context.cursor)
     known = context.instance.get_dynamic_partitions(COMPANY_PARTITIONS)
     busy = _busy(context.instance, known)
@@ -162,7 +161,7 @@ def impact_rerun_sensor(
             if rng is None:
                 continue
             key = f"rerun-{root}-{attempt + 1}-{provider}"
-            request = run_request(rng, trigger=TRIGGER, run_key=key)
+            request = run_request(rng, trigger=TRIGGER, log_format=logs.log_format, run_key=key)
             requests.append(_with_tags(request, **{ATTEMPT_TAG: str(attempt + 1), RERUN_OF_TAG: root}))
             _add(planned, provider, todo)
         cursor.handled[run.run_id] = ended
@@ -179,7 +178,8 @@ def impact_rerun_sensor(
         state = json.dumps([(g.company_id, g.rows, g.run_total) for g in groups])
         digest = hashlib.sha256(state.encode()).hexdigest()[:16]
         attempt = max(g.max_run_count for g in groups) + 1
-        request = run_request(rng, trigger=TRIGGER, run_key=f"rerun-rows-{provider}-{digest}")
+        key = f"rerun-rows-{provider}-{digest}"
+        request = run_request(rng, trigger=TRIGGER, log_format=logs.log_format, run_key=key)
         requests.append(_with_tags(request, **{ATTEMPT_TAG: str(attempt)}))
 
     new_cursor = cursor.dump(oldest=(now - LOOKBACK).timestamp())

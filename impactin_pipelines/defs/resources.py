@@ -1,14 +1,40 @@
-"""Resources: the warehouse engine, delivery tuning and the provider credentials (as EnvVar, never values)."""
+"""Resources: the warehouse engine, delivery tuning, check thresholds, log settings and the provider credentials
+(as EnvVar, never values).
+
+The fields of the settings resources are declared by the models in `settings.py` (default and description come
+from there, `from_env` fills them from the same variables), so a default is written once; run config may override.
+"""
 
 import os
 from dataclasses import fields
+from typing import Any
 
 import dagster as dg
 from pydantic import Field, PrivateAttr
 from sqlalchemy.engine import Engine
 
-from impactin_pipelines.settings import DeliverySettings, ProviderEnv, warehouse_url
+from impactin_pipelines.settings import (
+    RUN_LOG_LEVELS,
+    CheckSettings,
+    DeliverySettings,
+    ImpactinSettings,
+    LogSettings,
+    ProviderEnv,
+    RetrySettings,
+    StateSettings,
+)
 from impactin_pipelines.store.engine import make_engine
+
+
+def declared(model: type[ImpactinSettings], name: str, **constraints: Any) -> Any:
+    """A resource field declared by `model`'s field `name`: same default, described by its variable."""
+    info = model.model_fields[name]
+    description = " ".join(filter(None, [info.description, f"Default from {model.env_var(name)}."]))
+    return Field(default=model.default(name), description=description, **constraints)
+
+
+def _values(config: dg.Config, model: type[ImpactinSettings], *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {name: getattr(config, name) for name in model.model_fields if name not in skip}
 
 
 class WarehouseResource(dg.ConfigurableResource):
@@ -34,43 +60,84 @@ class WarehouseResource(dg.ConfigurableResource):
     @classmethod
     def from_env(cls) -> "WarehouseResource":
         """EnvVar when set (a PostgreSQL URL may hold a password), else the embedded default path."""
-        if os.environ.get("IMPACTIN_WAREHOUSE_URL"):
-            return cls(url=dg.EnvVar("IMPACTIN_WAREHOUSE_URL"))
-        return cls(url=warehouse_url())
+        state = StateSettings.from_env()
+        if state.warehouse_url is not None:
+            return cls(url=dg.EnvVar(StateSettings.env_var("warehouse_url")))
+        return cls(url=state.resolved_warehouse_url())
+
+
+class RetryConfig(dg.Config):
+    """The retry policy of deliveries and of the rerun sensor (settings.RetrySettings)."""
+
+    max_attempts: int = declared(RetrySettings, "max_attempts")
+    initial_delay_s: float = declared(RetrySettings, "initial_delay_s")
+    multiplier: float = declared(RetrySettings, "multiplier")
+    max_delay_s: float = declared(RetrySettings, "max_delay_s")
+    jitter: float = declared(RetrySettings, "jitter")
+    max_retry_after_s: float = declared(RetrySettings, "max_retry_after_s")
+    max_rate_limit_waits: int = declared(RetrySettings, "max_rate_limit_waits")
+    rerun_base_delay_s: float = declared(RetrySettings, "rerun_base_delay_s")
+    rerun_max_delay_s: float = declared(RetrySettings, "rerun_max_delay_s")
+
+    def settings(self) -> RetrySettings:
+        return RetrySettings(**_values(self, RetrySettings))
+
+    @classmethod
+    def of(cls, settings: RetrySettings) -> "RetryConfig":
+        return cls(**settings.model_dump())
 
 
 class DeliveryResource(dg.ConfigurableResource):
-    """Tuning of one delivery pass; defaults come from the IMPACTIN_* environment, run config may override."""
+    """Tuning of one delivery pass (settings.DeliverySettings) and the run log level (settings.LogSettings)."""
 
-    concurrency: int = 8
-    lease_s: float = 60.0
-    max_run_attempts: int = 5
-    # Every delivery is a line in the run log at INFO (the guide's logging contract). Each line is an event in
-    # Dagster's event log (~3 ms on SQLite storage): "WARNING" keeps only retries and failures there and roughly
-    # doubles a run's throughput at 20 ms provider latency; the warehouse's attempt log keeps everything either way.
-    run_log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    concurrency: int = declared(DeliverySettings, "concurrency")
+    claim_batch: int = declared(DeliverySettings, "claim_batch")
+    lease_s: float = declared(DeliverySettings, "lease_s")
+    connect_timeout_s: float = declared(DeliverySettings, "connect_timeout_s")
+    read_timeout_s: float = declared(DeliverySettings, "read_timeout_s")
+    max_run_attempts: int = declared(DeliverySettings, "max_run_attempts")
+    retry: RetryConfig = Field(default_factory=RetryConfig, description="The retry policy.")
+    run_log_level: str = declared(LogSettings, "run_log_level", pattern=f"^({'|'.join(RUN_LOG_LEVELS)})$")
 
     def settings(self) -> DeliverySettings:
-        base = DeliverySettings.from_env()
-        return DeliverySettings(
-            concurrency=self.concurrency,
-            claim_batch=base.claim_batch,
-            lease_s=self.lease_s,
-            connect_timeout_s=base.connect_timeout_s,
-            read_timeout_s=base.read_timeout_s,
-            max_run_attempts=self.max_run_attempts,
-            retry=base.retry,
-        )
+        return DeliverySettings(**_values(self, DeliverySettings, skip=("retry",)), retry=self.retry.settings())
 
     @classmethod
     def from_env(cls) -> "DeliveryResource":
         base = DeliverySettings.from_env()
         return cls(
-            concurrency=base.concurrency,
-            lease_s=base.lease_s,
-            max_run_attempts=base.max_run_attempts,
-            run_log_level=os.environ.get("IMPACTIN_RUN_LOG_LEVEL", "INFO").upper(),
+            **base.model_dump(exclude={"retry"}),
+            retry=RetryConfig.of(base.retry),
+            run_log_level=LogSettings.from_env().run_log_level,
         )
+
+
+class ChecksResource(dg.ConfigurableResource):
+    """Thresholds of the asset checks on the deliveries (settings.CheckSettings)."""
+
+    stuck_pending_hours: float = declared(CheckSettings, "stuck_pending_hours")
+    stuck_claim_minutes: float = declared(CheckSettings, "stuck_claim_minutes")
+    failure_rate_warn: float = declared(CheckSettings, "failure_rate_warn")
+    failure_rate_error: float = declared(CheckSettings, "failure_rate_error")
+    failure_window_hours: float = declared(CheckSettings, "failure_window_hours")
+    ledger_grace_hours: float = declared(CheckSettings, "ledger_grace_hours")
+
+    def settings(self) -> CheckSettings:
+        return CheckSettings(**_values(self, CheckSettings))
+
+    @classmethod
+    def from_env(cls) -> "ChecksResource":
+        return cls(**CheckSettings.from_env().model_dump())
+
+
+class LogsResource(dg.ConfigurableResource):
+    """The console log format of the runs this code location requests (settings.LogSettings)."""
+
+    log_format: str = declared(LogSettings, "log_format", pattern="^(text|json)$")
+
+    @classmethod
+    def from_env(cls) -> "LogsResource":
+        return cls(log_format=LogSettings.from_env().log_format)
 
 
 class ProvidersResource(dg.ConfigurableResource):

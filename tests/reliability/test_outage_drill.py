@@ -17,7 +17,13 @@ from impactin_pipelines.defs.assets.delivery import impact_deliveries, impact_ou
 from impactin_pipelines.defs.jobs import impact_delivery_job
 from impactin_pipelines.defs.planning import PartitionRange
 from impactin_pipelines.defs.rerun import ATTEMPT_TAG, impact_rerun_sensor
-from impactin_pipelines.defs.resources import DeliveryResource, ProvidersResource, WarehouseResource
+from impactin_pipelines.defs.resources import (
+    DeliveryResource,
+    LogsResource,
+    ProvidersResource,
+    RetryConfig,
+    WarehouseResource,
+)
 from impactin_pipelines.services.replay import replay_all_failed
 from tests.reliability.ledger import COMPANY, make_due, make_factory, read, seed
 from tests.support import rows
@@ -26,12 +32,9 @@ N = 6
 DOWN = {"fail_next": {"status": 503, "count": 100_000}}
 
 
-@pytest.fixture(autouse=True)
-def _fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The job reads its retry policy from the environment: real retries, short sleeps. The spacing between runs
-    stays the real one (5 minutes, doubling): the drills advance the clock instead."""
-    monkeypatch.setenv("IMPACTIN_RETRY_INITIAL_DELAY_S", "0.01")
-    monkeypatch.setenv("IMPACTIN_RETRY_MAX_DELAY_S", "0.05")
+# The job's retry policy: real retries, short sleeps. The spacing between runs stays the real one (5 minutes,
+# doubling): the drills advance the clock instead.
+FAST = RetryConfig(initial_delay_s=0.01, max_delay_s=0.05)
 
 
 def _url(engine) -> str:  # type: ignore[no-untyped-def]
@@ -42,14 +45,18 @@ def _job(engine, sandbox, case, cap: int) -> dg.JobDefinition:  # type: ignore[n
     resources = {
         "warehouse": WarehouseResource(url=_url(engine)),
         "providers": ProvidersResource(**{**sandbox.env(), **case.env}),
-        "delivery": DeliveryResource(concurrency=4, lease_s=30, max_run_attempts=cap),
+        "delivery": DeliveryResource(concurrency=4, lease_s=30, max_run_attempts=cap, retry=FAST),
     }
     defs = dg.Definitions(assets=[impact_outbox, impact_deliveries], jobs=[impact_delivery_job], resources=resources)
     return defs.resolve_job_def(impact_delivery_job.name)
 
 
 def _tick(instance: dg.DagsterInstance, engine, cap: int, cursor: str | None) -> dg.SensorResult:  # type: ignore[no-untyped-def]
-    resources = {"warehouse": WarehouseResource(url=_url(engine)), "delivery": DeliveryResource(max_run_attempts=cap)}
+    resources = {
+        "warehouse": WarehouseResource(url=_url(engine)),
+        "delivery": DeliveryResource(max_run_attempts=cap),
+        "logs": LogsResource(),
+    }
     with dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor) as context:
         result = impact_rerun_sensor(context)
     assert isinstance(result, dg.SensorResult)
