@@ -181,7 +181,7 @@ class Outbox:
         free = sa.or_(d.c.claimed_by.is_(None), d.c.lease_expires_at < now)
         if dead:
             free = sa.or_(free, d.c.claimed_by.in_(list(dead)))
-        conditions = [d.c.provider == provider, d.c.status.in_(list(statuses)), free]
+        conditions = [d.c.provider == provider, status_in(statuses), free]
         if due_only:
             conditions.append(sa.or_(d.c.next_attempt_at.is_(None), d.c.next_attempt_at <= now))
         if company_ids is not None:
@@ -354,6 +354,12 @@ class Outbox:
                 .returning(d.c.attempt_count)
             ).first()
         return (moved.attempt_count if moved else -1), moved is not None
+
+
+def status_in(statuses: Sequence[str]) -> sa.ColumnElement[bool]:
+    """`status IN (...)` with the statuses written as literals: the claim indexes cover only claimable rows, and
+    a planner can use such a partial index only when it sees the statuses themselves, not placeholders."""
+    return d.c.status.in_(sa.bindparam(None, list(statuses), expanding=True, literal_execute=True))
 
 
 def _scope_chunks(company_ids: Sequence[str] | None) -> Iterable[Sequence[str] | None]:
