@@ -1,8 +1,8 @@
 """Run every benchmark in turn (each measures its own baseline)."""
 
-from benchmarks import benevity_throughput, goodera_quota, partition_fanout, replay_and_stats
+from benchmarks import benevity_throughput, claims, goodera_quota, partition_fanout, replay_and_stats, staging
 
-BENCHMARKS = [benevity_throughput, partition_fanout, goodera_quota, replay_and_stats]
+BENCHMARKS = [benevity_throughput, partition_fanout, goodera_quota, replay_and_stats, staging, claims]
 
 
 def main() -> None:

@@ -73,20 +73,24 @@ def _text(raw: Mapping[str, Any], name: str, *, required: bool = True) -> str:
         raise InvalidEvent(name, value, f"must be a string, got {type(value).__name__}")
     if len(value) > MAX_TEXT_CHARS:
         raise InvalidEvent(name, value, f"is longer than {MAX_TEXT_CHARS} characters")
-    if any(unicodedata.category(c) == "Cc" for c in value):  # C0, DEL and C1 (`\x85` included)
+    if _CONTROL.search(value):  # C0, DEL and C1 (`\x85` included)
         raise InvalidEvent(name, value, "contains control characters")
     if not is_utf8_text(value):
         raise InvalidEvent(name, value, "is not valid UTF-8")
-    if any(_is_noncharacter(c) for c in value):  # not for interchange; U+FFFE and U+FFFF cannot be written in XML
+    if _NONCHARACTER.search(value):  # not for interchange; U+FFFE and U+FFFF cannot be written in XML
         raise InvalidEvent(name, value, "contains a Unicode noncharacter")
     if not has_visible_text(value):
         raise InvalidEvent(name, value, "has no visible characters")
     return value.strip()
 
 
-def _is_noncharacter(char: str) -> bool:
-    code = ord(char)
-    return 0xFDD0 <= code <= 0xFDEF or code & 0xFFFE == 0xFFFE
+# Checked once per text field of every staged event, so as one regular expression each rather than per character.
+# Category Cc is exactly these code points (Unicode never changes it); noncharacters are U+FDD0..U+FDEF and the
+# last two code points of every plane.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_NONCHARACTER = re.compile(
+    "[\ufdd0-\ufdef" + "".join(f"{chr(plane << 16 | 0xFFFE)}-{chr(plane << 16 | 0xFFFF)}" for plane in range(17)) + "]"
+)
 
 
 def _is_invisible(char: str) -> bool:

@@ -10,6 +10,7 @@ from sqlalchemy.engine import Engine
 
 from impactin_pipelines.domain.providers import PROVIDERS
 from impactin_pipelines.store.engine import read_connection
+from impactin_pipelines.store.outbox import CLAIMABLE, status_in
 from impactin_pipelines.store.schema import company_integrations as ci
 from impactin_pipelines.store.schema import impact_deliveries as d
 from impactin_pipelines.store.schema import impact_events as e
@@ -80,24 +81,23 @@ def work_by_provider(engine: Engine, now: datetime) -> dict[str, set[str]]:
     """Which (provider -> companies) have something to do: events of an enabled integration without an
     outbox row, or rows that are due (pending, or retrying with next_attempt_at passed). Integrations naming a
     provider we do not know are left out: a run for them could only fail (no such partition)."""
+    # One probe per integration, each stopping at its first hit: the cost follows the integrations, not the rows.
     no_row = ~sa.exists().where(
         d.c.company_id == e.c.company_id, d.c.provider == ci.c.provider, d.c.event_id == e.c.event_id
     )
-    new_events = (
-        sa.select(ci.c.provider, ci.c.company_id)
-        .distinct()
-        .join(e, e.c.company_id == ci.c.company_id)
-        .where(ci.c.enabled.is_(True), ci.c.provider.in_(PROVIDERS), no_row)
+    new_events = sa.select(ci.c.provider, ci.c.company_id).where(
+        ci.c.enabled.is_(True),
+        ci.c.provider.in_(PROVIDERS),
+        sa.exists().where(e.c.company_id == ci.c.company_id, no_row),
     )
-    due_rows = (
-        sa.select(d.c.provider, d.c.company_id)
-        .distinct()
-        .join(ci, sa.and_(ci.c.company_id == d.c.company_id, ci.c.provider == d.c.provider))
-        .where(
-            ci.c.enabled.is_(True),
-            d.c.status.in_(("pending", "retrying")),
+    due_rows = sa.select(ci.c.provider, ci.c.company_id).where(
+        ci.c.enabled.is_(True),
+        sa.exists().where(
+            d.c.company_id == ci.c.company_id,
+            d.c.provider == ci.c.provider,
+            status_in(CLAIMABLE),
             sa.or_(d.c.next_attempt_at.is_(None), d.c.next_attempt_at <= now),
-        )
+        ),
     )
     work: dict[str, set[str]] = {}
     with read_connection(engine) as conn:

@@ -1,0 +1,148 @@
+"""Claiming and finding work stay cheap with a large backlog: the queries the code actually sends are explained
+on PostgreSQL (with statistics of a 50k-row outbox) and on SQLite, and must read an index in claim order instead of
+scanning the outbox or sorting all of a company's rows."""
+
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from impactin_pipelines.store.outbox import Outbox
+from impactin_pipelines.store.schema import company_integrations, impact_deliveries, impact_events
+from impactin_pipelines.store.source import work_by_provider
+
+ROWS = 60_000
+BIG = "big"  # holds most of the backlog, as one busy company does
+SMALL = [f"co{i:03d}" for i in range(50)]
+SETTLED = 40_000  # delivered rows stay in the table, in front of the backlog
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _seed(engine: Engine) -> None:
+    """ROWS outbox rows (most of them BIG's) and their events; the oldest SETTLED are delivered, the rest pending."""
+    companies = [BIG if i % 5 else SMALL[i % len(SMALL)] for i in range(ROWS)]
+    with engine.begin() as conn:
+        conn.execute(
+            company_integrations.insert(),
+            [{"company_id": c, "provider": "benevity", "enabled": True} for c in [BIG, *SMALL]],
+        )
+        conn.execute(
+            impact_events.insert(),
+            [{"event_id": f"e{i}", "company_id": c} for i, c in enumerate(companies)],
+        )
+        conn.execute(
+            impact_deliveries.insert(),
+            [
+                {
+                    "id": str(uuid.uuid4()),
+                    "company_id": c,
+                    "provider": "benevity",
+                    "event_id": f"e{i}",
+                    "delivery_id": str(uuid.uuid4()),
+                    "payload": "{}",
+                    "status": "success" if i < SETTLED else "pending",
+                    "created_at": T0 + timedelta(milliseconds=i),
+                    "updated_at": T0,
+                }
+                for i, c in enumerate(companies)
+            ],
+        )
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("ANALYZE")
+
+
+@contextmanager
+def _captured(engine: Engine, prefix: str) -> Iterator[list[tuple[str, Any]]]:
+    """The statements starting with `prefix` (and their parameters) as the driver received them."""
+    seen: list[tuple[str, Any]] = []
+
+    def grab(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if statement.lstrip().upper().startswith(prefix):
+            seen.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", grab)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", grab)
+
+
+def _pg_plans(engine: Engine, prefix: str, run: Callable[[], object]) -> list[dict[str, Any]]:
+    with _captured(engine, prefix) as seen:
+        run()
+    assert seen, f"no statement starting with {prefix} was sent"
+    plans = []
+    with engine.connect() as conn:
+        for statement, parameters in seen:
+            raw = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + statement, parameters).scalar_one()
+            plans.append((json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"])
+    return plans
+
+
+def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from _nodes(child)
+
+
+def _assert_indexed(plan: dict[str, Any], *, index: str | None = None) -> None:
+    nodes = list(_nodes(plan))
+    shown = json.dumps(plan, indent=1)
+    scans = [n for n in nodes if n.get("Relation Name") == "impact_deliveries"]
+    assert scans, shown
+    assert all(n["Node Type"] != "Seq Scan" for n in scans), shown
+    # An incremental sort only orders rows that tie on an index's leading sort key; a full sort would read them all.
+    assert all(n["Node Type"] != "Sort" for n in nodes), shown
+    if index is not None:
+        assert index in {n.get("Index Name") for n in scans}, shown
+
+
+def _claim(engine: Engine, company_ids: list[str] | None) -> Callable[[], object]:
+    return lambda: Outbox(engine).claim(
+        claimant="planner", provider="benevity", company_ids=company_ids, limit=200, lease_s=60
+    )
+
+
+def test_claims_read_the_claim_indexes_in_order_on_postgres(pg_engine) -> None:  # type: ignore[no-untyped-def]
+    _seed(pg_engine)
+    (busy_company,) = _pg_plans(pg_engine, "UPDATE", _claim(pg_engine, [BIG]))
+    _assert_indexed(busy_company)
+    (small_company,) = _pg_plans(pg_engine, "UPDATE", _claim(pg_engine, [SMALL[0]]))
+    _assert_indexed(small_company, index="ix_impact_deliveries_claim_company")
+    (every_company,) = _pg_plans(pg_engine, "UPDATE", _claim(pg_engine, None))
+    _assert_indexed(every_company, index="ix_impact_deliveries_claim_order")
+    (a_range,) = _pg_plans(pg_engine, "UPDATE", _claim(pg_engine, [BIG, *SMALL]))
+    _assert_indexed(a_range)
+
+
+def test_work_by_provider_probes_indexes_on_postgres(pg_engine) -> None:  # type: ignore[no-untyped-def]
+    _seed(pg_engine)
+    new_events, due_rows = _pg_plans(pg_engine, "SELECT", lambda: work_by_provider(pg_engine, datetime.now(UTC)))
+    # Due rows: one index probe per integration, stopping at its first due row.
+    _assert_indexed(due_rows)
+    # New events: one anti-join pass, never a sort or de-duplication of every (event, integration) pair.
+    nodes = list(_nodes(new_events))
+    assert not [n for n in nodes if n["Node Type"] in ("Sort", "Unique", "Aggregate")], json.dumps(new_events)
+    assert any(n.get("Join Type") in ("Anti", "Semi", "Right Anti") for n in nodes), json.dumps(new_events)
+
+
+def test_claims_use_the_claim_index_on_sqlite(sqlite_engine) -> None:  # type: ignore[no-untyped-def]
+    _seed(sqlite_engine)
+    with _captured(sqlite_engine, "UPDATE") as seen:
+        claimed = _claim(sqlite_engine, [BIG])()
+    assert len(claimed) == 200  # type: ignore[arg-type]
+    statement, parameters = seen[0]
+    with sqlite_engine.connect() as conn:
+        plan = " | ".join(row[-1] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters))
+    assert "ix_impact_deliveries_claim_company" in plan, plan
+    assert "TEMP B-TREE" not in plan, plan  # no sort of the company's rows
+    with sqlite_engine.connect() as conn:
+        due = conn.execute(sa.text("SELECT count(*) FROM impact_deliveries WHERE claimed_by = 'planner'")).scalar()
+    assert due == 200

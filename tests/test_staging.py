@@ -1,0 +1,67 @@
+"""Staging at scale: events become outbox rows in pages of thousands, one insert statement per page, with the
+stored bytes exactly the mapped bytes (whatever characters the event holds) and bad events quarantined among good
+ones. On SQLite and PostgreSQL."""
+
+import hashlib
+import json
+
+import sqlalchemy as sa
+from sqlalchemy import event as sa_event
+
+from impactin_pipelines.domain.providers import Provider
+from impactin_pipelines.services.extract import extract, outbox_row
+from tests.support import add_events, add_integration, event, events, rows
+
+TRICKY = 'quote " backslash \\ tab\u2028line sep \u00e9 \U0001f331 \ud7ff </x> \\u0041'
+
+
+def test_staging_writes_one_statement_per_page_of_thousands(engine) -> None:  # type: ignore[no-untyped-def]
+    add_integration(engine, "acme", "benevity")
+    add_events(engine, events("acme", 12_000) + events("other", 50))
+    inserts: list[str] = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if statement.lstrip().upper().startswith("INSERT INTO IMPACT_DELIVERIES"):
+            inserts.append(statement)
+
+    sa_event.listen(engine, "before_cursor_execute", count)
+    try:
+        report = extract(engine, "acme", Provider.BENEVITY)
+    finally:
+        sa_event.remove(engine, "before_cursor_execute", count)
+    assert (report.new_rows, report.invalid) == (12_000, 0)
+    # PostgreSQL: one statement per page of 5,000. SQLite: the driver splits a page into statements of 1,000 rows.
+    assert len(inserts) == (3 if engine.dialect.name == "postgresql" else 12)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM impact_deliveries")).scalar() == 12_000
+    assert extract(engine, "acme", Provider.BENEVITY).new_rows == 0
+
+
+def test_stored_payloads_are_the_mapped_bytes_and_bad_events_are_quarantined(engine) -> None:  # type: ignore[no-untyped-def]
+    add_integration(engine, "acme", "benevity")
+    good = [event(f"evt_{i}", metadata={"note": TRICKY, "n": i}) for i in range(3)]
+    bad = event("evt_bad", value="-1")
+    add_events(engine, [*good, bad])
+    report = extract(engine, "acme", Provider.BENEVITY)
+    assert (report.new_rows, report.invalid) == (4, 1)
+    stored = {r["event_id"]: r for r in rows(engine)}
+    for raw in good:
+        row = stored[raw["event_id"]]
+        with engine.connect() as conn:
+            source = dict(
+                conn.execute(sa.text("SELECT * FROM impact_events WHERE event_id = :id"), {"id": raw["event_id"]})
+                .one()
+                ._mapping
+            )
+        expected = outbox_row(source, Provider.BENEVITY)
+        assert row["status"] == "pending"
+        assert row["payload"] == expected.payload
+        assert json.loads(row["payload"])["event"]["impact"]["metadata"]["note"] == TRICKY
+        assert row["payload_hash"] == hashlib.sha256(row["payload"].encode("utf-8")).hexdigest()
+    quarantined = stored["evt_bad"]
+    assert (quarantined["status"], quarantined["error_kind"], quarantined["payload"]) == (
+        "failed",
+        "invalid_event",
+        None,
+    )
+    assert "value" in quarantined["last_error"] and "-1" in quarantined["last_error"]
