@@ -8,7 +8,8 @@ import pytest
 from impactin_pipelines.definitions import build_defs
 from impactin_pipelines.defs.assets.delivery import impact_deliveries, impact_outbox
 from impactin_pipelines.defs.jobs import impact_delivery_job
-from impactin_pipelines.defs.planning import (
+from impactin_pipelines.defs.orchestration.partitions import company_partitions, partition_key
+from impactin_pipelines.defs.orchestration.planning import (
     PROVIDER_TAG,
     RANGE_END_TAG,
     RANGE_START_TAG,
@@ -21,7 +22,6 @@ from impactin_pipelines.defs.planning import (
 from impactin_pipelines.defs.resources import DeliveryResource, ProvidersResource, WarehouseResource
 from impactin_pipelines.defs.schedules import nightly_delivery_schedule
 from impactin_pipelines.defs.sensors import company_partitions_sensor
-from impactin_pipelines.partitions import company_partitions, partition_key
 from impactin_pipelines.settings import ScheduleSettings
 from tests.support import add_events, add_integration, events, rows, statuses
 

@@ -20,9 +20,9 @@ import yaml
 from dockerfile_parse import DockerfileParser
 
 from impactin_pipelines.defs.assets.delivery import impact_deliveries, impact_outbox
-from impactin_pipelines.defs.planning import PROVIDER_TAG
+from impactin_pipelines.defs.orchestration.partitions import partition_key
+from impactin_pipelines.defs.orchestration.planning import PROVIDER_TAG
 from impactin_pipelines.defs.resources import DeliveryResource, ProvidersResource, WarehouseResource
-from impactin_pipelines.partitions import partition_key
 from tests.conftest import fresh_postgres_url
 from tests.support import add_events, add_integration, events, statuses
 

@@ -14,7 +14,7 @@ import dagster as dg
 import pytest
 
 from impactin_pipelines.connectors.registry import ConnectorFactory
-from impactin_pipelines.defs.planning import covering_range, run_request
+from impactin_pipelines.defs.orchestration.planning import covering_range, run_request
 from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.observability import (
     DELIVERY_FIELDS,

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from impactin_pipelines.defs.assets.delivery import impact_deliveries, impact_outbox
 from impactin_pipelines.defs.jobs import impact_delivery_job
-from impactin_pipelines.defs.planning import PROVIDER_TAG, RANGE_END_TAG, RANGE_START_TAG, TRIGGER_TAG
+from impactin_pipelines.defs.orchestration.planning import PROVIDER_TAG, RANGE_END_TAG, RANGE_START_TAG, TRIGGER_TAG
 from impactin_pipelines.defs.rerun import ATTEMPT_TAG, RERUN_OF_TAG, impact_rerun_sensor, run_partitions
 from impactin_pipelines.defs.resources import DeliveryResource, ProvidersResource, WarehouseResource
 from impactin_pipelines.domain.providers import Provider

@@ -25,10 +25,10 @@ import dagster as dg
 
 from impactin_pipelines.connectors.retry import RetryPolicy
 from impactin_pipelines.defs.jobs import impact_delivery_job
-from impactin_pipelines.defs.planning import RANGE_END_TAG, RANGE_START_TAG, covering_range, run_request
+from impactin_pipelines.defs.orchestration.partitions import company_partitions, split_key
+from impactin_pipelines.defs.orchestration.planning import RANGE_END_TAG, RANGE_START_TAG, covering_range, run_request
 from impactin_pipelines.defs.resources import DeliveryResource, WarehouseResource
 from impactin_pipelines.domain.providers import PROVIDERS
-from impactin_pipelines.partitions import company_partitions, split_key
 from impactin_pipelines.settings import RetrySettings
 from impactin_pipelines.store.reruns import due_retrying
 from impactin_pipelines.store.source import work_by_provider

@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from impactin_pipelines.defs.jobs import impact_delivery_job
-from impactin_pipelines.defs.planning import SLICE_TAG, run_request, split_covering_range
+from impactin_pipelines.defs.orchestration.partitions import company_partitions
+from impactin_pipelines.defs.orchestration.planning import SLICE_TAG, run_request, split_covering_range
 from impactin_pipelines.defs.resources import WarehouseResource
-from impactin_pipelines.partitions import company_partitions
 from impactin_pipelines.settings import ScheduleSettings
 from impactin_pipelines.store.source import work_by_provider
 

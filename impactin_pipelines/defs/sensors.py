@@ -4,9 +4,9 @@ import dagster as dg
 
 from impactin_pipelines.defs.jobs import delivery_stats_job, impact_delivery_job
 from impactin_pipelines.defs.loggers import logging_run_config
+from impactin_pipelines.defs.orchestration.partitions import company_partitions
 from impactin_pipelines.defs.resources import WarehouseResource
 from impactin_pipelines.domain.companies import is_valid_company_id
-from impactin_pipelines.partitions import company_partitions
 from impactin_pipelines.store.source import integrations
 
 

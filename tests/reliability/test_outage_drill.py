@@ -15,7 +15,7 @@ import pytest
 
 from impactin_pipelines.defs.assets.delivery import impact_deliveries, impact_outbox
 from impactin_pipelines.defs.jobs import impact_delivery_job
-from impactin_pipelines.defs.planning import PartitionRange
+from impactin_pipelines.defs.orchestration.planning import PartitionRange
 from impactin_pipelines.defs.rerun import ATTEMPT_TAG, impact_rerun_sensor
 from impactin_pipelines.defs.resources import DeliveryResource, ProvidersResource, WarehouseResource
 from impactin_pipelines.services.replay import replay_all_failed

@@ -8,10 +8,10 @@ from concurrent.futures import ThreadPoolExecutor
 import dagster as dg
 
 from impactin_pipelines.connectors.registry import ConnectorFactory
+from impactin_pipelines.defs.orchestration.partitions import delivery_partitions, partition_key, split_key
 from impactin_pipelines.defs.resources import DeliveryResource, ProvidersResource, WarehouseResource
 from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.domain.statuses import DeliveryStatus, ErrorKind
-from impactin_pipelines.partitions import delivery_partitions, partition_key, split_key
 from impactin_pipelines.services.deliver import DeliveryReport, DeliveryRun
 from impactin_pipelines.services.extract import ExtractReport, extract, quarantine_unpartitionable
 

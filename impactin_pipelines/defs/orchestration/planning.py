@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import dagster as dg
 
 from impactin_pipelines.defs.loggers import logging_run_config
+from impactin_pipelines.defs.orchestration.partitions import partition_key
 from impactin_pipelines.domain.providers import PROVIDERS
-from impactin_pipelines.partitions import partition_key
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"

@@ -14,17 +14,17 @@ from pathlib import Path
 import dagster as dg
 from sqlalchemy.engine import Engine
 
-from impactin_pipelines.defs.planning import PartitionRange, plan_ranges
+from impactin_pipelines.defs.orchestration.partitions import company_partitions
+from impactin_pipelines.defs.orchestration.planning import PartitionRange, plan_ranges
 from impactin_pipelines.domain.companies import is_valid_company_id
 from impactin_pipelines.domain.providers import PROVIDERS, Provider
-from impactin_pipelines.partitions import company_partitions
 from impactin_pipelines.services.extract import quarantine_unpartitionable
 from impactin_pipelines.settings import state_dir
 from impactin_pipelines.store.source import integrations
 
 DELIVERY_JOB = "impact_delivery_job"
 # The repository's dagster.yaml, linked into the package so an installed wheel carries it too.
-INSTANCE_YAML = Path(__file__).parent.parent / "embedded_dagster.yaml"
+INSTANCE_YAML = Path(__file__).parents[2] / "embedded_dagster.yaml"
 
 
 @dataclass(frozen=True)
