@@ -22,9 +22,7 @@ def _imports_dagster(path: Path) -> bool:
 def test_dagster_is_imported_only_under_defs_definitions_and_the_run_command() -> None:
     modules = sorted(PACKAGE.rglob("*.py"))
     assert len(modules) > 50
-    offenders = [
-        str(p.relative_to(PACKAGE)) for p in modules if not str(p.relative_to(PACKAGE)).startswith(ALLOWED)
-    ]
+    offenders = [str(p.relative_to(PACKAGE)) for p in modules if not str(p.relative_to(PACKAGE)).startswith(ALLOWED)]
     offenders = [m for m in offenders if _imports_dagster(PACKAGE / m)]
     assert offenders == []
 

@@ -3,7 +3,6 @@
 import dagster as dg
 
 from impactin_pipelines.defs.jobs import delivery_stats_job, impact_delivery_job
-from impactin_pipelines.defs.loggers import logging_run_config
 from impactin_pipelines.defs.orchestration.partitions import company_partitions
 from impactin_pipelines.defs.resources import WarehouseResource
 from impactin_pipelines.domain.companies import is_valid_company_id
@@ -39,4 +38,4 @@ def company_partitions_sensor(context: dg.SensorEvaluationContext, warehouse: Wa
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def stats_after_delivery_sensor(context: dg.RunStatusSensorContext) -> dg.RunRequest:
-    return dg.RunRequest(run_key=f"stats-after-{context.dagster_run.run_id}", run_config=logging_run_config())
+    return dg.RunRequest(run_key=f"stats-after-{context.dagster_run.run_id}")

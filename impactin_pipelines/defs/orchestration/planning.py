@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from impactin_pipelines.defs.loggers import logging_run_config
 from impactin_pipelines.defs.orchestration.partitions import partition_key
 from impactin_pipelines.domain.providers import PROVIDERS
 
@@ -104,4 +103,4 @@ def split_covering_range(
 def run_request(
     rng: PartitionRange, *, trigger: str, run_key: str | None = None, tags: Mapping[str, str] | None = None
 ) -> dg.RunRequest:
-    return dg.RunRequest(run_key=run_key, tags={**rng.tags(trigger), **(tags or {})}, run_config=logging_run_config())
+    return dg.RunRequest(run_key=run_key, tags={**rng.tags(trigger), **(tags or {})})
