@@ -95,7 +95,7 @@ def _through_dagster(
     import dagster as dg
 
     from impactin_pipelines.defs.assets.delivery import impact_deliveries, impact_outbox
-    from impactin_pipelines.defs.planning import plan_ranges
+    from impactin_pipelines.defs.orchestration.planning import plan_ranges
     from impactin_pipelines.defs.resources import DeliveryResource, ProvidersResource, WarehouseResource
 
     job = dg.Definitions(

@@ -14,9 +14,9 @@ import dagster as dg
 
 from benchmarks.common import SandboxProcess, scratch_warehouse, seed
 from impactin_pipelines.defs.assets.delivery import impact_deliveries, impact_outbox
-from impactin_pipelines.defs.planning import RANGE_END_TAG, RANGE_START_TAG
+from impactin_pipelines.defs.orchestration.partitions import partition_key
+from impactin_pipelines.defs.orchestration.planning import RANGE_END_TAG, RANGE_START_TAG
 from impactin_pipelines.defs.resources import DeliveryResource, ProvidersResource, WarehouseResource
-from impactin_pipelines.partitions import partition_key
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

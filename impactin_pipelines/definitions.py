@@ -6,7 +6,6 @@ from impactin_pipelines.defs.assets.delivery import impact_deliveries, impact_ou
 from impactin_pipelines.defs.assets.stats import delivery_stats
 from impactin_pipelines.defs.checks import delivery_checks
 from impactin_pipelines.defs.jobs import delivery_stats_job, impact_delivery_job
-from impactin_pipelines.defs.loggers import run_loggers
 from impactin_pipelines.defs.provider_health import (
     provider_health_job,
     provider_health_schedule,
@@ -18,7 +17,6 @@ from impactin_pipelines.defs.rerun import impact_rerun_sensor
 from impactin_pipelines.defs.resources import (
     ChecksResource,
     DeliveryResource,
-    LogsResource,
     ProvidersResource,
     WarehouseResource,
 )
@@ -33,13 +31,11 @@ def build_defs() -> dg.Definitions:
         jobs=[impact_delivery_job, delivery_stats_job, impact_replay_job, provider_health_job],
         schedules=[nightly_delivery_schedule(), provider_health_schedule],
         sensors=[company_partitions_sensor, stats_after_delivery_sensor, impact_rerun_sensor],
-        loggers=run_loggers(),
         resources={
             "warehouse": WarehouseResource.from_env(),
             "providers": ProvidersResource.from_env(),
             "delivery": DeliveryResource.from_env(),
             "checks": ChecksResource.from_env(),
-            "logs": LogsResource.from_env(),
         },
     )
 

@@ -281,10 +281,10 @@ class LogSettings(ImpactinSettings):
     model_config = SettingsConfigDict(env_prefix="IMPACTIN_")
 
     log_format: Literal["text", "json"] = "text"
-    # Every delivery is a line in the run log at INFO (the logging contract). Each line is an event in Dagster's
-    # event log (~3 ms on SQLite storage): "WARNING" keeps only retries and failures there and roughly doubles a
-    # run's throughput at 20 ms provider latency; the warehouse's attempt log keeps everything either way.
-    run_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # The level from which delivery lines also enter Dagster's run log (each line there is an event-log write).
+    # Every delivery line always goes to the process's stderr (the run's compute log) and to the warehouse's
+    # attempt log; WARNING keeps retries, failures and summaries in the run log, INFO adds every success.
+    run_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
 
     @field_validator("log_format", mode="before")
     @classmethod

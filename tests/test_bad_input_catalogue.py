@@ -781,8 +781,8 @@ def test_every_delivery_run_quarantines_the_companies_that_cannot_be_partitions(
 
     from impactin_pipelines.defs.assets.delivery import impact_deliveries, impact_outbox
     from impactin_pipelines.defs.assets.stats import delivery_stats
+    from impactin_pipelines.defs.orchestration.partitions import partition_key
     from impactin_pipelines.defs.resources import DeliveryResource, ProvidersResource, WarehouseResource
-    from impactin_pipelines.partitions import partition_key
 
     add_integration(engine, "acme", "benevity")
     add_integration(engine, "acme|evil", "benevity")

@@ -8,10 +8,10 @@ import sqlalchemy as sa
 
 from impactin_pipelines.defs.assets.delivery import impact_deliveries, impact_outbox
 from impactin_pipelines.defs.checks import delivery_checks
+from impactin_pipelines.defs.orchestration.partitions import partition_key
 from impactin_pipelines.defs.resources import ChecksResource, DeliveryResource, ProvidersResource, WarehouseResource
 from impactin_pipelines.domain.identity import delivery_id_for
 from impactin_pipelines.domain.providers import Provider
-from impactin_pipelines.partitions import partition_key
 from impactin_pipelines.services import health
 from impactin_pipelines.services.extract import extract
 from impactin_pipelines.settings import CheckSettings

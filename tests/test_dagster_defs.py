@@ -8,7 +8,8 @@ import pytest
 from impactin_pipelines.definitions import build_defs
 from impactin_pipelines.defs.assets.delivery import impact_deliveries, impact_outbox
 from impactin_pipelines.defs.jobs import impact_delivery_job
-from impactin_pipelines.defs.planning import (
+from impactin_pipelines.defs.orchestration.partitions import company_partitions, partition_key
+from impactin_pipelines.defs.orchestration.planning import (
     PROVIDER_TAG,
     RANGE_END_TAG,
     RANGE_START_TAG,
@@ -18,10 +19,9 @@ from impactin_pipelines.defs.planning import (
     segments,
     split_covering_range,
 )
-from impactin_pipelines.defs.resources import DeliveryResource, LogsResource, ProvidersResource, WarehouseResource
+from impactin_pipelines.defs.resources import DeliveryResource, ProvidersResource, WarehouseResource
 from impactin_pipelines.defs.schedules import nightly_delivery_schedule
 from impactin_pipelines.defs.sensors import company_partitions_sensor
-from impactin_pipelines.partitions import company_partitions, partition_key
 from impactin_pipelines.settings import ScheduleSettings
 from tests.support import add_events, add_integration, events, rows, statuses
 
@@ -59,7 +59,6 @@ def _all_resources(engine):  # type: ignore[no-untyped-def]
         "warehouse": WarehouseResource(url=engine.url.render_as_string(hide_password=False)),
         "providers": ProvidersResource(),
         "delivery": DeliveryResource(),
-        "logs": LogsResource(),
     }
 
 

@@ -20,9 +20,9 @@ import yaml
 from dockerfile_parse import DockerfileParser
 
 from impactin_pipelines.defs.assets.delivery import impact_deliveries, impact_outbox
-from impactin_pipelines.defs.planning import PROVIDER_TAG
+from impactin_pipelines.defs.orchestration.partitions import partition_key
+from impactin_pipelines.defs.orchestration.planning import PROVIDER_TAG
 from impactin_pipelines.defs.resources import DeliveryResource, ProvidersResource, WarehouseResource
-from impactin_pipelines.partitions import partition_key
 from tests.conftest import fresh_postgres_url
 from tests.support import add_events, add_integration, events, statuses
 
@@ -184,6 +184,18 @@ def test_the_docker_instance_is_the_production_one_with_docker_runs() -> None:
     assert docker["run_launcher"]["config"]["network"] == _yaml(COMPOSE)["networks"]["impactin"]["name"]
 
 
+def test_every_instance_sends_the_impactin_loggers_to_the_run_log(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    expected = {"managed_python_loggers": ["impactin"], "python_log_level": "INFO"}
+    for config in (ROOT / "dagster.yaml", DEPLOY / "dagster.yaml", DOCKER_INSTANCE):
+        assert _yaml(config)["python_logs"] == expected, config
+    helm = _yaml(HELM_VALUES)["pythonLogs"]
+    assert {"managed_python_loggers": helm["managedPythonLoggers"], "python_log_level": helm["pythonLogLevel"]} == (
+        expected
+    )
+    with dg.DagsterInstance.from_config(str(_home_with(ROOT / "dagster.yaml", tmp_path))) as instance:
+        assert (instance.managed_python_loggers, instance.python_log_level) == (["impactin"], "INFO")
+
+
 def _kubeconfig(tmp_path: Path) -> Path:
     """A kubeconfig naming a cluster nobody listens on: K8sRunLauncher reads it when built, never connects."""
     path = tmp_path / "kubeconfig"
@@ -239,6 +251,10 @@ def _helm_instance(values: dict[str, Any], storage_url: str, kubeconfig: Path) -
             "enabled": monitoring["enabled"],
             "start_timeout_seconds": monitoring["startTimeoutSeconds"],
             "max_resume_run_attempts": monitoring["maxResumeRunAttempts"],
+        },
+        "python_logs": {
+            "managed_python_loggers": values["pythonLogs"]["managedPythonLoggers"],
+            "python_log_level": values["pythonLogs"]["pythonLogLevel"],
         },
         "telemetry": {"enabled": values["telemetry"]["enabled"]},
     }

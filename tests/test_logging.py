@@ -1,6 +1,7 @@
 """The logging contract: deliveryId, provider, eventId, status, attemptCount on every line about a delivery, as
-structured fields; one JSON object per line with IMPACTIN_LOG_FORMAT=json (CLI and code location); the same
-lines in the Dagster run's event log."""
+structured fields; one JSON object per line with IMPACTIN_LOG_FORMAT=json (CLI and code location). In a Dagster
+run every delivery line is on stderr, and only retries, failures and summaries are in the run's event log (the
+instance's python_logs manage the `impactin` loggers), so a routine delivery costs no event-log write."""
 
 import io
 import json
@@ -12,15 +13,15 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+import yaml
 
 from impactin_pipelines.connectors.registry import ConnectorFactory
-from impactin_pipelines.defs.planning import covering_range, run_request
-from impactin_pipelines.defs.resources import LogsResource
+from impactin_pipelines.defs.orchestration.planning import covering_range, run_request
 from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.observability import (
     DELIVERY_FIELDS,
     JsonLineFormatter,
-    install_json_logging,
+    install_stream_logging,
     log_delivery,
     log_format,
 )
@@ -29,10 +30,13 @@ from impactin_pipelines.services.deliver import DeliveryRun
 from impactin_pipelines.services.extract import extract
 from impactin_pipelines.services.replay import ReplayRefused, replay_many, replay_one
 from impactin_pipelines.settings import DeliverySettings, ProviderEnv, RetrySettings
-from tests.support import add_events, add_integration, event, events, rows
+from tests.support import add_events, add_integration, event, events, rows, statuses
 
 FAST = DeliverySettings(concurrency=2, lease_s=30, retry=RetrySettings(max_attempts=2, initial_delay_s=0.01))
 IMPACTIN = str(Path(sys.executable).parent / "impactin")
+ROOT = Path(__file__).resolve().parents[1]
+# The repository's instance settings for Python logs (dagster.yaml), as the tests' instances use them.
+PYTHON_LOGS = yaml.safe_load((ROOT / "dagster.yaml").read_text())["python_logs"]
 
 
 def _record(message: str = "attempt succeed", **more: object) -> logging.LogRecord:
@@ -101,16 +105,20 @@ def test_log_format_is_validated() -> None:
         log_format({"IMPACTIN_LOG_FORMAT": "xml"})
 
 
-def test_code_location_installs_json_lines_once() -> None:
+def test_code_location_installs_one_stream_handler_in_the_configured_format() -> None:
     logger = logging.getLogger("impactin.test.install")
-    stream = io.StringIO()
+    child = logging.getLogger("impactin.test.install.child")
+    json_stream, text_stream = io.StringIO(), io.StringIO()
     try:
-        assert not install_json_logging("impactin.test.install", env={})
-        assert install_json_logging("impactin.test.install", env={"IMPACTIN_LOG_FORMAT": "json"}, stream=stream)
-        assert install_json_logging("impactin.test.install", env={"IMPACTIN_LOG_FORMAT": "json"}, stream=stream)
-        assert len(logger.handlers) == 1
+        handler = install_stream_logging(
+            "impactin.test.install", env={"IMPACTIN_LOG_FORMAT": "json"}, stream=json_stream
+        )
+        assert install_stream_logging("impactin.test.install", env={}, stream=text_stream) is handler
+        assert install_stream_logging("impactin.test.install.child", env={}) is handler  # the parent's reaches it
+        assert len(logger.handlers) == 1 and not child.handlers
+        logger.setLevel(logging.INFO)
         log_delivery(
-            logger,
+            child,
             logging.INFO,
             "hello",
             delivery_id="d",
@@ -119,10 +127,11 @@ def test_code_location_installs_json_lines_once() -> None:
             status="s",
             attempt_count=0,
         )
-        [line] = stream.getvalue().splitlines()
-        assert json.loads(line)["provider"] == "goodera"
+        [line] = json_stream.getvalue().splitlines()
+        assert json.loads(line)["provider"] == "goodera" and text_stream.getvalue() == ""
     finally:
         logger.handlers.clear()
+        logger.setLevel(logging.NOTSET)
 
 
 class _Collect(logging.Handler):
@@ -207,29 +216,27 @@ def test_cli_writes_one_json_object_per_line(engine, sandbox, warehouse_url) -> 
     assert bad.returncode == 1 and "IMPACTIN_LOG_FORMAT='yaml' must be one of text, json" in bad.stderr
 
 
-def test_requested_runs_select_no_logger_in_text_mode() -> None:
-    request = run_request(covering_range(["acme"], ["acme"], "benevity"), trigger="schedule", log_format="text")
-    assert request.run_config == {}
+def test_requested_runs_carry_no_logging_run_config(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    for log_format_value in ("text", "json"):
+        monkeypatch.setenv("IMPACTIN_LOG_FORMAT", log_format_value)
+        request = run_request(covering_range(["acme"], ["acme"], "benevity"), trigger="schedule")
+        assert request.run_config == {}
 
 
-def test_dagster_run_logs_are_json_lines_and_in_the_event_log(engine, sandbox, monkeypatch, capfd) -> None:  # type: ignore[no-untyped-def]
+def _run_delivery_job(engine, sandbox, monkeypatch, *, python_logs=PYTHON_LOGS, **env: str):  # type: ignore[no-untyped-def]
+    """One scheduled-style run of the code location's delivery job for company acme at Benevity; returns the run
+    and the messages of its event log. `impactin` handlers added by the run are removed afterwards."""
     from impactin_pipelines.definitions import build_defs
 
-    add_integration(engine, "acme", "benevity")
-    add_events(engine, events("acme", 2))
-    for name, value in sandbox.env().items():
+    for name, value in {**sandbox.env(), **env}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("IMPACTIN_WAREHOUSE_URL", engine.url.render_as_string(hide_password=False))
-    monkeypatch.setenv("IMPACTIN_LOG_FORMAT", "json")
     defs = build_defs()
+    overrides = {"python_logs": python_logs} if python_logs else {}
     try:
-        with dg.instance_for_test() as instance:
+        with dg.instance_for_test(overrides=overrides) as instance:
             instance.add_dynamic_partitions("company", ["acme"])
-            logs = defs.resources["logs"]
-            assert isinstance(logs, LogsResource) and logs.log_format == "json"  # from IMPACTIN_LOG_FORMAT
-            rng = covering_range(["acme"], ["acme"], "benevity")
-            request = run_request(rng, trigger="schedule", log_format=logs.log_format)
-            assert request.run_config == {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+            request = run_request(covering_range(["acme"], ["acme"], "benevity"), trigger="schedule")
             result = defs.resolve_job_def("impact_delivery_job").execute_in_process(
                 instance=instance, tags=request.tags, run_config=request.run_config
             )
@@ -237,14 +244,76 @@ def test_dagster_run_logs_are_json_lines_and_in_the_event_log(engine, sandbox, m
             event_log = [entry.message or "" for entry in instance.all_logs(result.run_id)]
     finally:
         logging.getLogger("impactin").handlers.clear()
+        logging.getLogger("impactin").setLevel(logging.NOTSET)
+    return result, event_log
+
+
+def test_dagster_run_writes_delivery_lines_as_json_and_problems_to_the_event_log(  # type: ignore[no-untyped-def]
+    engine, sandbox, monkeypatch, capfd
+) -> None:
+    add_integration(engine, "acme", "benevity")
+    add_events(engine, events("acme", 2))
+    sandbox.providers["benevity"].configure({"fail_next": {"status": 503}})
+    result, event_log = _run_delivery_job(
+        engine, sandbox, monkeypatch, IMPACTIN_LOG_FORMAT="json", IMPACTIN_RETRY_INITIAL_DELAY_S="0.01"
+    )
     [first, second] = rows(engine)
-    for row in (first, second):  # the UI's event log has the line, fields rendered in the message
-        assert any(f"deliveryId={row['delivery_id']}" in m and "attemptCount=1" in m for m in event_log)
+    assert {first["status"], second["status"]} == {"success"}
     stderr = capfd.readouterr().err
     docs = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
-    assert len(docs) == len([line for line in stderr.splitlines() if line.strip()])  # nothing but JSON
     attempts = [doc for doc in docs if doc.get("deliveryId")]
+    # one JSON object per attempt, no line twice: a retry and two successes
+    assert sorted(doc["message"] for doc in attempts) == ["attempt retry", "attempt succeed", "attempt succeed"]
     assert {doc["deliveryId"] for doc in attempts} == {first["delivery_id"], second["delivery_id"]}
     for doc in attempts:
         assert doc["runId"] == result.run_id and doc["stepKey"] == "impact_deliveries"
-        assert (doc["status"], doc["attemptCount"], doc["provider"]) == ("success", 1, "benevity")
+        assert doc["provider"] == "benevity" and doc["logger"] == "impactin.delivery"
+        assert (doc["status"], doc["attemptCount"]) in {("success", 1), ("success", 2), ("retrying", 1)}
+    # the event log: the retry (fields rendered in the message) and the summary, not the successes
+    about_deliveries = [m for m in event_log if "deliveryId=" in m]
+    assert len(about_deliveries) == 1 and "attempt retry" in about_deliveries[0]
+    assert "attemptCount=1" in about_deliveries[0] and "status=retrying" in about_deliveries[0]
+    assert any("benevity: 2 delivered, 0 retrying, 0 failed, 3 attempts" in m for m in event_log)
+
+
+def test_dagster_run_text_lines_on_stderr(engine, sandbox, monkeypatch, capfd) -> None:  # type: ignore[no-untyped-def]
+    add_integration(engine, "acme", "benevity")
+    add_events(engine, events("acme", 1))
+    _run_delivery_job(engine, sandbox, monkeypatch, IMPACTIN_LOG_FORMAT="text")
+    [row] = rows(engine)
+    stderr = capfd.readouterr().err.splitlines()
+    assert f"INFO impactin.delivery: attempt succeed deliveryId={row['delivery_id']} provider=benevity " in "\n".join(
+        stderr
+    )
+    assert not any(line.startswith("{") for line in stderr)
+
+
+def test_a_successful_delivery_writes_no_event_log_record_of_its_own(engine, sandbox, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    add_integration(engine, "acme", "benevity")
+    add_events(engine, events("acme", 3))
+    _, event_log = _run_delivery_job(engine, sandbox, monkeypatch)
+    ids = [r["delivery_id"] for r in rows(engine)]
+    assert statuses(engine) == {"success": 3}
+    assert [m for m in event_log if any(i in m for i in ids)] == []
+    assert any("benevity: 3 delivered" in m for m in event_log)  # the summary is there
+
+    # IMPACTIN_RUN_LOG_LEVEL=INFO brings every delivery line into the run log
+    add_events(engine, events("acme", 5)[3:])
+    _, verbose_log = _run_delivery_job(engine, sandbox, monkeypatch, IMPACTIN_RUN_LOG_LEVEL="INFO")
+    new_ids = {r["delivery_id"] for r in rows(engine)} - set(ids)
+    assert len(new_ids) == 2
+    assert sorted(i for m in verbose_log for i in new_ids if i in m and "attempt succeed" in m) == sorted(new_ids)
+
+
+def test_without_managed_impactin_loggers_problems_still_reach_the_run_log(engine, sandbox, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    add_integration(engine, "acme", "benevity")
+    add_events(engine, events("acme", 1))
+    sandbox.providers["benevity"].configure({"fail_next": {"status": 503}})
+    _, event_log = _run_delivery_job(
+        engine, sandbox, monkeypatch, python_logs=None, IMPACTIN_RETRY_INITIAL_DELAY_S="0.01"
+    )
+    assert any("does not manage the `impactin` loggers" in m for m in event_log)
+    assert [m for m in event_log if "deliveryId=" in m and "attempt" in m] == [
+        m for m in event_log if "attempt retry" in m
+    ]
+    assert any("attempt retry" in m for m in event_log)

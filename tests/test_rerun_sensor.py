@@ -11,11 +11,10 @@ import sqlalchemy as sa
 
 from impactin_pipelines.defs.assets.delivery import impact_deliveries, impact_outbox
 from impactin_pipelines.defs.jobs import impact_delivery_job
-from impactin_pipelines.defs.planning import PROVIDER_TAG, RANGE_END_TAG, RANGE_START_TAG, TRIGGER_TAG
+from impactin_pipelines.defs.orchestration.planning import PROVIDER_TAG, RANGE_END_TAG, RANGE_START_TAG, TRIGGER_TAG
 from impactin_pipelines.defs.rerun import ATTEMPT_TAG, RERUN_OF_TAG, impact_rerun_sensor, run_partitions
 from impactin_pipelines.defs.resources import (
     DeliveryResource,
-    LogsResource,
     ProvidersResource,
     RetryConfig,
     WarehouseResource,
@@ -71,7 +70,6 @@ def evaluate(instance, engine, cursor: str | None = None, max_run_attempts: int 
     resources = {
         "warehouse": WarehouseResource(url=_url(engine)),
         "delivery": DeliveryResource(max_run_attempts=max_run_attempts, retry=retry),
-        "logs": LogsResource(),
     }
     with dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor) as context:
         result = impact_rerun_sensor(context)

@@ -12,7 +12,6 @@ from impactin_pipelines.defs.checks import no_stuck_deliveries
 from impactin_pipelines.defs.resources import (
     ChecksResource,
     DeliveryResource,
-    LogsResource,
     RetryConfig,
     WarehouseResource,
 )
@@ -36,9 +35,8 @@ DECLARED: list[tuple[type[dg.Config], type[ImpactinSettings], list[str]]] = [
     (DeliveryResource, LogSettings, ["run_log_level"]),
     (RetryConfig, RetrySettings, list(RetrySettings.model_fields)),
     (ChecksResource, CheckSettings, list(CheckSettings.model_fields)),
-    (LogsResource, LogSettings, ["log_format"]),
 ]
-NON_DEFAULT_TEXT = {"run_log_level": "WARNING", "log_format": "json"}
+NON_DEFAULT_TEXT = {"run_log_level": "INFO", "log_format": "json"}
 
 
 def _other(model: type[ImpactinSettings], name: str) -> Any:
@@ -166,11 +164,7 @@ def _tiny_job() -> None:
     _noop()
 
 
-JSON_LOGGER = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
-
-
-@pytest.mark.parametrize(("log_format", "run_config"), [("text", {}), ("json", JSON_LOGGER)])
-def test_the_stats_sensor_takes_the_log_format_from_the_logs_resource(log_format: str, run_config: dict) -> None:
+def test_the_stats_sensor_requests_statistics_once_per_delivery_run_without_run_config() -> None:
     with dg.instance_for_test() as instance:
         result = _tiny_job.execute_in_process(instance=instance)
         context = dg.build_run_status_sensor_context(
@@ -178,8 +172,7 @@ def test_the_stats_sensor_takes_the_log_format_from_the_logs_resource(log_format
             dagster_instance=instance,
             dagster_run=result.dagster_run,
             dagster_event=result.get_run_success_event(),
-            resources={"logs": LogsResource(log_format=log_format)},
         )
         request = stats_after_delivery_sensor(context)
     assert isinstance(request, dg.RunRequest)
-    assert request.run_config == run_config and request.run_key == f"stats-after-{result.run_id}"
+    assert request.run_config == {} and request.run_key == f"stats-after-{result.run_id}"

@@ -46,7 +46,7 @@ def run(companies: tuple[str, ...], providers: tuple[str, ...], log_level: str, 
 def execute(
     eng: Engine, *, companies: list[str], providers: list[str], trigger: str, log_level: str
 ) -> dict[str, object]:
-    from impactin_pipelines.defs.runner import run_delivery_job, selected_partitions
+    from impactin_pipelines.defs.orchestration.runner import run_delivery_job, selected_partitions
 
     chosen, wanted, problems = selected_partitions(eng, companies or None, providers or None)
     for problem in problems:

@@ -1,2 +1,2 @@
-"""Everything Dagster: resources, assets, checks, sensors, schedules, jobs. The rest of the package does not
-import Dagster."""
+"""Everything Dagster: the definitions (resources, assets, checks, sensors, schedules, jobs) and, in
+`orchestration`, the helpers they share. The rest of the package does not import Dagster."""

@@ -25,10 +25,10 @@ import dagster as dg
 
 from impactin_pipelines.connectors.retry import RetryPolicy
 from impactin_pipelines.defs.jobs import impact_delivery_job
-from impactin_pipelines.defs.planning import RANGE_END_TAG, RANGE_START_TAG, covering_range, run_request
-from impactin_pipelines.defs.resources import DeliveryResource, LogsResource, WarehouseResource
+from impactin_pipelines.defs.orchestration.partitions import COMPANY_PARTITIONS, split_key
+from impactin_pipelines.defs.orchestration.planning import RANGE_END_TAG, RANGE_START_TAG, covering_range, run_request
+from impactin_pipelines.defs.resources import DeliveryResource, WarehouseResource
 from impactin_pipelines.domain.providers import PROVIDERS
-from impactin_pipelines.partitions import COMPANY_PARTITIONS, split_key
 from impactin_pipelines.store.reruns import due_retrying
 from impactin_pipelines.store.source import work_by_provider
 
@@ -116,7 +116,7 @@ def _with_tags(request: dg.RunRequest, **tags: str) -> dg.RunRequest:
     description="Re-runs partitions of failed delivery runs (spaced, capped) and partitions with due retrying rows.",
 )
 def impact_rerun_sensor(
-    context: dg.SensorEvaluationContext, warehouse: WarehouseResource, delivery: DeliveryResource, logs: LogsResource
+    context: dg.SensorEvaluationContext, warehouse: WarehouseResource, delivery: DeliveryResource
 ) -> dg.SensorResult:
     now = datetime.now(UTC)
     cap = delivery.max_run_attempts
@@ -161,7 +161,7 @@ def impact_rerun_sensor(
             if rng is None:
                 continue
             key = f"rerun-{root}-{attempt + 1}-{provider}"
-            request = run_request(rng, trigger=TRIGGER, log_format=logs.log_format, run_key=key)
+            request = run_request(rng, trigger=TRIGGER, run_key=key)
             requests.append(_with_tags(request, **{ATTEMPT_TAG: str(attempt + 1), RERUN_OF_TAG: root}))
             _add(planned, provider, todo)
         cursor.handled[run.run_id] = ended
@@ -179,7 +179,7 @@ def impact_rerun_sensor(
         digest = hashlib.sha256(state.encode()).hexdigest()[:16]
         attempt = max(g.max_run_count for g in groups) + 1
         key = f"rerun-rows-{provider}-{digest}"
-        request = run_request(rng, trigger=TRIGGER, log_format=logs.log_format, run_key=key)
+        request = run_request(rng, trigger=TRIGGER, run_key=key)
         requests.append(_with_tags(request, **{ATTEMPT_TAG: str(attempt)}))
 
     new_cursor = cursor.dump(oldest=(now - LOOKBACK).timestamp())

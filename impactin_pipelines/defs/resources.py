@@ -130,16 +130,6 @@ class ChecksResource(dg.ConfigurableResource):
         return cls(**CheckSettings.from_env().model_dump())
 
 
-class LogsResource(dg.ConfigurableResource):
-    """The console log format of the runs this code location requests (settings.LogSettings)."""
-
-    log_format: str = declared(LogSettings, "log_format", pattern="^(text|json)$")
-
-    @classmethod
-    def from_env(cls) -> "LogsResource":
-        return cls(log_format=LogSettings.from_env().log_format)
-
-
 class ProvidersResource(dg.ConfigurableResource):
     """The integration guide's variables. Each is wired as `EnvVar` so Dagster shows the name, never the value;
     a variable that is not set stays None and only the integrations needing it fail (as `config`)."""

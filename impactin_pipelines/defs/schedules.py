@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from impactin_pipelines.defs.jobs import impact_delivery_job
-from impactin_pipelines.defs.planning import SLICE_TAG, run_request, split_covering_range
-from impactin_pipelines.defs.resources import LogsResource, WarehouseResource
-from impactin_pipelines.partitions import COMPANY_PARTITIONS
+from impactin_pipelines.defs.orchestration.partitions import COMPANY_PARTITIONS
+from impactin_pipelines.defs.orchestration.planning import SLICE_TAG, run_request, split_covering_range
+from impactin_pipelines.defs.resources import WarehouseResource
 from impactin_pipelines.settings import ScheduleSettings
 from impactin_pipelines.store.source import work_by_provider
 
@@ -25,7 +25,7 @@ def nightly_delivery_schedule(settings: ScheduleSettings | None = None) -> dg.Sc
         description="Every night, deliver each (company, provider) with pending or due rows.",
     )
     def _schedule(
-        context: dg.ScheduleEvaluationContext, warehouse: WarehouseResource, logs: LogsResource
+        context: dg.ScheduleEvaluationContext, warehouse: WarehouseResource
     ) -> list[dg.RunRequest] | dg.SkipReason:
         scheduled = context.scheduled_execution_time or datetime.now(UTC)
         known = context.instance.get_dynamic_partitions(COMPANY_PARTITIONS)
@@ -38,9 +38,7 @@ def nightly_delivery_schedule(settings: ScheduleSettings | None = None) -> dg.Sc
             for index, rng in enumerate(ranges, start=1):
                 key = f"nightly-{provider}-{index}of{len(ranges)}-{stamp}" if sliced else f"nightly-{provider}-{stamp}"
                 tags = {SLICE_TAG: f"{index}/{len(ranges)}"} if sliced else None
-                requests.append(
-                    run_request(rng, trigger="schedule", log_format=logs.log_format, run_key=key, tags=tags)
-                )
+                requests.append(run_request(rng, trigger="schedule", run_key=key, tags=tags))
         return requests or dg.SkipReason("no company has pending or due deliveries")
 
     return _schedule

@@ -3,10 +3,9 @@
 import dagster as dg
 
 from impactin_pipelines.defs.jobs import delivery_stats_job, impact_delivery_job
-from impactin_pipelines.defs.loggers import logging_run_config
-from impactin_pipelines.defs.resources import LogsResource, WarehouseResource
+from impactin_pipelines.defs.orchestration.partitions import COMPANY_PARTITIONS, company_partitions
+from impactin_pipelines.defs.resources import WarehouseResource
 from impactin_pipelines.domain.companies import is_valid_company_id
-from impactin_pipelines.partitions import COMPANY_PARTITIONS, company_partitions
 from impactin_pipelines.store.source import integrations
 
 
@@ -40,6 +39,5 @@ def company_partitions_sensor(
     request_job=delivery_stats_job,
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
-def stats_after_delivery_sensor(context: dg.RunStatusSensorContext, logs: LogsResource) -> dg.RunRequest:
-    run_config = logging_run_config(logs.log_format)
-    return dg.RunRequest(run_key=f"stats-after-{context.dagster_run.run_id}", run_config=run_config)
+def stats_after_delivery_sensor(context: dg.RunStatusSensorContext) -> dg.RunRequest:
+    return dg.RunRequest(run_key=f"stats-after-{context.dagster_run.run_id}")

@@ -15,11 +15,10 @@ import pytest
 
 from impactin_pipelines.defs.assets.delivery import impact_deliveries, impact_outbox
 from impactin_pipelines.defs.jobs import impact_delivery_job
-from impactin_pipelines.defs.planning import PartitionRange
+from impactin_pipelines.defs.orchestration.planning import PartitionRange
 from impactin_pipelines.defs.rerun import ATTEMPT_TAG, impact_rerun_sensor
 from impactin_pipelines.defs.resources import (
     DeliveryResource,
-    LogsResource,
     ProvidersResource,
     RetryConfig,
     WarehouseResource,
@@ -55,7 +54,6 @@ def _tick(instance: dg.DagsterInstance, engine, cap: int, cursor: str | None) ->
     resources = {
         "warehouse": WarehouseResource(url=_url(engine)),
         "delivery": DeliveryResource(max_run_attempts=cap),
-        "logs": LogsResource(),
     }
     with dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor) as context:
         result = impact_rerun_sensor(context)

@@ -2,16 +2,18 @@
 provider. Both run as range runs (one run covers many partitions) so a night with thousands of partitions
 costs a handful of process starts, not thousands."""
 
+import logging
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
 
 from impactin_pipelines.connectors.registry import ConnectorFactory
+from impactin_pipelines.defs.orchestration.partitions import delivery_partitions, partition_key, split_key
 from impactin_pipelines.defs.resources import DeliveryResource, ProvidersResource, WarehouseResource
 from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.domain.statuses import DeliveryStatus, ErrorKind
-from impactin_pipelines.partitions import delivery_partitions, partition_key, split_key
+from impactin_pipelines.observability import run_delivery_logger
 from impactin_pipelines.services.deliver import DeliveryReport, DeliveryRun
 from impactin_pipelines.services.extract import ExtractReport, extract, quarantine_unpartitionable
 
@@ -84,6 +86,23 @@ def _partition_metadata(counts: dict[str, int]) -> dict[str, object]:
     }
 
 
+def _delivery_logger(context: dg.AssetExecutionContext, run_log_level: str) -> logging.Logger:
+    """Delivery lines go to stderr (the compute log); those at or above `run_log_level` also to the run log,
+    through the `impactin` logger the instance manages (`python_logs` in dagster.yaml)."""
+    if "impactin" in context.instance.managed_python_loggers:
+        run_log = logging.getLogger("impactin")
+    else:
+        context.log.warning(
+            "this Dagster instance does not manage the `impactin` loggers; add `python_logs: "
+            "{managed_python_loggers: [impactin]}` to its dagster.yaml so their warnings reach the run log"
+        )
+        run_log = dg.get_dagster_logger("impactin")
+    # An asset outside any graph runs as the step named after its op.
+    return run_delivery_logger(
+        run_log, run_log_level, tags={"runId": context.run.run_id, "stepKey": context.op_def.name}
+    )
+
+
 @dg.asset(
     partitions_def=delivery_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
@@ -100,8 +119,7 @@ def impact_deliveries(
 ) -> dg.MaterializeResult:
     settings = delivery.settings()
     factory = ConnectorFactory(warehouse.engine, settings=settings, env=providers.provider_env())
-    logger = dg.get_dagster_logger("impactin.delivery")
-    logger.setLevel(delivery.run_log_level)
+    logger = _delivery_logger(context, delivery.run_log_level)
     grouped = _companies_by_provider(context)
     try:
         with ThreadPoolExecutor(max(1, len(grouped)), thread_name_prefix="impactin-provider") as pool:

@@ -14,17 +14,18 @@ from pathlib import Path
 import dagster as dg
 from sqlalchemy.engine import Engine
 
-from impactin_pipelines.defs.planning import PartitionRange, plan_ranges
+from impactin_pipelines.defs.orchestration.partitions import COMPANY_PARTITIONS
+from impactin_pipelines.defs.orchestration.planning import PartitionRange, plan_ranges
 from impactin_pipelines.domain.companies import is_valid_company_id
 from impactin_pipelines.domain.providers import PROVIDERS, Provider
-from impactin_pipelines.partitions import COMPANY_PARTITIONS
+from impactin_pipelines.observability import log_format
 from impactin_pipelines.services.extract import quarantine_unpartitionable
 from impactin_pipelines.settings import state_dir
 from impactin_pipelines.store.source import integrations
 
 DELIVERY_JOB = "impact_delivery_job"
 # The repository's dagster.yaml, linked into the package so an installed wheel carries it too.
-INSTANCE_YAML = Path(__file__).parent.parent / "embedded_dagster.yaml"
+INSTANCE_YAML = Path(__file__).parents[2] / "embedded_dagster.yaml"
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ def run_delivery_job(
                 instance=instance,
                 tags=rng.tags(trigger),
                 raise_on_error=False,
-                run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+                run_config={"loggers": {"console": {"config": {"log_level": _console_level(log_level)}}}},
             )
             error = None
             if not result.success:
@@ -109,6 +110,12 @@ def run_delivery_job(
                 )
             outcomes.append(RunOutcome(result.run_id, result.success, rng, error))
     return outcomes
+
+
+def _console_level(log_level: str) -> str:
+    """The level of Dagster's own console logger in these runs. It writes text; with IMPACTIN_LOG_FORMAT=json the
+    CLI's handler writes the run's `impactin` lines as JSON, so Dagster's console stays quiet (CRITICAL)."""
+    return "CRITICAL" if log_format() == "json" else log_level
 
 
 def _open_instance(home: Path) -> dg.DagsterInstance:

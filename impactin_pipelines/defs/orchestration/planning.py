@@ -10,9 +10,8 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from impactin_pipelines.defs.loggers import logging_run_config
+from impactin_pipelines.defs.orchestration.partitions import partition_key
 from impactin_pipelines.domain.providers import PROVIDERS
-from impactin_pipelines.partitions import partition_key
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
@@ -102,13 +101,6 @@ def split_covering_range(
 
 
 def run_request(
-    rng: PartitionRange,
-    *,
-    trigger: str,
-    log_format: str,
-    run_key: str | None = None,
-    tags: Mapping[str, str] | None = None,
+    rng: PartitionRange, *, trigger: str, run_key: str | None = None, tags: Mapping[str, str] | None = None
 ) -> dg.RunRequest:
-    return dg.RunRequest(
-        run_key=run_key, tags={**rng.tags(trigger), **(tags or {})}, run_config=logging_run_config(log_format)
-    )
+    return dg.RunRequest(run_key=run_key, tags={**rng.tags(trigger), **(tags or {})})
