@@ -93,7 +93,8 @@ def test_documented_variable_names_and_defaults() -> None:
         (ScheduleSettings, "cron"): ("IMPACTIN_SCHEDULE_CRON", "0 2 * * *"),
         (ScheduleSettings, "timezone"): ("IMPACTIN_SCHEDULE_TIMEZONE", "UTC"),
         (LogSettings, "log_format"): ("IMPACTIN_LOG_FORMAT", "text"),
-        (LogSettings, "run_log_level"): ("IMPACTIN_RUN_LOG_LEVEL", "INFO"),
+        (LogSettings, "run_log_level"): ("IMPACTIN_RUN_LOG_LEVEL", "WARNING"),
+        (ScheduleSettings, "runs_per_provider"): ("IMPACTIN_RUNS_PER_PROVIDER", 1),
         (StateSettings, "warehouse_url"): ("IMPACTIN_WAREHOUSE_URL", None),
     }
     assert {key: (key[0].env_var(key[1]), key[0].default(key[1])) for key in names} == names
