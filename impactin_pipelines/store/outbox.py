@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
+from impactin_pipelines.connectors.base import AttemptResult
 from impactin_pipelines.domain.statuses import DeliveryStatus, ErrorKind
 from impactin_pipelines.store.claimants import is_provably_dead
 from impactin_pipelines.store.engine import read_connection
@@ -22,6 +23,7 @@ from impactin_pipelines.store.schema import impact_deliveries as d
 from impactin_pipelines.store.schema import impact_delivery_attempts as a
 
 CLAIMABLE = (DeliveryStatus.PENDING.value, DeliveryStatus.RETRYING.value)
+RESPONSE_EXCERPT_CHARS = 2000  # of a provider's answer, kept with each attempt
 _IN_CHUNK = 2000  # company ids per IN (...) list
 
 
@@ -56,21 +58,6 @@ class ClaimedDelivery:
     attempt_count: int
     run_count: int
     claim_version: int  # with the claimant, the fencing token of this claim
-
-
-@dataclass(frozen=True)
-class AttemptRecord:
-    started_at: datetime
-    finished_at: datetime
-    outcome: str
-    http_status: int | None = None
-    error: str | None = None
-    response_excerpt: str | None = None
-    request_body: str | None = None
-
-    @property
-    def duration_ms(self) -> int:
-        return max(0, round((self.finished_at - self.started_at).total_seconds() * 1000))
 
 
 @dataclass(frozen=True)
@@ -296,12 +283,13 @@ class Outbox:
         claim_version: int,
         delivery_id: str,
         run_id: str | None,
-        attempt: AttemptRecord | None,
+        attempt: AttemptResult | None,
         settlement: Settlement,
         now: datetime | None = None,
     ) -> tuple[int, bool]:
-        """Write the attempt (if any) and, if we still hold this claim (claimant and version), move the row. One
-        transaction. A lapsed lease nobody took over still settles: no one else can have sent the row meanwhile.
+        """Write the attempt (if any: the exchange as the connector reported it) and, if we still hold this claim
+        (claimant and version), move the row. One transaction. A lapsed lease nobody took over still settles: no one
+        else can have sent the row meanwhile.
 
         Returns the row's attempt count and whether the settlement was applied.
         """
@@ -321,11 +309,11 @@ class Outbox:
                         run_id=run_id,
                         started_at=attempt.started_at,
                         finished_at=attempt.finished_at,
-                        duration_ms=attempt.duration_ms,
-                        outcome=attempt.outcome,
+                        duration_ms=_duration_ms(attempt),
+                        outcome=attempt.outcome.value,
                         http_status=attempt.http_status,
                         error=attempt.error,
-                        response_excerpt=attempt.response_excerpt,
+                        response_excerpt=(attempt.response_body or "")[:RESPONSE_EXCERPT_CHARS] or None,
                         request_body=attempt.request_body,
                     )
                 )
@@ -361,6 +349,10 @@ def _scope_chunks(company_ids: Sequence[str] | None) -> Iterable[Sequence[str] |
         yield None
         return
     yield from _chunks(list(company_ids))
+
+
+def _duration_ms(attempt: AttemptResult) -> int:
+    return max(0, round((attempt.finished_at - attempt.started_at).total_seconds() * 1000))
 
 
 def _aware(moment: datetime) -> datetime:
