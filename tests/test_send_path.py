@@ -4,13 +4,13 @@ reported it, and the retry decision's tally used by the delivery loop. On both b
 from collections import Counter
 from datetime import timedelta
 
-from impactin_pipelines.connectors.base import AttemptResult
+from impactin_pipelines.connectors.base import AttemptResult, OutboundDelivery
 from impactin_pipelines.defs.assets.delivery import _partition_metadata
 from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.domain.statuses import AttemptOutcome, DeliveryStatus, ErrorKind, RowOutcome
 from impactin_pipelines.services.deliver import DeliveryCounts
 from impactin_pipelines.services.extract import extract
-from impactin_pipelines.store.outbox import RESPONSE_EXCERPT_CHARS, Outbox, Settlement, utcnow
+from impactin_pipelines.store.outbox import RESPONSE_EXCERPT_CHARS, NewDelivery, Outbox, Settlement, utcnow
 from tests.support import add_events, add_integration, attempts, deliver, events, factory_for, rows
 
 
@@ -100,3 +100,26 @@ def test_record_stores_the_connectors_attempt_with_an_excerpt_and_its_duration(e
     [attempt] = attempts(engine, mine.delivery_id)
     assert (attempt["outcome"], attempt["http_status"], attempt["duration_ms"]) == ("permanent", 422, 250)
     assert attempt["response_excerpt"] == answer[:RESPONSE_EXCERPT_CHARS] and attempt["run_id"] == "run-1"
+
+
+def test_a_claimed_row_without_a_payload_is_settled_invalid_and_never_sent(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+    add_integration(engine, "acme", "benevity")
+    Outbox(engine).add([NewDelivery("acme", "benevity", "evt-empty", "d-empty", payload=None, payload_hash=None)])
+    report = deliver(engine, factory_for(engine, sandbox), "benevity")
+    [result] = report.rows.values()
+    assert (result.status, result.error_kind, result.attempts) == (RowOutcome.FAILED, ErrorKind.INVALID_EVENT, 0)
+    assert result.row.payload == "" and result.row.delivery_id == "d-empty"
+    [row] = rows(engine)
+    assert (row["status"], row["error_kind"], row["claimed_by"]) == ("failed", "invalid_event", None)
+    assert row["last_error"] == "no payload was built for this event"
+    assert sandbox.providers["benevity"].snapshot()["requests"] == [] and attempts(engine) == []
+
+
+def test_a_claim_hands_out_the_row_as_the_connector_takes_it(engine) -> None:  # type: ignore[no-untyped-def]
+    """One type from the claim to the connector: the claimed row is the OutboundDelivery that is sent."""
+    _setup(engine, "acme", 1)
+    (mine,) = Outbox(engine).claim(claimant="a", provider="benevity", company_ids=None, limit=1, lease_s=30)
+    [stored] = rows(engine)
+    assert isinstance(mine, OutboundDelivery) and mine.status is DeliveryStatus.PENDING
+    assert (mine.id, mine.delivery_id, mine.payload) == (stored["id"], stored["delivery_id"], stored["payload"])
+    assert (mine.run_count, mine.claim_version, mine.attempt_count) == (1, stored["claim_version"], 0)

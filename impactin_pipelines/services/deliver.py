@@ -29,7 +29,7 @@ from impactin_pipelines.domain.statuses import DeliveryStatus, ErrorKind, RowOut
 from impactin_pipelines.observability import log_delivery
 from impactin_pipelines.settings import DeliverySettings
 from impactin_pipelines.store.claimants import Claimant
-from impactin_pipelines.store.outbox import ClaimedDelivery, Outbox, Settlement, utcnow
+from impactin_pipelines.store.outbox import Outbox, Settlement, utcnow
 
 LOG = logging.getLogger("impactin.delivery")
 PROVIDER_RESPONSE_CHARS = 16 * 1024
@@ -42,7 +42,7 @@ class RowResult:
     """What this run did with one claimed row: its outcome, why it failed (if settled as failed or retrying), and
     how many requests this run sent for it."""
 
-    row: ClaimedDelivery
+    row: OutboundDelivery
     status: RowOutcome
     error_kind: ErrorKind | None
     attempts: int
@@ -183,7 +183,7 @@ class DeliveryRun:
             self.report.seconds = time.monotonic() - started
         return self.report
 
-    def _claim(self, dead: Sequence[str]) -> list[ClaimedDelivery]:
+    def _claim(self, dead: Sequence[str]) -> list[OutboundDelivery]:
         targeted: dict[str, Any] = {}
         if self.only_ids is not None:
             targeted = {
@@ -250,7 +250,7 @@ class DeliveryRun:
                 self.report.add(future.result())
 
     # -- one row ---------------------------------------------------------------------------------------------
-    def _deliver_row(self, row: ClaimedDelivery) -> RowResult:
+    def _deliver_row(self, row: OutboundDelivery) -> RowResult:
         if self._halted.is_set():
             return RowResult(row, RowOutcome.NOT_SENT, None, 0, "not sent: this run could no longer record deliveries")
         try:
@@ -261,8 +261,8 @@ class DeliveryRun:
             self._log_row(logging.ERROR, message, row, row.status, row.attempt_count)
             return RowResult(row, RowOutcome.UNRECORDED, None, 0, f"{type(exc).__name__}: {exc}")
 
-    def _send_until_settled(self, row: ClaimedDelivery) -> RowResult:
-        if row.payload is None:
+    def _send_until_settled(self, row: OutboundDelivery) -> RowResult:
+        if not row.payload:
             settlement = Settlement(
                 DeliveryStatus.FAILED, ErrorKind.INVALID_EVENT, "no payload was built for this event"
             )
@@ -277,7 +277,6 @@ class DeliveryRun:
             self._log_row(logging.ERROR, "delivery not configured", row, DeliveryStatus.FAILED, row.attempt_count)
             return RowResult(row, RowOutcome.FAILED, ErrorKind.CONFIG, 0)
 
-        outbound = OutboundDelivery(row.delivery_id, row.company_id, row.provider, row.event_id, row.payload)
         spent, attempts = Spent(), 0
         while True:
             if attempts and self._halted.is_set():  # its last attempt is recorded; the next waits for a later run
@@ -286,7 +285,7 @@ class DeliveryRun:
                 )
             if not self.outbox.confirm(self.claimant, row.id, row.claim_version, self.settings.lease_s):
                 return self._claim_lost(row, attempts, LOST_AT_SEND)
-            result = connector.send(outbound)
+            result = connector.send(row)
             attempts += 1
             decision = self.policy.decide(
                 result.outcome,
@@ -315,7 +314,7 @@ class DeliveryRun:
             spent = decision.spent
             self.sleep(decision.delay_s)
 
-    def _settlement(self, row: ClaimedDelivery, result: AttemptResult, decision: Decision) -> Settlement:
+    def _settlement(self, row: OutboundDelivery, result: AttemptResult, decision: Decision) -> Settlement:
         response = (result.response_body or "")[:PROVIDER_RESPONSE_CHARS] or None
         now = utcnow()
         match decision.step:
@@ -344,11 +343,11 @@ class DeliveryRun:
             next_attempt_at=now + timedelta(seconds=delay),
         )
 
-    def _claim_lost(self, row: ClaimedDelivery, attempts: int, message: str) -> RowResult:
+    def _claim_lost(self, row: OutboundDelivery, attempts: int, message: str) -> RowResult:
         self._log_row(logging.WARNING, message, row, row.status, row.attempt_count)
         return RowResult(row, RowOutcome.CLAIM_LOST, None, attempts, message)
 
-    def _settle(self, row: ClaimedDelivery, result: AttemptResult | None, settlement: Settlement) -> tuple[int, bool]:
+    def _settle(self, row: OutboundDelivery, result: AttemptResult | None, settlement: Settlement) -> tuple[int, bool]:
         """Record the attempt and settle the row under our claim; (attempt count, whether it was settled)."""
         return self.outbox.record(
             claimant=self.claimant,
@@ -360,7 +359,7 @@ class DeliveryRun:
         )
 
     def _log_row(
-        self, level: int, message: str, row: ClaimedDelivery, status: str, attempt_count: int, **more: object
+        self, level: int, message: str, row: OutboundDelivery, status: str, attempt_count: int, **more: object
     ) -> None:
         log_delivery(
             self.log,

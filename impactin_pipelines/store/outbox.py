@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
-from impactin_pipelines.connectors.base import AttemptResult
+from impactin_pipelines.connectors.base import AttemptResult, OutboundDelivery
 from impactin_pipelines.domain.statuses import DeliveryStatus, ErrorKind
 from impactin_pipelines.store.claimants import is_provably_dead
 from impactin_pipelines.store.engine import read_connection
@@ -44,20 +44,6 @@ class NewDelivery:
     status: DeliveryStatus = DeliveryStatus.PENDING
     error_kind: ErrorKind | None = None
     last_error: str | None = None
-
-
-@dataclass(frozen=True)
-class ClaimedDelivery:
-    id: str
-    company_id: str
-    provider: str
-    event_id: str
-    delivery_id: str
-    payload: str | None
-    status: str
-    attempt_count: int
-    run_count: int
-    claim_version: int  # with the claimant, the fencing token of this claim
 
 
 @dataclass(frozen=True)
@@ -138,10 +124,10 @@ class Outbox:
         statuses: Sequence[str] = CLAIMABLE,
         due_only: bool = True,
         dead: Sequence[str] = (),
-    ) -> list[ClaimedDelivery]:
+    ) -> list[OutboundDelivery]:
         """Take up to `limit` due rows, oldest first, that nobody (alive) holds. Each row goes to one claimant."""
         now = now or utcnow()
-        claimed: list[ClaimedDelivery] = []
+        claimed: list[OutboundDelivery] = []
         for chunk in _scope_chunks(company_ids):
             if len(claimed) >= limit:
                 break
@@ -164,7 +150,7 @@ class Outbox:
         statuses: Sequence[str],
         due_only: bool,
         dead: Sequence[str],
-    ) -> list[ClaimedDelivery]:
+    ) -> list[OutboundDelivery]:
         free = sa.or_(d.c.claimed_by.is_(None), d.c.lease_expires_at < now)
         if dead:
             free = sa.or_(free, d.c.claimed_by.in_(list(dead)))
@@ -208,7 +194,10 @@ class Outbox:
         with self.engine.begin() as conn:
             rows = conn.execute(stmt).all()
         rows.sort(key=lambda r: r.id)
-        return [ClaimedDelivery(**row._mapping) for row in rows]
+        return [
+            OutboundDelivery(**{**row._mapping, "payload": row.payload or "", "status": DeliveryStatus(row.status)})
+            for row in rows
+        ]
 
     def confirm(
         self, claimant: str, row_id: str, claim_version: int, lease_s: float, *, now: datetime | None = None
