@@ -123,3 +123,16 @@ def test_a_claim_hands_out_the_row_as_the_connector_takes_it(engine) -> None:  #
     assert isinstance(mine, OutboundDelivery) and mine.status is DeliveryStatus.PENDING
     assert (mine.id, mine.delivery_id, mine.payload) == (stored["id"], stored["delivery_id"], stored["payload"])
     assert (mine.run_count, mine.claim_version, mine.attempt_count) == (1, stored["claim_version"], 0)
+
+
+def test_only_settled_outcomes_name_a_delivery_status() -> None:
+    """A replay reports the row's status; a row this run did not settle keeps the one stored."""
+    assert {o: o.delivery_status for o in RowOutcome} == {
+        RowOutcome.SUCCESS: DeliveryStatus.SUCCESS,
+        RowOutcome.RETRYING: DeliveryStatus.RETRYING,
+        RowOutcome.FAILED: DeliveryStatus.FAILED,
+        RowOutcome.CLAIM_LOST: None,
+        RowOutcome.NOT_SENT: None,
+        RowOutcome.UNRECORDED: None,
+    }
+    assert all(RowOutcome.settled(s).delivery_status is s for s in DeliveryStatus if s is not DeliveryStatus.PENDING)

@@ -47,3 +47,9 @@ class RowOutcome(StrEnum):
     @classmethod
     def settled(cls, status: DeliveryStatus) -> "RowOutcome":
         return cls(status.value)
+
+    @property
+    def delivery_status(self) -> DeliveryStatus | None:
+        """The status this run settled the row in; None when it settled none (the stored status stands)."""
+        settled = self in (RowOutcome.SUCCESS, RowOutcome.RETRYING, RowOutcome.FAILED)
+        return DeliveryStatus(self.value) if settled else None

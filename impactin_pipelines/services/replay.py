@@ -179,9 +179,10 @@ def _replay_rows(
             by_row[row["id"]] = _refused_now(engine, row, logger, strict, ident=ident)
             continue
         ok = outcome.status is RowOutcome.SUCCESS
-        last_error = settled.get(row["id"], {}).get("last_error")
-        error = None if ok else (outcome.error or last_error or f"delivery is {outcome.status}")
-        by_row[row["id"]] = ReplayResult(ident, ok, outcome.status.value, error)
+        stored = settled.get(row["id"], row)
+        new_status = outcome.status.delivery_status or DeliveryStatus(stored["status"])
+        error = None if ok else (outcome.error or stored.get("last_error") or f"delivery is {new_status}")
+        by_row[row["id"]] = ReplayResult(ident, ok, new_status.value, error)
     return [replace(by_row[row["id"]], id=ident) for ident, row in found]
 
 
