@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from benchmarks.common import SandboxProcess, scratch_warehouse, seed, send_sequentially
 from impactin_pipelines.connectors.registry import ConnectorFactory
 from impactin_pipelines.domain.providers import Provider
+from impactin_pipelines.domain.statuses import RowOutcome
 from impactin_pipelines.services.deliver import DeliveryRun
 from impactin_pipelines.services.extract import extract
 from impactin_pipelines.settings import DeliverySettings, ProviderEnv
@@ -53,8 +54,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         report = DeliveryRun(engine, factory, provider=Provider.BENEVITY, company_ids=companies).run()
         pipeline_s = time.perf_counter() - started
         factory.close()
-        delivered = report.totals["success"]
-        assert delivered == len(payloads), report.totals
+        delivered = report.totals.outcomes[RowOutcome.SUCCESS]
+        assert delivered == len(payloads), report.totals.outcomes
         assert len(sandbox.requests_seen("benevity")["accepted"]) == delivered
 
     with scratch_warehouse() as (engine, home), SandboxProcess() as sandbox:

@@ -9,11 +9,12 @@ from datetime import timedelta
 
 import pytest
 
-from impactin_pipelines.domain.statuses import DeliveryStatus
-from impactin_pipelines.services.deliver import CLAIM_LOST, LOST_AT_SEND
+from impactin_pipelines.connectors.base import AttemptResult
+from impactin_pipelines.domain.statuses import AttemptOutcome, DeliveryStatus, RowOutcome
+from impactin_pipelines.services.deliver import LOST_AT_SEND
 from impactin_pipelines.services.replay import BUSY, ReplayRefused, replay_one
 from impactin_pipelines.store.claimants import Claimant, is_provably_dead
-from impactin_pipelines.store.outbox import AttemptRecord, Outbox, Settlement, utcnow
+from impactin_pipelines.store.outbox import Outbox, Settlement, utcnow
 from tests.reliability.ledger import when
 from tests.support import add_events, add_integration, attempts, deliver, events, factory_for, own_pid_namespace, rows
 
@@ -62,7 +63,7 @@ def test_a_claim_taken_over_can_neither_confirm_nor_settle(engine) -> None:  # t
 
     assert not outbox.confirm("a", mine.id, mine.claim_version, 30), "a claim taken over must stop the send"
     now = utcnow()
-    attempt = AttemptRecord(started_at=now, finished_at=now, outcome="success", http_status=200)
+    attempt = AttemptResult(AttemptOutcome.SUCCESS, now, now, http_status=200)
     _, settled = outbox.record(
         claimant="a",
         claim_version=mine.claim_version,
@@ -150,7 +151,8 @@ def test_rows_taken_over_while_queued_in_the_pool_are_not_sent(engine, sandbox) 
     first = next(r for r in rows(engine) if r["id"] not in stolen)
     assert _sends(sandbox) == [first["delivery_id"]] * 2, "only the first row went out (503, then delivered)"
     assert first["status"] == "success"
-    assert report.totals[CLAIM_LOST] == 4 and report.totals["success"] == 1 and not report.errors
+    outcomes = report.totals.outcomes
+    assert outcomes[RowOutcome.CLAIM_LOST] == 4 and outcomes[RowOutcome.SUCCESS] == 1 and not report.errors
     assert {report.rows[i].error for i in stolen} == {LOST_AT_SEND}
     for row in rows(engine):
         if row["id"] in stolen:
@@ -169,7 +171,7 @@ def test_a_row_taken_over_between_retries_is_not_sent_again(engine, sandbox) -> 
         factory.close()
     assert taken == [row["id"]]
     assert len(_sends(sandbox)) == 1, "the new holder sends the retry, not us"
-    assert report.rows[row["id"]].status == CLAIM_LOST and report.rows[row["id"]].attempts == 1
+    assert report.rows[row["id"]].status is RowOutcome.CLAIM_LOST and report.rows[row["id"]].attempts == 1
     (after,) = rows(engine)
     assert (after["status"], after["claimed_by"], after["attempt_count"]) == ("retrying", INTRUDER, 1)
 
@@ -195,7 +197,7 @@ def test_a_lapsed_lease_stops_the_retry(engine, sandbox) -> None:  # type: ignor
         factory.close()
     assert len(_sends(sandbox)) == 1
     (after,) = rows(engine)
-    assert report.rows[after["id"]].status == CLAIM_LOST
+    assert report.rows[after["id"]].status is RowOutcome.CLAIM_LOST
     assert (after["status"], after["claimed_by"], after["attempt_count"]) == ("retrying", None, 1)
 
 

@@ -6,6 +6,7 @@ import json
 import threading
 
 from impactin_pipelines.domain.providers import Provider
+from impactin_pipelines.domain.statuses import RowOutcome
 from impactin_pipelines.sandbox.benevity import SIGNATURE_SECRET
 from impactin_pipelines.security.crypto import load_keyring
 from impactin_pipelines.services.extract import extract
@@ -37,7 +38,7 @@ def test_spec_event_arrives_signed_with_the_idempotency_key(engine, sandbox) -> 
     add_events(engine, [SPEC_EVENT])
     extract(engine, "company_789", BENEVITY)
     report = deliver(engine, factory_for(engine, sandbox), "benevity")
-    assert report.totals["success"] == 1
+    assert report.totals.outcomes[RowOutcome.SUCCESS] == 1
     [row] = rows(engine)
     accepted = sandbox.providers["benevity"].snapshot()["accepted"]
     assert [a["idempotency_key"] for a in accepted] == [row["delivery_id"]]
@@ -62,7 +63,7 @@ def test_a_second_run_sends_nothing(engine, sandbox) -> None:  # type: ignore[no
     factory = factory_for(engine, sandbox)
     deliver(engine, factory, "benevity")
     again = deliver(engine, factory, "benevity")
-    assert again.totals.total() == 0
+    assert again.totals.rows == 0
     assert len(sandbox.providers["benevity"].snapshot()["requests"]) == 8
     assert statuses(engine) == {"success": 8}
 
@@ -97,12 +98,12 @@ def test_transient_errors_that_outlive_the_attempts_leave_the_row_retrying(engin
     sandbox.providers["benevity"].configure({"fail_next": {"status": 504, "count": 10}})
     report = deliver(engine, factory_for(engine, sandbox), "benevity")
     [row] = rows(engine)
-    assert report.totals["retrying"] == 1
+    assert report.totals.outcomes[RowOutcome.RETRYING] == 1
     assert row["status"] == "retrying" and row["error_kind"] == "transient" and row["attempt_count"] == 3
     assert row["next_attempt_at"] is not None and row["next_attempt_at"] > row["updated_at"]
     assert row["claimed_by"] is None and "HTTP 504" in row["last_error"]
     # Not due yet: another run leaves it alone.
-    assert deliver(engine, factory_for(engine, sandbox), "benevity").totals.total() == 0
+    assert deliver(engine, factory_for(engine, sandbox), "benevity").totals.rows == 0
 
 
 def test_a_4xx_is_permanent(engine, sandbox) -> None:  # type: ignore[no-untyped-def]

@@ -11,6 +11,7 @@ from impactin_pipelines.connectors.base import OutboundDelivery
 from impactin_pipelines.connectors.ratelimit import close_shared_limiters
 from impactin_pipelines.connectors.registry import ConnectorFactory
 from impactin_pipelines.domain.providers import Provider
+from impactin_pipelines.domain.statuses import RowOutcome
 from impactin_pipelines.sandbox.goodera import CLIENT_SECRET, ENDPOINT
 from impactin_pipelines.security.crypto import generate_key, load_keyring
 from impactin_pipelines.services.extract import extract
@@ -74,7 +75,7 @@ def encrypted(value: str) -> dict[str, str]:
 def test_the_spec_event_arrives_as_the_guides_example(engine, sandbox, fake) -> None:  # type: ignore[no-untyped-def]
     setup(engine, "company_789", [SPEC_EVENT])
     report = deliver(engine, factory(engine, sandbox), "goodera")
-    assert report.totals["success"] == 1
+    assert report.totals.outcomes[RowOutcome.SUCCESS] == 1
     [row] = rows(engine)
     assert json.loads(row["payload"]) == GOODERA_EXAMPLE  # what we stored is the guide's example ...
     [accepted] = fake.snapshot()["accepted"]

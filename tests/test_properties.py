@@ -12,7 +12,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from impactin_pipelines.connectors.retry import MAX_AUTH_REFRESHES, RetryPolicy, Step, parse_retry_after
+from impactin_pipelines.connectors.retry import MAX_AUTH_REFRESHES, RetryPolicy, Spent, Step, parse_retry_after
 from impactin_pipelines.connectors.workday_soap import soap_arguments
 from impactin_pipelines.domain.errors import InvalidEvent
 from impactin_pipelines.domain.events import MAX_VALUE, ImpactEvent, parse_event
@@ -298,13 +298,9 @@ def test_a_retryable_outcome_is_never_retried_past_max_attempts(
     s: RetrySettings, burned: int, retry_after: float | None, seed: int
 ) -> None:
     decision = RetryPolicy(s).decide(
-        AttemptOutcome.RETRYABLE,
-        burned=burned,
-        free_waits=0,
-        auth_refreshes=0,
-        retry_after_s=retry_after,
-        rng=random.Random(seed),
+        AttemptOutcome.RETRYABLE, Spent(burned=burned - 1), retry_after_s=retry_after, rng=random.Random(seed)
     )
+    assert decision.spent.burned == burned
     if burned >= s.max_attempts:
         assert decision.step is Step.PARK
     if decision.step is Step.RETRY:
@@ -324,31 +320,19 @@ def test_the_delivery_loop_always_ends_and_its_waits_are_bounded(
     it ends within max_attempts + max_rate_limit_waits + MAX_AUTH_REFRESHES + 1 exchanges, and never waits longer
     than it may."""
     policy, rng = RetryPolicy(s), random.Random(seed)
-    burned = free_waits = exchanges = auth_refreshes = 0
-    waited = 0.0
+    spent, exchanges, waited = Spent(), 0, 0.0
     limit = s.max_attempts + s.max_rate_limit_waits + MAX_AUTH_REFRESHES + 1
     while True:
         outcome, retry_after, stale = script[exchanges % len(script)]
         exchanges += 1
         assert exchanges <= limit, "the loop did not end"
-        if outcome is AttemptOutcome.RETRYABLE:
-            burned += 1
-        decision = policy.decide(
-            outcome,
-            burned=burned,
-            free_waits=free_waits,
-            auth_refreshes=auth_refreshes,
-            token_stale=stale,
-            retry_after_s=retry_after,
-            rng=rng,
-        )
+        decision = policy.decide(outcome, spent, token_stale=stale, retry_after_s=retry_after, rng=rng)
+        assert decision.spent.burned == spent.burned + (outcome is AttemptOutcome.RETRYABLE)
+        spent = decision.spent
         if decision.step is not Step.RETRY:
             break
         assert 0 <= decision.delay_s <= s.max_retry_after_s
         waited += decision.delay_s
-        if outcome is AttemptOutcome.AUTH_EXPIRED:
-            auth_refreshes += 1
-        elif outcome is AttemptOutcome.RATE_LIMITED:
-            free_waits += 1
-    assert burned <= s.max_attempts and free_waits <= s.max_rate_limit_waits and auth_refreshes <= MAX_AUTH_REFRESHES
+    assert spent.burned <= s.max_attempts and spent.free_waits <= s.max_rate_limit_waits
+    assert spent.auth_refreshes <= MAX_AUTH_REFRESHES
     assert waited <= (s.max_attempts + s.max_rate_limit_waits) * s.max_retry_after_s

@@ -40,7 +40,7 @@ extract(engine, company, Provider.GOODERA)
 factory = ConnectorFactory(engine, settings=DeliverySettings(concurrency=4))
 report = DeliveryRun(engine, factory, provider=Provider.GOODERA, company_ids=[company]).run()
 factory.close()
-print(dict(report.totals))
+print(dict(report.totals.outcomes))
 """
 
 

@@ -9,6 +9,7 @@ import pytest
 from impactin_pipelines.connectors.retry import (
     MAX_AUTH_REFRESHES,
     RetryPolicy,
+    Spent,
     Step,
     outcome_for_status,
     parse_retry_after,
@@ -63,20 +64,25 @@ def test_retry_after_seconds_and_http_date() -> None:
 
 def test_retry_after_overrides_backoff() -> None:
     policy = RetryPolicy(RetrySettings())
-    decision = policy.decide(AttemptOutcome.RETRYABLE, burned=1, free_waits=0, auth_refreshes=0, retry_after_s=9)
+    decision = policy.decide(AttemptOutcome.RETRYABLE, retry_after_s=9)
     assert decision.step is Step.RETRY and decision.delay_s == 9
 
 
 def test_three_transient_failures_park_the_row() -> None:
     policy = RetryPolicy(RetrySettings())
-    steps = [policy.decide(AttemptOutcome.RETRYABLE, burned=n, free_waits=0, auth_refreshes=0).step for n in (1, 2, 3)]
+    spent, steps = Spent(), []
+    for _ in range(3):
+        decision = policy.decide(AttemptOutcome.RETRYABLE, spent)
+        steps.append(decision.step)
+        spent = decision.spent
     assert steps == [Step.RETRY, Step.RETRY, Step.PARK]
+    assert spent == Spent(burned=3), "each retryable failure burns one attempt, the parking one included"
 
 
 def test_permanent_and_config_fail_at_once() -> None:
     policy = RetryPolicy()
-    rejected = policy.decide(AttemptOutcome.PERMANENT, burned=0, free_waits=0, auth_refreshes=0)
-    config = policy.decide(AttemptOutcome.CONFIG, burned=0, free_waits=0, auth_refreshes=0)
+    rejected = policy.decide(AttemptOutcome.PERMANENT)
+    config = policy.decide(AttemptOutcome.CONFIG)
     assert (rejected.step, rejected.error_kind) == (Step.FAIL, ErrorKind.REJECTED)
     assert (config.step, config.error_kind) == (Step.FAIL, ErrorKind.CONFIG)
 
@@ -84,17 +90,16 @@ def test_permanent_and_config_fail_at_once() -> None:
 def test_rate_limit_waits_do_not_burn_attempts_but_are_bounded() -> None:
     policy = RetryPolicy(RetrySettings(max_rate_limit_waits=3))
     free = [
-        policy.decide(AttemptOutcome.RATE_LIMITED, burned=0, free_waits=n, auth_refreshes=0, retry_after_s=2)
-        for n in range(4)
+        policy.decide(AttemptOutcome.RATE_LIMITED, Spent(burned=1, free_waits=n), retry_after_s=2) for n in range(4)
     ]
     assert [d.step for d in free] == [Step.RETRY, Step.RETRY, Step.RETRY, Step.PARK]
-    assert not any(d.burns_attempt for d in free)
+    assert [d.spent for d in free] == [Spent(1, 1), Spent(1, 2), Spent(1, 3), Spent(1, 3)]  # a wait burns nothing
     assert free[0].delay_s == 2
 
 
 def test_retry_after_beyond_the_cap_parks_instead_of_sleeping() -> None:
     policy = RetryPolicy(RetrySettings(max_retry_after_s=60))
-    decision = policy.decide(AttemptOutcome.RATE_LIMITED, burned=0, free_waits=0, auth_refreshes=0, retry_after_s=3600)
+    decision = policy.decide(AttemptOutcome.RATE_LIMITED, retry_after_s=3600)
     assert decision.step is Step.PARK and decision.delay_s == 3600
 
 
@@ -102,18 +107,16 @@ def test_a_401_refreshes_for_free_and_only_a_current_token_refused_after_a_refre
     policy = RetryPolicy()
 
     def decide(refreshes: int, stale: bool):  # type: ignore[no-untyped-def]
-        return policy.decide(
-            AttemptOutcome.AUTH_EXPIRED, burned=0, free_waits=0, auth_refreshes=refreshes, token_stale=stale
-        )
+        return policy.decide(AttemptOutcome.AUTH_EXPIRED, Spent(auth_refreshes=refreshes), token_stale=stale)
 
     first = decide(0, False)  # a revoked token: fetch a new one
-    assert first.step is Step.RETRY and not first.burns_attempt
+    assert first.step is Step.RETRY and first.spent == Spent(auth_refreshes=1)
     stale = [decide(n, True) for n in range(1, MAX_AUTH_REFRESHES)]  # expired or replaced before the answer
-    assert all(d.step is Step.RETRY and not d.burns_attempt for d in stale)
+    assert all(d.step is Step.RETRY and d.spent == Spent(auth_refreshes=n + 1) for n, d in enumerate(stale, 1))
     refused = decide(1, False)  # the token fetched after the last 401 was current and was refused too
     assert (refused.step, refused.error_kind) == (Step.FAIL, ErrorKind.CONFIG)
     endless = decide(MAX_AUTH_REFRESHES, True)  # bounded: a later run tries again
-    assert (endless.step, endless.error_kind, endless.burns_attempt) == (Step.PARK, ErrorKind.TRANSIENT, False)
+    assert (endless.step, endless.error_kind, endless.spent.burned) == (Step.PARK, ErrorKind.TRANSIENT, 0)
 
 
 def test_run_spacing_grows_and_is_capped() -> None:

@@ -9,6 +9,7 @@ from impactin_pipelines.connectors.base import OutboundDelivery
 from impactin_pipelines.connectors.registry import ConnectorFactory
 from impactin_pipelines.domain.events import parse_event
 from impactin_pipelines.domain.providers import Provider
+from impactin_pipelines.domain.statuses import RowOutcome
 from impactin_pipelines.mapping.encoding import encode_json
 from impactin_pipelines.mapping.workday import workday_rest_payload
 from impactin_pipelines.sandbox import workday as fake
@@ -62,7 +63,7 @@ def test_spec_event_arrives_with_bearer_and_idempotency_key(engine, sandbox) -> 
     add_events(engine, [SPEC_EVENT])
     extract(engine, "company_789", WORKDAY)  # the company's settings pick the REST payload
     report = deliver(engine, _factory(engine, sandbox, WORKDAY_PROTOCOL=""), "workday")
-    assert report.totals["success"] == 1
+    assert report.totals.outcomes[RowOutcome.SUCCESS] == 1
     [row] = rows(engine)
     assert json.loads(row["payload"]) == WORKDAY_REST_EXAMPLE
     [accepted] = _workday(sandbox).snapshot()["accepted"]

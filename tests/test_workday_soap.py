@@ -22,6 +22,7 @@ from impactin_pipelines.connectors.workday import build
 from impactin_pipelines.domain.errors import ConfigError
 from impactin_pipelines.domain.events import parse_event
 from impactin_pipelines.domain.providers import Provider
+from impactin_pipelines.domain.statuses import RowOutcome
 from impactin_pipelines.mapping.encoding import encode_json
 from impactin_pipelines.mapping.workday import workday_rest_payload, workday_soap_report
 from impactin_pipelines.sandbox import workday as fake
@@ -154,7 +155,7 @@ def test_spec_event_goes_out_as_the_golden_envelope_with_a_masked_audit_copy(eng
     assert row["payload"] == _spec_payload()
 
     report = deliver(engine, _factory(engine, sandbox), "workday")
-    assert report.totals["success"] == 1
+    assert report.totals.outcomes[RowOutcome.SUCCESS] == 1
     [row] = rows(engine)
     assert (row["status"], row["attempt_count"]) == ("success", 1)
     [accepted] = sandbox.providers["workday"].snapshot()["accepted"]

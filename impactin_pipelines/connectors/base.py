@@ -9,7 +9,7 @@ import requests
 from sqlalchemy.engine import Engine
 
 from impactin_pipelines.domain.providers import Provider
-from impactin_pipelines.domain.statuses import AttemptOutcome
+from impactin_pipelines.domain.statuses import AttemptOutcome, DeliveryStatus
 from impactin_pipelines.security.crypto import KeyRing
 from impactin_pipelines.security.redaction import MASK
 from impactin_pipelines.settings import DeliverySettings
@@ -17,13 +17,22 @@ from impactin_pipelines.settings import DeliverySettings
 
 @dataclass(frozen=True)
 class OutboundDelivery:
-    """What a connector needs to send one outbox row. `delivery_id` is the idempotency key."""
+    """One outbox row to send. `delivery_id` is the idempotency key; `payload` is sent exactly as stored (empty
+    when no payload could be built: such a row is settled as an invalid event, never sent).
+
+    A row claimed for delivery also carries its row `id`, stored status and counts, and `claim_version` (with the
+    claimant, the claim's fencing token); a dry run or a connectivity check leaves them at their defaults."""
 
     delivery_id: str
     company_id: str
     provider: str
     event_id: str
     payload: str
+    id: str = ""
+    status: DeliveryStatus = DeliveryStatus.PENDING
+    attempt_count: int = 0
+    run_count: int = 0
+    claim_version: int = 0
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 capped, overridden by Retry-After). The idempotency key never changes between attempts: it is the row's."""
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
@@ -55,10 +55,23 @@ class Step(StrEnum):
 
 
 @dataclass(frozen=True)
+class Spent:
+    """What one row has used up in this run: attempts that count against the limit (`burned`), free waits on a
+    rate limit, and free token refreshes after a 401."""
+
+    burned: int = 0
+    free_waits: int = 0
+    auth_refreshes: int = 0
+
+
+@dataclass(frozen=True)
 class Decision:
+    """What to do after one attempt, and what the row has spent once this attempt is counted (`spent`): the caller
+    passes `spent` to the next decision and keeps no tally of its own."""
+
     step: Step
+    spent: Spent
     delay_s: float = 0.0
-    burns_attempt: bool = True
     error_kind: ErrorKind | None = None
 
 
@@ -86,43 +99,42 @@ class RetryPolicy:
     def decide(
         self,
         outcome: AttemptOutcome,
+        spent: Spent = Spent(),
         *,
-        burned: int,
-        free_waits: int,
-        auth_refreshes: int,
         token_stale: bool = False,
         retry_after_s: float | None = None,
         rng: random.Random | None = None,
     ) -> Decision:
-        """`burned` counts attempts that counted against the limit, including this one if it does;
-        `auth_refreshes` the 401s this row already answered with a new token.
+        """`spent`: what the row used up before this attempt. Only a retryable failure burns an attempt; a rate
+        limit wait and a token refresh are free, up to their own bounds.
 
         A 401 costs no attempt and fetches a new token, unless the token it refused was itself fetched after
         this row's previous 401 and was still current (`token_stale` false): then the credentials are refused."""
         s = self.settings
         match outcome:
             case AttemptOutcome.SUCCESS:
-                return Decision(Step.SUCCEED)
+                return Decision(Step.SUCCEED, spent)
             case AttemptOutcome.PERMANENT:
-                return Decision(Step.FAIL, error_kind=ErrorKind.REJECTED)
+                return Decision(Step.FAIL, spent, error_kind=ErrorKind.REJECTED)
             case AttemptOutcome.CONFIG:
-                return Decision(Step.FAIL, error_kind=ErrorKind.CONFIG)
+                return Decision(Step.FAIL, spent, error_kind=ErrorKind.CONFIG)
             case AttemptOutcome.AUTH_EXPIRED:
-                if auth_refreshes and not token_stale:
-                    return Decision(Step.FAIL, error_kind=ErrorKind.CONFIG)
-                if auth_refreshes >= MAX_AUTH_REFRESHES:
-                    return Decision(Step.PARK, 0.0, burns_attempt=False, error_kind=ErrorKind.TRANSIENT)
-                return Decision(Step.RETRY, 0.0, burns_attempt=False)
+                if spent.auth_refreshes and not token_stale:
+                    return Decision(Step.FAIL, spent, error_kind=ErrorKind.CONFIG)
+                if spent.auth_refreshes >= MAX_AUTH_REFRESHES:
+                    return Decision(Step.PARK, spent, error_kind=ErrorKind.TRANSIENT)
+                return Decision(Step.RETRY, replace(spent, auth_refreshes=spent.auth_refreshes + 1))
             case AttemptOutcome.RATE_LIMITED:
-                delay = self.sleep_for(max(1, free_waits + 1), retry_after_s, rng)
-                if free_waits >= s.max_rate_limit_waits or delay > s.max_retry_after_s:
-                    return Decision(Step.PARK, delay, burns_attempt=False, error_kind=ErrorKind.TRANSIENT)
-                return Decision(Step.RETRY, delay, burns_attempt=False)
+                delay = self.sleep_for(spent.free_waits + 1, retry_after_s, rng)
+                if spent.free_waits >= s.max_rate_limit_waits or delay > s.max_retry_after_s:
+                    return Decision(Step.PARK, spent, delay, ErrorKind.TRANSIENT)
+                return Decision(Step.RETRY, replace(spent, free_waits=spent.free_waits + 1), delay)
             case _:  # RETRYABLE
-                delay = self.sleep_for(burned, retry_after_s, rng)
-                if burned >= s.max_attempts or delay > s.max_retry_after_s:
-                    return Decision(Step.PARK, delay, error_kind=ErrorKind.TRANSIENT)
-                return Decision(Step.RETRY, delay)
+                burned = replace(spent, burned=spent.burned + 1)
+                delay = self.sleep_for(burned.burned, retry_after_s, rng)
+                if burned.burned >= s.max_attempts or delay > s.max_retry_after_s:
+                    return Decision(Step.PARK, burned, delay, ErrorKind.TRANSIENT)
+                return Decision(Step.RETRY, burned, delay)
 
     def next_run_delay(self, run_count: int, retry_after_s: float | None = None) -> float:
         """Spacing before a parked row is due again: grows with each run that tried it."""

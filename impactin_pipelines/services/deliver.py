@@ -22,20 +22,55 @@ from sqlalchemy.engine import Engine
 
 from impactin_pipelines.connectors.base import AttemptResult, OutboundDelivery
 from impactin_pipelines.connectors.registry import ConnectorFactory
-from impactin_pipelines.connectors.retry import Decision, RetryPolicy, Step
+from impactin_pipelines.connectors.retry import Decision, RetryPolicy, Spent, Step
 from impactin_pipelines.domain.errors import ConfigError
 from impactin_pipelines.domain.providers import Provider
-from impactin_pipelines.domain.statuses import AttemptOutcome, DeliveryStatus, ErrorKind
+from impactin_pipelines.domain.statuses import DeliveryStatus, ErrorKind, RowOutcome
 from impactin_pipelines.observability import log_delivery
 from impactin_pipelines.settings import DeliverySettings
 from impactin_pipelines.store.claimants import Claimant
-from impactin_pipelines.store.outbox import AttemptRecord, ClaimedDelivery, Outbox, Settlement, utcnow
+from impactin_pipelines.store.outbox import Outbox, Settlement, utcnow
 
 LOG = logging.getLogger("impactin.delivery")
 PROVIDER_RESPONSE_CHARS = 16 * 1024
-CLAIM_LOST = "claim_lost"  # a RowResult status: the claim was taken over or lapsed, so this run stopped the row
 LOST_AT_SEND = "claim lost before sending (taken over or lapsed): not sent"
 LOST_AT_SETTLE = "claim lost before settling (another claimant holds it now): attempt recorded, row left to it"
+
+
+@dataclass(frozen=True)
+class RowResult:
+    """What this run did with one claimed row: its outcome, why it failed (if settled as failed or retrying), and
+    how many requests this run sent for it."""
+
+    row: OutboundDelivery
+    status: RowOutcome
+    error_kind: ErrorKind | None
+    attempts: int
+    error: str | None = None
+
+
+@dataclass
+class DeliveryCounts:
+    """Counts of row outcomes, error kinds and requests sent, for one company or a whole pass."""
+
+    outcomes: Counter[RowOutcome] = field(default_factory=Counter)
+    error_kinds: Counter[ErrorKind] = field(default_factory=Counter)
+    attempts: int = 0
+
+    def add(self, result: RowResult) -> None:
+        self.outcomes[result.status] += 1
+        self.attempts += result.attempts
+        if result.error_kind is not None:
+            self.error_kinds[result.error_kind] += 1
+
+    def update(self, other: "DeliveryCounts") -> None:
+        self.outcomes.update(other.outcomes)
+        self.error_kinds.update(other.error_kinds)
+        self.attempts += other.attempts
+
+    @property
+    def rows(self) -> int:
+        return self.outcomes.total()
 
 
 @dataclass
@@ -43,29 +78,23 @@ class DeliveryReport:
     """What one delivery pass did, per company (the Dagster asset turns it into per-partition metadata)."""
 
     provider: str
-    by_company: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
-    errors: list[str] = field(default_factory=list)
+    by_company: dict[str, DeliveryCounts] = field(default_factory=lambda: defaultdict(DeliveryCounts))
+    errors: list[str] = field(default_factory=list)  # rows left unsent or unrecorded because the warehouse failed
     seconds: float = 0.0
-    rows: dict[str, "RowResult"] = field(default_factory=dict)  # by row id: what happened to each row
+    rows: dict[str, RowResult] = field(default_factory=dict)  # by row id: what happened to each row
 
-    def count(self, company_id: str, key: str, n: int = 1) -> None:
-        self.by_company[company_id][key] += n
+    def add(self, result: RowResult) -> None:
+        self.rows[result.row.id] = result
+        self.by_company[result.row.company_id].add(result)
+        if result.status in (RowOutcome.NOT_SENT, RowOutcome.UNRECORDED) and result.error:
+            self.errors.append(f"{result.row.delivery_id}: {result.error}")
 
     @property
-    def totals(self) -> Counter[str]:
-        total: Counter[str] = Counter()
+    def totals(self) -> DeliveryCounts:
+        total = DeliveryCounts()
         for counts in self.by_company.values():
             total.update(counts)
         return total
-
-
-@dataclass(frozen=True)
-class RowResult:
-    row: ClaimedDelivery
-    status: str  # a DeliveryStatus, "error" when we could not record the outcome, or CLAIM_LOST
-    error_kind: str | None
-    attempts: int
-    error: str | None = None
 
 
 class _Heartbeat:
@@ -154,7 +183,7 @@ class DeliveryRun:
             self.report.seconds = time.monotonic() - started
         return self.report
 
-    def _claim(self, dead: Sequence[str]) -> list[ClaimedDelivery]:
+    def _claim(self, dead: Sequence[str]) -> list[OutboundDelivery]:
         targeted: dict[str, Any] = {}
         if self.only_ids is not None:
             targeted = {
@@ -192,7 +221,7 @@ class DeliveryRun:
                 return
             done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
             for future in done:
-                self._collect(future.result())
+                self.report.add(future.result())
 
     def _wait_for_foreign_claims(self, pool: ThreadPoolExecutor) -> None:
         """Rows held by another claimant: wait for their lease unless the claimant shows it is alive (its lease
@@ -208,9 +237,9 @@ class DeliveryRun:
             if not waiting_for:
                 return
             dead = self.outbox.dead_claimants(self.provider.value, self.company_ids)
-            before = self.report.totals.total()
+            before = self.report.totals.rows
             self._drain_with(pool, dead)
-            if self.report.totals.total() == before:
+            if self.report.totals.rows == before:
                 soonest = min(foreign[w] for w in waiting_for)
                 pause = (soonest - utcnow()).total_seconds() + 0.05
                 self.sleep(min(1.0, max(0.05, pause)))
@@ -218,64 +247,49 @@ class DeliveryRun:
     def _drain_with(self, pool: ThreadPoolExecutor, dead: Sequence[str]) -> None:
         while batch := self._claim(dead):
             for future in [pool.submit(self._deliver_row, row) for row in batch]:
-                self._collect(future.result())
-
-    def _collect(self, result: RowResult) -> None:
-        self.report.rows[result.row.id] = result
-        company = result.row.company_id
-        self.report.count(company, result.status)
-        self.report.count(company, "attempts", result.attempts)
-        if result.error_kind:
-            self.report.count(company, f"error_kind:{result.error_kind}")
-        if result.status == "error" and result.error:
-            self.report.errors.append(f"{result.row.delivery_id}: {result.error}")
+                self.report.add(future.result())
 
     # -- one row ---------------------------------------------------------------------------------------------
-    def _deliver_row(self, row: ClaimedDelivery) -> RowResult:
+    def _deliver_row(self, row: OutboundDelivery) -> RowResult:
         if self._halted.is_set():
-            return RowResult(row, "error", None, 0, "not sent: this run could no longer record deliveries")
+            return RowResult(row, RowOutcome.NOT_SENT, None, 0, "not sent: this run could no longer record deliveries")
         try:
             return self._send_until_settled(row)
         except Exception as exc:  # the warehouse went away mid-row: the lease brings the row back later
             self._halted.set()
             message = f"delivery could not be recorded (no more sends in this run): {type(exc).__name__}: {exc}"
             self._log_row(logging.ERROR, message, row, row.status, row.attempt_count)
-            return RowResult(row, "error", None, 0, f"{type(exc).__name__}: {exc}")
+            return RowResult(row, RowOutcome.UNRECORDED, None, 0, f"{type(exc).__name__}: {exc}")
 
-    def _send_until_settled(self, row: ClaimedDelivery) -> RowResult:
-        if row.payload is None:
+    def _send_until_settled(self, row: OutboundDelivery) -> RowResult:
+        if not row.payload:
             settlement = Settlement(
                 DeliveryStatus.FAILED, ErrorKind.INVALID_EVENT, "no payload was built for this event"
             )
             if not self._settle(row, None, settlement)[1]:
                 return self._claim_lost(row, 0, LOST_AT_SETTLE)
-            return RowResult(row, DeliveryStatus.FAILED, ErrorKind.INVALID_EVENT, 0)
+            return RowResult(row, RowOutcome.FAILED, ErrorKind.INVALID_EVENT, 0)
         try:
             connector = self.factory.connector(row.company_id, self.provider)
         except ConfigError as exc:
             if not self._settle(row, None, Settlement(DeliveryStatus.FAILED, ErrorKind.CONFIG, str(exc)))[1]:
                 return self._claim_lost(row, 0, LOST_AT_SETTLE)
             self._log_row(logging.ERROR, "delivery not configured", row, DeliveryStatus.FAILED, row.attempt_count)
-            return RowResult(row, DeliveryStatus.FAILED, ErrorKind.CONFIG, 0)
+            return RowResult(row, RowOutcome.FAILED, ErrorKind.CONFIG, 0)
 
-        outbound = OutboundDelivery(row.delivery_id, row.company_id, row.provider, row.event_id, row.payload)
-        burned = free_waits = attempts = auth_refreshes = 0
+        spent, attempts = Spent(), 0
         while True:
             if attempts and self._halted.is_set():  # its last attempt is recorded; the next waits for a later run
                 return RowResult(
-                    row, "error", None, attempts, "not retried: this run could no longer record deliveries"
+                    row, RowOutcome.NOT_SENT, None, attempts, "not retried: this run could no longer record deliveries"
                 )
             if not self.outbox.confirm(self.claimant, row.id, row.claim_version, self.settings.lease_s):
                 return self._claim_lost(row, attempts, LOST_AT_SEND)
-            result = connector.send(outbound)
+            result = connector.send(row)
             attempts += 1
-            if result.outcome is AttemptOutcome.RETRYABLE:
-                burned += 1
             decision = self.policy.decide(
                 result.outcome,
-                burned=burned,
-                free_waits=free_waits,
-                auth_refreshes=auth_refreshes,
+                spent,
                 token_stale=result.token_stale,
                 retry_after_s=result.retry_after_s,
                 rng=self.rng,
@@ -296,15 +310,11 @@ class DeliveryRun:
                 providerReference=result.provider_reference,
             )
             if decision.step is not Step.RETRY:
-                kind = settlement.error_kind.value if settlement.error_kind else None
-                return RowResult(row, settlement.status.value, kind, attempts)
-            if result.outcome is AttemptOutcome.AUTH_EXPIRED:
-                auth_refreshes += 1
-            elif result.outcome is AttemptOutcome.RATE_LIMITED:
-                free_waits += 1
+                return RowResult(row, RowOutcome.settled(settlement.status), settlement.error_kind, attempts)
+            spent = decision.spent
             self.sleep(decision.delay_s)
 
-    def _settlement(self, row: ClaimedDelivery, result: AttemptResult, decision: Decision) -> Settlement:
+    def _settlement(self, row: OutboundDelivery, result: AttemptResult, decision: Decision) -> Settlement:
         response = (result.response_body or "")[:PROVIDER_RESPONSE_CHARS] or None
         now = utcnow()
         match decision.step:
@@ -333,34 +343,23 @@ class DeliveryRun:
             next_attempt_at=now + timedelta(seconds=delay),
         )
 
-    def _claim_lost(self, row: ClaimedDelivery, attempts: int, message: str) -> RowResult:
+    def _claim_lost(self, row: OutboundDelivery, attempts: int, message: str) -> RowResult:
         self._log_row(logging.WARNING, message, row, row.status, row.attempt_count)
-        return RowResult(row, CLAIM_LOST, None, attempts, message)
+        return RowResult(row, RowOutcome.CLAIM_LOST, None, attempts, message)
 
-    def _settle(self, row: ClaimedDelivery, result: AttemptResult | None, settlement: Settlement) -> tuple[int, bool]:
+    def _settle(self, row: OutboundDelivery, result: AttemptResult | None, settlement: Settlement) -> tuple[int, bool]:
         """Record the attempt and settle the row under our claim; (attempt count, whether it was settled)."""
-        attempt = None
-        if result is not None:
-            attempt = AttemptRecord(
-                started_at=result.started_at,
-                finished_at=result.finished_at,
-                outcome=result.outcome.value,
-                http_status=result.http_status,
-                error=result.error,
-                response_excerpt=(result.response_body or "")[:2000] or None,
-                request_body=result.request_body,
-            )
         return self.outbox.record(
             claimant=self.claimant,
             claim_version=row.claim_version,
             delivery_id=row.delivery_id,
             run_id=self.run_id,
-            attempt=attempt,
+            attempt=result,
             settlement=settlement,
         )
 
     def _log_row(
-        self, level: int, message: str, row: ClaimedDelivery, status: str, attempt_count: int, **more: object
+        self, level: int, message: str, row: OutboundDelivery, status: str, attempt_count: int, **more: object
     ) -> None:
         log_delivery(
             self.log,

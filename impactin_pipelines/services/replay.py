@@ -25,9 +25,9 @@ from impactin_pipelines.connectors.config import parse_settings
 from impactin_pipelines.connectors.registry import ConnectorFactory
 from impactin_pipelines.domain.errors import ConfigError
 from impactin_pipelines.domain.providers import Provider
-from impactin_pipelines.domain.statuses import DeliveryStatus
+from impactin_pipelines.domain.statuses import DeliveryStatus, RowOutcome
 from impactin_pipelines.observability import log_delivery
-from impactin_pipelines.services.deliver import CLAIM_LOST, DeliveryRun, RowResult
+from impactin_pipelines.services.deliver import DeliveryRun, RowResult
 from impactin_pipelines.services.extract import outbox_row, workday_protocol
 from impactin_pipelines.store import requeue, source
 from impactin_pipelines.store.delivery_log import get_delivery
@@ -174,13 +174,15 @@ def _replay_rows(
         if row["id"] in by_row:
             continue
         outcome = outcomes.get(row["id"])
-        if outcome is None or outcome.status == CLAIM_LOST:  # not ours: delivered meanwhile, or someone else's
+        # not ours: delivered meanwhile, or someone else's
+        if outcome is None or outcome.status is RowOutcome.CLAIM_LOST:
             by_row[row["id"]] = _refused_now(engine, row, logger, strict, ident=ident)
             continue
-        ok = outcome.status == DeliveryStatus.SUCCESS.value
-        last_error = settled.get(row["id"], {}).get("last_error")
-        error = None if ok else (outcome.error or last_error or f"delivery is {outcome.status}")
-        by_row[row["id"]] = ReplayResult(ident, ok, outcome.status, error)
+        ok = outcome.status is RowOutcome.SUCCESS
+        stored = settled.get(row["id"], row)
+        new_status = outcome.status.delivery_status or DeliveryStatus(stored["status"])
+        error = None if ok else (outcome.error or stored.get("last_error") or f"delivery is {new_status}")
+        by_row[row["id"]] = ReplayResult(ident, ok, new_status.value, error)
     return [replace(by_row[row["id"]], id=ident) for ident, row in found]
 
 

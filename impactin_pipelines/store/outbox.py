@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
+from impactin_pipelines.connectors.base import AttemptResult, OutboundDelivery
 from impactin_pipelines.domain.statuses import DeliveryStatus, ErrorKind
 from impactin_pipelines.store.claimants import is_provably_dead
 from impactin_pipelines.store.engine import read_connection
@@ -24,6 +25,7 @@ from impactin_pipelines.store.schema import impact_deliveries as d
 from impactin_pipelines.store.schema import impact_delivery_attempts as a
 
 CLAIMABLE = (DeliveryStatus.PENDING.value, DeliveryStatus.RETRYING.value)
+RESPONSE_EXCERPT_CHARS = 2000  # of a provider's answer, kept with each attempt
 _IN_CHUNK = 2000  # company ids per IN (...) list
 
 
@@ -44,35 +46,6 @@ class NewDelivery:
     status: DeliveryStatus = DeliveryStatus.PENDING
     error_kind: ErrorKind | None = None
     last_error: str | None = None
-
-
-@dataclass(frozen=True)
-class ClaimedDelivery:
-    id: str
-    company_id: str
-    provider: str
-    event_id: str
-    delivery_id: str
-    payload: str | None
-    status: str
-    attempt_count: int
-    run_count: int
-    claim_version: int  # with the claimant, the fencing token of this claim
-
-
-@dataclass(frozen=True)
-class AttemptRecord:
-    started_at: datetime
-    finished_at: datetime
-    outcome: str
-    http_status: int | None = None
-    error: str | None = None
-    response_excerpt: str | None = None
-    request_body: str | None = None
-
-    @property
-    def duration_ms(self) -> int:
-        return max(0, round((self.finished_at - self.started_at).total_seconds() * 1000))
 
 
 @dataclass(frozen=True)
@@ -195,10 +168,10 @@ class Outbox:
         statuses: Sequence[str] = CLAIMABLE,
         due_only: bool = True,
         dead: Sequence[str] = (),
-    ) -> list[ClaimedDelivery]:
+    ) -> list[OutboundDelivery]:
         """Take up to `limit` due rows, oldest first, that nobody (alive) holds. Each row goes to one claimant."""
         now = now or utcnow()
-        claimed: list[ClaimedDelivery] = []
+        claimed: list[OutboundDelivery] = []
         for chunk in _scope_chunks(company_ids):
             if len(claimed) >= limit:
                 break
@@ -221,7 +194,7 @@ class Outbox:
         statuses: Sequence[str],
         due_only: bool,
         dead: Sequence[str],
-    ) -> list[ClaimedDelivery]:
+    ) -> list[OutboundDelivery]:
         free = sa.or_(d.c.claimed_by.is_(None), d.c.lease_expires_at < now)
         if dead:
             free = sa.or_(free, d.c.claimed_by.in_(list(dead)))
@@ -265,7 +238,10 @@ class Outbox:
         with self.engine.begin() as conn:
             rows = conn.execute(stmt).all()
         rows = sorted(rows, key=lambda r: r.id)
-        return [ClaimedDelivery(**row._mapping) for row in rows]
+        return [
+            OutboundDelivery(**{**row._mapping, "payload": row.payload or "", "status": DeliveryStatus(row.status)})
+            for row in rows
+        ]
 
     def confirm(
         self, claimant: str, row_id: str, claim_version: int, lease_s: float, *, now: datetime | None = None
@@ -340,12 +316,13 @@ class Outbox:
         claim_version: int,
         delivery_id: str,
         run_id: str | None,
-        attempt: AttemptRecord | None,
+        attempt: AttemptResult | None,
         settlement: Settlement,
         now: datetime | None = None,
     ) -> tuple[int, bool]:
-        """Write the attempt (if any) and, if we still hold this claim (claimant and version), move the row. One
-        transaction. A lapsed lease nobody took over still settles: no one else can have sent the row meanwhile.
+        """Write the attempt (if any: the exchange as the connector reported it) and, if we still hold this claim
+        (claimant and version), move the row. One transaction. A lapsed lease nobody took over still settles: no one
+        else can have sent the row meanwhile.
 
         Returns the row's attempt count and whether the settlement was applied.
         """
@@ -365,11 +342,11 @@ class Outbox:
                         run_id=run_id,
                         started_at=attempt.started_at,
                         finished_at=attempt.finished_at,
-                        duration_ms=attempt.duration_ms,
-                        outcome=attempt.outcome,
+                        duration_ms=_duration_ms(attempt),
+                        outcome=attempt.outcome.value,
                         http_status=attempt.http_status,
                         error=attempt.error,
-                        response_excerpt=attempt.response_excerpt,
+                        response_excerpt=(attempt.response_body or "")[:RESPONSE_EXCERPT_CHARS] or None,
                         request_body=attempt.request_body,
                     )
                 )
@@ -411,6 +388,10 @@ def _scope_chunks(company_ids: Sequence[str] | None) -> Iterable[Sequence[str] |
         yield None
         return
     yield from _chunks(list(company_ids))
+
+
+def _duration_ms(attempt: AttemptResult) -> int:
+    return max(0, round((attempt.finished_at - attempt.started_at).total_seconds() * 1000))
 
 
 def _aware(moment: datetime) -> datetime:

@@ -9,6 +9,7 @@ import threading
 import time
 from collections import Counter
 
+from impactin_pipelines.domain.statuses import RowOutcome
 from impactin_pipelines.services.replay import BUSY, replay_many
 from impactin_pipelines.store.claimants import Claimant
 from tests.cli_support import cli_env, run_cli, start_cli
@@ -177,7 +178,7 @@ def test_replay_racing_a_run(engine, sandbox, case) -> None:  # type: ignore[no-
         factory.close()
     replayed = outcome["replay"]
     by_replay = sum(1 for r in replayed if r.success)  # type: ignore[attr-defined]
-    by_run = outcome["run"].totals["success"]  # type: ignore[attr-defined]
+    by_run = outcome["run"].totals.outcomes[RowOutcome.SUCCESS]  # type: ignore[attr-defined]
     refusals = {r.error for r in replayed if not r.success}  # type: ignore[attr-defined]
     print(f"\ndelivered by the run: {by_run}, by the replay: {by_replay}; replay refusals: {refusals}")
     assert by_run + by_replay == n

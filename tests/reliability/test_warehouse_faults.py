@@ -26,6 +26,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.engine.url import make_url
 
 from impactin_pipelines.domain.providers import Provider
+from impactin_pipelines.domain.statuses import RowOutcome
 from impactin_pipelines.services.deliver import DeliveryRun
 from impactin_pipelines.store.engine import make_engine
 from tests.reliability.ledger import accepted_count, held_rows, make_factory, read, seed, settle, when
@@ -122,11 +123,7 @@ def test_warehouse_connection_dropped_mid_run(engine, warehouse_url, sandbox, ca
     assert crashed is not None or run.report.errors, "the run did not notice it could not record deliveries"
     unsettled = {r["delivery_id"] for r in rows(engine) if r["status"] != "success"} | set(held_rows(engine))
     # rows whose request went out but whose outcome could not be written (the rest were never sent)
-    in_flight = {
-        r.row.delivery_id
-        for r in run.report.rows.values()
-        if r.status == "error" and not (r.error or "").startswith("not ")
-    }
+    in_flight = {r.row.delivery_id for r in run.report.rows.values() if r.status is RowOutcome.UNRECORDED}
     if crashed is not None:  # the report may not know every row the run had in hand
         in_flight = unsettled
     print(

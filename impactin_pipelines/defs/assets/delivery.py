@@ -12,9 +12,9 @@ from impactin_pipelines.connectors.registry import ConnectorFactory
 from impactin_pipelines.defs.orchestration.partitions import delivery_partitions, partition_key, split_key
 from impactin_pipelines.defs.resources import DeliveryResource, ProvidersResource, WarehouseResource
 from impactin_pipelines.domain.providers import Provider
-from impactin_pipelines.domain.statuses import DeliveryStatus, ErrorKind
+from impactin_pipelines.domain.statuses import ErrorKind, RowOutcome
 from impactin_pipelines.observability import run_delivery_logger
-from impactin_pipelines.services.deliver import DeliveryReport, DeliveryRun
+from impactin_pipelines.services.deliver import DeliveryCounts, DeliveryReport, DeliveryRun
 from impactin_pipelines.services.extract import ExtractReport, extract, quarantine_unpartitionable
 
 GROUP = "impact_in"
@@ -73,16 +73,17 @@ def _log_unpartitionable(context: dg.AssetExecutionContext, report: ExtractRepor
         context.log.warning(f"{where}: {report.invalid} event(s) quarantined as failed/invalid_event")
 
 
-def _partition_metadata(counts: dict[str, int]) -> dict[str, object]:
+def _partition_metadata(counts: DeliveryCounts) -> dict[str, object]:
+    """One partition's materialization metadata; `internal_errors` are rows the warehouse kept us from recording."""
     return {
-        "delivered": counts.get(DeliveryStatus.SUCCESS.value, 0),
-        "retrying": counts.get(DeliveryStatus.RETRYING.value, 0),
-        "failed": counts.get(DeliveryStatus.FAILED.value, 0),
-        "rejected": counts.get(f"error_kind:{ErrorKind.REJECTED.value}", 0),
-        "config_errors": counts.get(f"error_kind:{ErrorKind.CONFIG.value}", 0),
-        "exhausted": counts.get(f"error_kind:{ErrorKind.EXHAUSTED.value}", 0),
-        "attempts": counts.get("attempts", 0),
-        "internal_errors": counts.get("error", 0),
+        "delivered": counts.outcomes[RowOutcome.SUCCESS],
+        "retrying": counts.outcomes[RowOutcome.RETRYING],
+        "failed": counts.outcomes[RowOutcome.FAILED],
+        "rejected": counts.error_kinds[ErrorKind.REJECTED],
+        "config_errors": counts.error_kinds[ErrorKind.CONFIG],
+        "exhausted": counts.error_kinds[ErrorKind.EXHAUSTED],
+        "attempts": counts.attempts,
+        "internal_errors": counts.outcomes[RowOutcome.NOT_SENT] + counts.outcomes[RowOutcome.UNRECORDED],
     }
 
 
@@ -146,14 +147,15 @@ def impact_deliveries(
         report = reports[provider]
         internal_errors.extend(report.errors)
         for company in companies:
-            counts = dict(report.by_company.get(company, {}))
+            counts = report.by_company.get(company, DeliveryCounts())
             context.add_asset_metadata(
                 _partition_metadata(counts), partition_key=partition_key(company, provider.value)
             )
         totals = report.totals
         context.log.info(
-            f"{provider.value}: {totals.get('success', 0)} delivered, {totals.get('retrying', 0)} retrying, "
-            f"{totals.get('failed', 0)} failed, {totals.get('attempts', 0)} attempts in {report.seconds:.1f}s"
+            f"{provider.value}: {totals.outcomes[RowOutcome.SUCCESS]} delivered, "
+            f"{totals.outcomes[RowOutcome.RETRYING]} retrying, {totals.outcomes[RowOutcome.FAILED]} failed, "
+            f"{totals.attempts} attempts in {report.seconds:.1f}s"
         )
     if internal_errors:
         raise dg.Failure(
