@@ -7,7 +7,7 @@ and never copied into Dagster run config, metadata or logs.
 import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_STATE_DIR = ".impactin"
@@ -116,42 +116,6 @@ class CheckSettings:
                 f"IMPACTIN_CHECK_FAILURE_RATE_ERROR={settings.failure_rate_error!r} must satisfy warn <= error <= 1"
             )
         return settings
-
-
-@dataclass(frozen=True)
-class ProviderEnv:
-    """The integration guide's variables, verbatim. Per-company settings override them."""
-
-    BENEVITY_API_URL: str | None = None
-    BENEVITY_API_KEY: str | None = None
-    BENEVITY_SIGNATURE_SECRET: str | None = None
-    GOODERA_API_URL: str | None = None
-    GOODERA_TOKEN_URL: str | None = None
-    GOODERA_CLIENT_ID: str | None = None
-    GOODERA_CLIENT_SECRET: str | None = None
-    GOODERA_RATE_LIMIT: str | None = None
-    GOODERA_TOKEN_AUTH_METHOD: str | None = None
-    WORKDAY_API_URL: str | None = None
-    WORKDAY_TENANT_ID: str | None = None
-    WORKDAY_PROTOCOL: str | None = None
-    WORKDAY_USERNAME: str | None = None
-    WORKDAY_PASSWORD: str | None = None
-    WORKDAY_PASSWORD_TYPE: str | None = None
-    WORKDAY_CLIENT_ID: str | None = None
-    WORKDAY_CLIENT_SECRET: str | None = None
-    WORKDAY_TOKEN_URL: str | None = None
-    WORKDAY_TOKEN_AUTH_METHOD: str | None = None
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> "ProviderEnv":
-        return cls(**{f.name: (env.get(f.name) or None) for f in fields(cls)})
-
-    def get(self, name: str) -> str | None:
-        return getattr(self, name)
-
-    def __repr__(self) -> str:  # never print secrets, even by accident
-        present = [f.name for f in fields(self) if getattr(self, f.name)]
-        return f"ProviderEnv(set={present})"
 
 
 def state_dir(env: Mapping[str, str] = os.environ) -> Path:

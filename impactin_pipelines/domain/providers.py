@@ -1,12 +1,50 @@
-"""The CSR platforms we deliver to."""
+"""Provider names: the registry (`impactin_pipelines.providers`) is the one list of them."""
 
-from enum import StrEnum
+from collections.abc import Iterator, Sequence
+from typing import overload
 
 
-class Provider(StrEnum):
-    BENEVITY = "benevity"
-    GOODERA = "goodera"
-    WORKDAY = "workday"
+def _registered() -> tuple[str, ...]:
+    from impactin_pipelines.providers import provider_names
+
+    return provider_names()
+
+
+class _ProviderType(type):
+    def __iter__(cls) -> Iterator["Provider"]:
+        return iter([str.__new__(cls, name) for name in _registered()])  # type: ignore[misc]
+
+    def __len__(cls) -> int:
+        return len(_registered())
+
+
+class Provider(str, metaclass=_ProviderType):
+    """A registered provider's name. `Provider("x")` raises ValueError unless a provider named x is registered;
+    iterating the class gives every registered provider."""
+
+    __slots__ = ()
+
+    BENEVITY: "Provider"
+    GOODERA: "Provider"
+    WORKDAY: "Provider"
+
+    def __new__(cls, value: object) -> "Provider":
+        if isinstance(value, Provider):
+            return value
+        name = str(value)
+        if name not in _registered():
+            raise ValueError(f"{value!r} is not a registered provider (one of: {', '.join(_registered())})")
+        return super().__new__(cls, name)
+
+    @property
+    def value(self) -> str:
+        return str.__str__(self)
+
+    def __str__(self) -> str:
+        return str.__str__(self)
+
+    def __repr__(self) -> str:
+        return f"Provider({str.__repr__(self)})"
 
     @classmethod
     def parse(cls, value: object) -> "Provider":
@@ -14,8 +52,35 @@ class Provider(StrEnum):
         try:
             return cls(str(value).strip().lower())
         except ValueError:
-            known = ", ".join(p.value for p in cls)
-            raise ValueError(f"provider {value!r} is not one of: {known}") from None
+            raise ValueError(f"provider {value!r} is not one of: {', '.join(_registered())}") from None
 
 
-PROVIDERS: tuple[str, ...] = tuple(p.value for p in Provider)
+Provider.BENEVITY = str.__new__(Provider, "benevity")
+Provider.GOODERA = str.__new__(Provider, "goodera")
+Provider.WORKDAY = str.__new__(Provider, "workday")
+
+
+class _Names(Sequence[str]):
+    """The registered provider names, read at each use (so a provider registered later is listed too)."""
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[str]: ...
+    def __getitem__(self, index: int | slice) -> str | Sequence[str]:
+        return _registered()[index]
+
+    def __len__(self) -> int:
+        return len(_registered())
+
+    def __contains__(self, value: object) -> bool:
+        return value in _registered()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_registered())
+
+    def __repr__(self) -> str:
+        return repr(_registered())
+
+
+PROVIDERS: Sequence[str] = _Names()

@@ -13,7 +13,8 @@ from impactin_pipelines.connectors.base import ConnectivityResult
 from impactin_pipelines.connectors.registry import ConnectorFactory
 from impactin_pipelines.domain.errors import ConfigError
 from impactin_pipelines.domain.providers import Provider
-from impactin_pipelines.settings import DeliverySettings, ProviderEnv
+from impactin_pipelines.providers.env import ProviderEnv
+from impactin_pipelines.settings import DeliverySettings
 from impactin_pipelines.store.source import Integration, integrations
 
 MAX_PARALLEL_CHECKS = 8

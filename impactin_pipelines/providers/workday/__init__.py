@@ -1,0 +1,27 @@
+"""Workday: SOAP (WS-Security UsernameToken) or REST (OAuth2), chosen per integration by `protocol`."""
+
+from collections.abc import Mapping
+from typing import Any
+
+from impactin_pipelines.providers import PayloadBuilder, ProviderSpec, register
+from impactin_pipelines.providers.workday.connector import build, protocol_of
+from impactin_pipelines.providers.workday.fake import WorkdaySandbox
+from impactin_pipelines.providers.workday.mapping import workday_rest_payload, workday_soap_report
+from impactin_pipelines.providers.workday.settings import WorkdaySettings
+
+
+def payload_for(settings: Mapping[str, Any], env: Any) -> PayloadBuilder:
+    """SOAP's report or REST's document, as the company's `protocol` (else WORKDAY_PROTOCOL, else SOAP) says."""
+    protocol = protocol_of(str(settings.get("protocol") or env.get("WORKDAY_PROTOCOL") or "soap"))
+    return workday_rest_payload if protocol == "rest" else workday_soap_report
+
+
+SPEC = register(
+    ProviderSpec(
+        name="workday",
+        settings=WorkdaySettings,
+        payload_for=payload_for,
+        connector=build,
+        fake=WorkdaySandbox,
+    )
+)
