@@ -1,7 +1,11 @@
 """Provider names: the registry (`impactin_pipelines.providers`) is the one list of them."""
 
 from collections.abc import Iterator, Sequence
-from typing import overload
+from typing import Any, overload
+
+from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import PydanticCustomError, core_schema
 
 
 def _registered() -> tuple[str, ...]:
@@ -45,6 +49,27 @@ class Provider(str, metaclass=_ProviderType):
 
     def __repr__(self) -> str:
         return f"Provider({str.__repr__(self)})"
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        """As a pydantic field: a string naming a registered provider (exact spelling), else an error naming them."""
+        return core_schema.no_info_after_validator_function(
+            cls._validate, core_schema.str_schema(), serialization=core_schema.to_string_ser_schema()
+        )
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return {"type": "string", "enum": list(_registered()), "title": "Provider"}
+
+    @classmethod
+    def _validate(cls, value: str) -> "Provider":
+        if value not in _registered():
+            names = [repr(name) for name in _registered()]
+            expected = f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else "".join(names)
+            raise PydanticCustomError("enum", "Input should be {expected}", {"expected": expected})
+        return cls(value)
 
     @classmethod
     def parse(cls, value: object) -> "Provider":
