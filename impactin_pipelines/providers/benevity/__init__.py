@@ -1,16 +1,26 @@
 """Benevity: JSON over HTTPS with an API key and an HMAC-SHA256 body signature."""
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from impactin_pipelines.providers import PayloadBuilder, ProviderSpec, register
 from impactin_pipelines.providers.benevity.connector import build
-from impactin_pipelines.providers.benevity.fake import BenevitySandbox
 from impactin_pipelines.providers.benevity.mapping import benevity_payload
 from impactin_pipelines.providers.benevity.settings import BenevitySettings
 
+if TYPE_CHECKING:
+    from impactin_pipelines.providers.env import ProviderEnv
+    from impactin_pipelines.sandbox.core import ProviderSandbox
 
-def payload_for(settings: Mapping[str, Any], env: Any) -> PayloadBuilder:
+
+def fake() -> "ProviderSandbox":
+    """The loopback fake (imported only when a sandbox is started)."""
+    from impactin_pipelines.providers.benevity.fake import BenevitySandbox
+
+    return BenevitySandbox()
+
+
+def payload_for(settings: Mapping[str, Any], env: "ProviderEnv") -> PayloadBuilder:
     return benevity_payload
 
 
@@ -20,6 +30,6 @@ SPEC = register(
         settings=BenevitySettings,
         payload_for=payload_for,
         connector=build,
-        fake=BenevitySandbox,
+        fake=fake,
     )
 )

@@ -1,16 +1,26 @@
 """Goodera: JSON over HTTPS with OAuth2 client credentials and a client-side rate limit."""
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from impactin_pipelines.providers import PayloadBuilder, ProviderSpec, register
 from impactin_pipelines.providers.goodera.connector import build
-from impactin_pipelines.providers.goodera.fake import GooderaSandbox
 from impactin_pipelines.providers.goodera.mapping import goodera_payload
 from impactin_pipelines.providers.goodera.settings import GooderaSettings
 
+if TYPE_CHECKING:
+    from impactin_pipelines.providers.env import ProviderEnv
+    from impactin_pipelines.sandbox.core import ProviderSandbox
 
-def payload_for(settings: Mapping[str, Any], env: Any) -> PayloadBuilder:
+
+def fake() -> "ProviderSandbox":
+    """The loopback fake (imported only when a sandbox is started)."""
+    from impactin_pipelines.providers.goodera.fake import GooderaSandbox
+
+    return GooderaSandbox()
+
+
+def payload_for(settings: Mapping[str, Any], env: "ProviderEnv") -> PayloadBuilder:
     return goodera_payload
 
 
@@ -20,6 +30,6 @@ SPEC = register(
         settings=GooderaSettings,
         payload_for=payload_for,
         connector=build,
-        fake=GooderaSandbox,
+        fake=fake,
     )
 )

@@ -1,16 +1,26 @@
 """Workday: SOAP (WS-Security UsernameToken) or REST (OAuth2), chosen per integration by `protocol`."""
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from impactin_pipelines.providers import PayloadBuilder, ProviderSpec, register
 from impactin_pipelines.providers.workday.connector import build, protocol_of
-from impactin_pipelines.providers.workday.fake import WorkdaySandbox
 from impactin_pipelines.providers.workday.mapping import workday_rest_payload, workday_soap_report
 from impactin_pipelines.providers.workday.settings import WorkdaySettings
 
+if TYPE_CHECKING:
+    from impactin_pipelines.providers.env import ProviderEnv
+    from impactin_pipelines.sandbox.core import ProviderSandbox
 
-def payload_for(settings: Mapping[str, Any], env: Any) -> PayloadBuilder:
+
+def fake() -> "ProviderSandbox":
+    """The loopback fake (imported only when a sandbox is started)."""
+    from impactin_pipelines.providers.workday.fake import WorkdaySandbox
+
+    return WorkdaySandbox()
+
+
+def payload_for(settings: Mapping[str, Any], env: "ProviderEnv") -> PayloadBuilder:
     """SOAP's report or REST's document, as the company's `protocol` (else WORKDAY_PROTOCOL, else SOAP) says."""
     protocol = protocol_of(str(settings.get("protocol") or env.get("WORKDAY_PROTOCOL") or "soap"))
     return workday_rest_payload if protocol == "rest" else workday_soap_report
@@ -22,6 +32,6 @@ SPEC = register(
         settings=WorkdaySettings,
         payload_for=payload_for,
         connector=build,
-        fake=WorkdaySandbox,
+        fake=fake,
     )
 )
