@@ -12,7 +12,9 @@ def payload_builder(
     provider: str, settings: Mapping[str, Any] | None = None, env: ProviderEnv | None = None
 ) -> PayloadBuilder:
     """The builder for one integration (company settings, then the environment). Raises ConfigError."""
-    return spec_for(provider).payload_for(settings or {}, env if env is not None else ProviderEnv())
+    return spec_for(provider).payload_for(
+        settings if settings is not None else {}, env if env is not None else ProviderEnv()
+    )
 
 
 def build_payload(
