@@ -9,7 +9,6 @@ from sqlalchemy.engine import Engine
 
 from impactin_pipelines.domain.errors import ConfigError
 from impactin_pipelines.domain.periods import parse_bound
-from impactin_pipelines.providers import provider_names
 from impactin_pipelines.security.crypto import load_keyring
 from impactin_pipelines.settings import warehouse_url
 from impactin_pipelines.store import migrations
@@ -24,6 +23,8 @@ class ProviderChoice(click.Choice):
 
     @property  # type: ignore[override]
     def choices(self) -> Sequence[str]:
+        from impactin_pipelines.providers import provider_names
+
         return provider_names()
 
     @choices.setter
