@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from impactin_pipelines.sandbox.core import ProviderSandbox
 
 
-def fake() -> "ProviderSandbox":
+def new_fake() -> "ProviderSandbox":
     """The loopback fake (imported only when a sandbox is started)."""
     from impactin_pipelines.providers.benevity.fake import BenevitySandbox
 
@@ -38,6 +38,6 @@ SPEC = register(
         settings=BenevitySettings,
         payload_for=payload_for,
         connector=build,
-        fake=fake,
+        fake=new_fake,
     )
 )

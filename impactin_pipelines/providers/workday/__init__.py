@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from impactin_pipelines.sandbox.core import ProviderSandbox
 
 
-def fake() -> "ProviderSandbox":
+def new_fake() -> "ProviderSandbox":
     """The loopback fake (imported only when a sandbox is started)."""
     from impactin_pipelines.providers.workday.fake import WorkdaySandbox
 
@@ -42,6 +42,6 @@ SPEC = register(
         settings=WorkdaySettings,
         payload_for=payload_for,
         connector=build,
-        fake=fake,
+        fake=new_fake,
     )
 )
