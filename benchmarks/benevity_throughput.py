@@ -16,9 +16,10 @@ from benchmarks.common import SandboxProcess, scratch_warehouse, seed, send_sequ
 from impactin_pipelines.connectors.registry import ConnectorFactory
 from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.domain.statuses import RowOutcome
+from impactin_pipelines.providers.env import ProviderEnv
 from impactin_pipelines.services.deliver import DeliveryRun
 from impactin_pipelines.services.extract import extract
-from impactin_pipelines.settings import DeliverySettings, ProviderEnv
+from impactin_pipelines.settings import DeliverySettings
 from impactin_pipelines.store.schema import impact_deliveries
 
 

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine.url import make_url
 
 from benchmarks.common import SandboxProcess, scratch_warehouse, seed
-from impactin_pipelines.sandbox.goodera import max_in_window
+from impactin_pipelines.providers.goodera.fake import max_in_window
 from impactin_pipelines.security.crypto import generate_key
 from impactin_pipelines.store import migrations
 from impactin_pipelines.store.engine import make_engine

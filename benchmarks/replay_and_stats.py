@@ -18,10 +18,11 @@ import sqlalchemy as sa
 from benchmarks.common import SandboxProcess, scratch_warehouse, seed, send_sequentially
 from impactin_pipelines.connectors.registry import ConnectorFactory
 from impactin_pipelines.domain.providers import Provider
+from impactin_pipelines.providers.env import ProviderEnv
 from impactin_pipelines.services.extract import extract
 from impactin_pipelines.services.replay import replay_all_failed
 from impactin_pipelines.services.stats import delivery_stats, full_stats
-from impactin_pipelines.settings import DeliverySettings, ProviderEnv
+from impactin_pipelines.settings import DeliverySettings
 from impactin_pipelines.store.schema import impact_deliveries as d
 
 

@@ -11,7 +11,6 @@ import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
@@ -189,42 +188,6 @@ class CheckSettings(ImpactinSettings):
                 f"{self.env_var('failure_rate_error')}={self.failure_rate_error!r} must satisfy warn <= error <= 1"
             )
         return self
-
-
-@dataclass(frozen=True)
-class ProviderEnv:
-    """The integration guide's variables, verbatim. Per-company settings override them."""
-
-    BENEVITY_API_URL: str | None = None
-    BENEVITY_API_KEY: str | None = None
-    BENEVITY_SIGNATURE_SECRET: str | None = None
-    GOODERA_API_URL: str | None = None
-    GOODERA_TOKEN_URL: str | None = None
-    GOODERA_CLIENT_ID: str | None = None
-    GOODERA_CLIENT_SECRET: str | None = None
-    GOODERA_RATE_LIMIT: str | None = None
-    GOODERA_TOKEN_AUTH_METHOD: str | None = None
-    WORKDAY_API_URL: str | None = None
-    WORKDAY_TENANT_ID: str | None = None
-    WORKDAY_PROTOCOL: str | None = None
-    WORKDAY_USERNAME: str | None = None
-    WORKDAY_PASSWORD: str | None = None
-    WORKDAY_PASSWORD_TYPE: str | None = None
-    WORKDAY_CLIENT_ID: str | None = None
-    WORKDAY_CLIENT_SECRET: str | None = None
-    WORKDAY_TOKEN_URL: str | None = None
-    WORKDAY_TOKEN_AUTH_METHOD: str | None = None
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> "ProviderEnv":
-        return cls(**{f.name: (env.get(f.name) or None) for f in fields(cls)})
-
-    def get(self, name: str) -> str | None:
-        return getattr(self, name)
-
-    def __repr__(self) -> str:  # never print secrets, even by accident
-        present = [f.name for f in fields(self) if getattr(self, f.name)]
-        return f"ProviderEnv(set={present})"
 
 
 class StateSettings(ImpactinSettings):

@@ -79,7 +79,7 @@ def fast_settings(**overrides: Any) -> "DeliverySettings":
 
 def factory_for(engine: Engine, sandbox: Any, **overrides: Any) -> "ConnectorFactory":
     from impactin_pipelines.connectors.registry import ConnectorFactory
-    from impactin_pipelines.settings import ProviderEnv
+    from impactin_pipelines.providers.env import ProviderEnv
 
     return ConnectorFactory(engine, env=ProviderEnv.from_env(sandbox.env()), settings=fast_settings(**overrides))
 

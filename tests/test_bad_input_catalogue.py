@@ -25,11 +25,11 @@ from sqlalchemy.engine import Engine
 from impactin_pipelines.connectors.ratelimit import close_shared_limiters
 from impactin_pipelines.connectors.registry import ConnectorFactory
 from impactin_pipelines.domain.providers import PROVIDERS, Provider
+from impactin_pipelines.providers.env import ProviderEnv
 from impactin_pipelines.sandbox.server import SandboxServer
 from impactin_pipelines.security.crypto import KeyRing, generate_key
 from impactin_pipelines.services.deliver import DeliveryRun
 from impactin_pipelines.services.extract import extract
-from impactin_pipelines.settings import ProviderEnv
 from impactin_pipelines.store.schema import company_integrations, impact_events
 from impactin_pipelines.store.source import work_by_provider
 from tests.cli_support import cli_env, run_cli

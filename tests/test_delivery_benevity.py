@@ -7,7 +7,7 @@ import threading
 
 from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.domain.statuses import RowOutcome
-from impactin_pipelines.sandbox.benevity import SIGNATURE_SECRET
+from impactin_pipelines.providers.benevity.fake import SIGNATURE_SECRET
 from impactin_pipelines.security.crypto import load_keyring
 from impactin_pipelines.services.extract import extract
 from tests.support import (
@@ -178,7 +178,7 @@ def test_missing_configuration_fails_only_that_company(engine, sandbox, monkeypa
     for company in ("acme", "globex"):
         extract(engine, company, BENEVITY)
     from impactin_pipelines.connectors.registry import ConnectorFactory
-    from impactin_pipelines.settings import ProviderEnv
+    from impactin_pipelines.providers.env import ProviderEnv
     from tests.support import fast_settings
 
     factory = ConnectorFactory(engine, env=ProviderEnv(), settings=fast_settings())

@@ -12,10 +12,10 @@ from impactin_pipelines.connectors.ratelimit import close_shared_limiters
 from impactin_pipelines.connectors.registry import ConnectorFactory
 from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.domain.statuses import RowOutcome
-from impactin_pipelines.sandbox.goodera import CLIENT_SECRET, ENDPOINT
+from impactin_pipelines.providers.env import ProviderEnv
+from impactin_pipelines.providers.goodera.fake import CLIENT_SECRET, ENDPOINT
 from impactin_pipelines.security.crypto import generate_key, load_keyring
 from impactin_pipelines.services.extract import extract
-from impactin_pipelines.settings import ProviderEnv
 from tests.spec_examples import GOODERA_EXAMPLE
 from tests.support import (
     SPEC_EVENT,

@@ -14,10 +14,10 @@ from cryptography.fernet import Fernet
 from impactin_pipelines.connectors.ratelimit import close_shared_limiters
 from impactin_pipelines.connectors.registry import ConnectorFactory
 from impactin_pipelines.domain.providers import Provider
+from impactin_pipelines.providers.env import ProviderEnv
 from impactin_pipelines.security.crypto import DecryptionError, KeyRing, generate_key
 from impactin_pipelines.services.extract import extract
 from impactin_pipelines.services.key_rotation import rotate_secrets
-from impactin_pipelines.settings import ProviderEnv
 from impactin_pipelines.store.schema import company_integrations, impact_provider_tokens
 from impactin_pipelines.store.tokens import StoredToken, TokenStore, credential_key
 from tests.cli_support import cli_env, run_cli

@@ -25,11 +25,12 @@ from impactin_pipelines.observability import (
     log_delivery,
     log_format,
 )
-from impactin_pipelines.sandbox.benevity import API_KEY, SIGNATURE_SECRET
+from impactin_pipelines.providers.benevity.fake import API_KEY, SIGNATURE_SECRET
+from impactin_pipelines.providers.env import ProviderEnv
 from impactin_pipelines.services.deliver import DeliveryRun
 from impactin_pipelines.services.extract import extract
 from impactin_pipelines.services.replay import ReplayRefused, replay_many, replay_one
-from impactin_pipelines.settings import DeliverySettings, ProviderEnv, RetrySettings
+from impactin_pipelines.settings import DeliverySettings, RetrySettings
 from tests.support import add_events, add_integration, event, events, rows, statuses
 
 FAST = DeliverySettings(concurrency=2, lease_s=30, retry=RetrySettings(max_attempts=2, initial_delay_s=0.01))

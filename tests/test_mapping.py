@@ -8,11 +8,11 @@ import pytest
 from impactin_pipelines.domain.errors import InvalidEvent
 from impactin_pipelines.domain.events import parse_event
 from impactin_pipelines.domain.providers import Provider
-from impactin_pipelines.mapping.benevity import benevity_payload
 from impactin_pipelines.mapping.encoding import encode_json
-from impactin_pipelines.mapping.goodera import goodera_payload
 from impactin_pipelines.mapping.payloads import build_payload
-from impactin_pipelines.mapping.workday import prettify, unit_label, workday_rest_payload, workday_soap_report
+from impactin_pipelines.providers.benevity.mapping import benevity_payload
+from impactin_pipelines.providers.goodera.mapping import goodera_payload
+from impactin_pipelines.providers.workday.mapping import prettify, unit_label, workday_rest_payload, workday_soap_report
 from tests.spec_examples import SPEC_BENEVITY, SPEC_GOODERA, SPEC_WORKDAY_REST
 from tests.support import SPEC_EVENT
 

@@ -17,11 +17,11 @@ from impactin_pipelines.connectors.ratelimit import close_shared_limiters
 from impactin_pipelines.connectors.registry import ConnectorFactory
 from impactin_pipelines.domain.errors import ConfigError
 from impactin_pipelines.domain.providers import Provider
+from impactin_pipelines.providers.env import ProviderEnv
 from impactin_pipelines.sandbox.oauth import IssuedToken
 from impactin_pipelines.security.crypto import generate_key, load_keyring
 from impactin_pipelines.services.extract import extract
 from impactin_pipelines.services.provider_checks import check_providers
-from impactin_pipelines.settings import ProviderEnv
 from tests.cli_support import cli_env, run_cli
 from tests.oauth_server import AuthlibTokenEndpoint, authlib_token_endpoint
 from tests.support import add_events, add_integration, attempts, deliver, events, fast_settings, rows, statuses

@@ -17,8 +17,8 @@ import sqlalchemy as sa
 from impactin_pipelines.connectors.http import new_session
 from impactin_pipelines.connectors.oauth import OAuthClientCredentials, TokenEndpointUnavailable, TokenRejected
 from impactin_pipelines.domain.errors import ConfigError
+from impactin_pipelines.providers.goodera.fake import CLIENT_ID, CLIENT_SECRET
 from impactin_pipelines.sandbox.core import Request
-from impactin_pipelines.sandbox.goodera import CLIENT_ID, CLIENT_SECRET
 from impactin_pipelines.sandbox.oauth import OAuthTokenIssuer
 from impactin_pipelines.sandbox.server import SandboxServer
 from impactin_pipelines.security.crypto import generate_key, load_keyring

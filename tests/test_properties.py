@@ -13,15 +13,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from impactin_pipelines.connectors.retry import MAX_AUTH_REFRESHES, RetryPolicy, Spent, Step, parse_retry_after
-from impactin_pipelines.connectors.workday_soap import soap_arguments
 from impactin_pipelines.domain.errors import InvalidEvent
 from impactin_pipelines.domain.events import MAX_VALUE, ImpactEvent, parse_event
 from impactin_pipelines.domain.periods import parse_bound
 from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.domain.statuses import AttemptOutcome
 from impactin_pipelines.mapping.encoding import encode_json
-from impactin_pipelines.mapping.goodera import NORMALIZED_SCALE, goodera_payload
 from impactin_pipelines.mapping.payloads import build_payload
+from impactin_pipelines.providers.goodera.mapping import NORMALIZED_SCALE, goodera_payload
+from impactin_pipelines.providers.workday.soap import soap_arguments
 from impactin_pipelines.settings import RetrySettings
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -166,7 +166,7 @@ def test_any_valid_event_maps_to_a_payload_that_round_trips_as_json_and_keeps_it
     event = parse_event(raw)
     provider, _, protocol = target.partition("-")
     try:
-        payload = build_payload(Provider(provider), event, workday_protocol=protocol or "soap")
+        payload = build_payload(Provider(provider), event, settings={"protocol": protocol or "soap"})
     except InvalidEvent as exc:  # Workday's only own rule: a code must leave a label once prettified
         assert provider == "workday" and exc.field in ("event_type", "unit") and "maps to an empty" in exc.reason
         return

@@ -7,10 +7,10 @@ import dagster as dg
 import pytest
 
 from impactin_pipelines.connectors.ratelimit import close_shared_limiters
-from impactin_pipelines.sandbox.goodera import CLIENT_SECRET
+from impactin_pipelines.providers.env import ProviderEnv
+from impactin_pipelines.providers.goodera.fake import CLIENT_SECRET
 from impactin_pipelines.security.crypto import generate_key, load_keyring
 from impactin_pipelines.services.provider_checks import check_providers
-from impactin_pipelines.settings import ProviderEnv
 from tests.cli_support import cli_env, run_cli
 from tests.support import add_integration
 

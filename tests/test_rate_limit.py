@@ -21,7 +21,7 @@ from impactin_pipelines.connectors.ratelimit import (
     shared_limiter,
 )
 from impactin_pipelines.domain.errors import ConfigError
-from impactin_pipelines.sandbox.goodera import max_in_window
+from impactin_pipelines.providers.goodera.fake import max_in_window
 from impactin_pipelines.security.crypto import generate_key
 from tests.support import add_events, add_integration, events, statuses
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from impactin_pipelines.domain.providers import Provider
-from impactin_pipelines.sandbox.benevity import BenevitySandbox
+from impactin_pipelines.providers.benevity.fake import BenevitySandbox
 from impactin_pipelines.sandbox.server import SandboxServer
 from impactin_pipelines.security.redaction import MASK, Redactor
 from impactin_pipelines.services.extract import extract

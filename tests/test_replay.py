@@ -14,12 +14,13 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from impactin_pipelines.connectors.benevity import sign
 from impactin_pipelines.connectors.registry import ConnectorFactory
 from impactin_pipelines.defs.replay import impact_replay_job
 from impactin_pipelines.defs.resources import DeliveryResource, ProvidersResource, WarehouseResource
 from impactin_pipelines.domain.providers import Provider
-from impactin_pipelines.sandbox.benevity import API_KEY, SIGNATURE_SECRET
+from impactin_pipelines.providers.benevity.connector import sign
+from impactin_pipelines.providers.benevity.fake import API_KEY, SIGNATURE_SECRET
+from impactin_pipelines.providers.env import ProviderEnv
 from impactin_pipelines.sandbox.server import SandboxServer
 from impactin_pipelines.services.deliver import DeliveryRun
 from impactin_pipelines.services.extract import extract, outbox_row
@@ -31,7 +32,7 @@ from impactin_pipelines.services.replay import (
     replay_many,
     replay_one,
 )
-from impactin_pipelines.settings import DeliverySettings, ProviderEnv, RetrySettings
+from impactin_pipelines.settings import DeliverySettings, RetrySettings
 from impactin_pipelines.store.delivery_log import attempts_for
 from impactin_pipelines.store.outbox import Outbox
 from impactin_pipelines.store.schema import impact_deliveries, impact_events

@@ -29,12 +29,12 @@ import requests
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from impactin_pipelines.sandbox.benevity import BenevitySandbox
+from impactin_pipelines.providers.benevity.fake import BenevitySandbox
+from impactin_pipelines.providers.goodera.fake import GooderaSandbox
+from impactin_pipelines.providers.workday.fake import WorkdaySandbox
 from impactin_pipelines.sandbox.core import Request, Response
-from impactin_pipelines.sandbox.goodera import GooderaSandbox
 from impactin_pipelines.sandbox.oauth import OAuthTokenIssuer
 from impactin_pipelines.sandbox.server import SandboxServer
-from impactin_pipelines.sandbox.workday import WorkdaySandbox
 from impactin_pipelines.security.crypto import KeyRing
 from impactin_pipelines.store.api_keys import parse_token
 from impactin_pipelines.store.schema import impact_provider_tokens

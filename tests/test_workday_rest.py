@@ -11,11 +11,11 @@ from impactin_pipelines.domain.events import parse_event
 from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.domain.statuses import RowOutcome
 from impactin_pipelines.mapping.encoding import encode_json
-from impactin_pipelines.mapping.workday import workday_rest_payload
-from impactin_pipelines.sandbox import workday as fake
+from impactin_pipelines.providers.env import ProviderEnv
+from impactin_pipelines.providers.workday import fake
+from impactin_pipelines.providers.workday.mapping import workday_rest_payload
 from impactin_pipelines.security.crypto import load_keyring
 from impactin_pipelines.services.extract import extract
-from impactin_pipelines.settings import ProviderEnv
 from impactin_pipelines.store.schema import company_integrations
 from tests.spec_examples import WORKDAY_REST_EXAMPLE
 from tests.support import (

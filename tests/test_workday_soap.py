@@ -13,22 +13,23 @@ from lxml import etree
 from zeep import Client
 from zeep.wsse.username import UsernameToken
 
-from impactin_pipelines.connectors import workday_soap
 from impactin_pipelines.connectors.base import ConnectorContext, OutboundDelivery
 from impactin_pipelines.connectors.config import ConfigResolver
 from impactin_pipelines.connectors.http import new_session
 from impactin_pipelines.connectors.registry import ConnectorFactory
-from impactin_pipelines.connectors.workday import build
 from impactin_pipelines.domain.errors import ConfigError
 from impactin_pipelines.domain.events import parse_event
 from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.domain.statuses import RowOutcome
 from impactin_pipelines.mapping.encoding import encode_json
-from impactin_pipelines.mapping.workday import workday_rest_payload, workday_soap_report
-from impactin_pipelines.sandbox import workday as fake
+from impactin_pipelines.providers.env import ProviderEnv
+from impactin_pipelines.providers.workday import fake
+from impactin_pipelines.providers.workday import soap as workday_soap
+from impactin_pipelines.providers.workday.connector import build
+from impactin_pipelines.providers.workday.mapping import workday_rest_payload, workday_soap_report
 from impactin_pipelines.security.crypto import load_keyring
 from impactin_pipelines.services.extract import extract
-from impactin_pipelines.settings import DeliverySettings, ProviderEnv
+from impactin_pipelines.settings import DeliverySettings
 from impactin_pipelines.store.schema import company_integrations
 from tests.support import (
     SPEC_EVENT,

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from impactin_pipelines.connectors.soap_reply import ReplyKind, read_reply
 from impactin_pipelines.domain.providers import Provider
+from impactin_pipelines.providers.workday.soap_reply import ReplyKind, read_reply
 from impactin_pipelines.services.extract import extract
 from tests.support import add_events, add_integration, attempts, deliver, events, factory_for, rows
 

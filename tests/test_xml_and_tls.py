@@ -35,16 +35,16 @@ from zeep import Settings
 from zeep.exceptions import DTDForbidden, EntitiesForbidden, XMLSyntaxError
 from zeep.loader import parse_xml
 
-from impactin_pipelines.connectors import workday_soap
 from impactin_pipelines.connectors.http import new_session, require_secure_url
 from impactin_pipelines.connectors.ratelimit import close_shared_limiters
 from impactin_pipelines.connectors.registry import ConnectorFactory
 from impactin_pipelines.domain.errors import ConfigError
 from impactin_pipelines.domain.providers import Provider
-from impactin_pipelines.sandbox import workday as fake
+from impactin_pipelines.providers.env import ProviderEnv
+from impactin_pipelines.providers.workday import fake
+from impactin_pipelines.providers.workday import soap as workday_soap
 from impactin_pipelines.services.deliver import DeliveryRun
 from impactin_pipelines.services.extract import extract
-from impactin_pipelines.settings import ProviderEnv
 from tests.support import add_events, add_integration, attempts, deliver, events, fast_settings, rows
 
 PRODUCT = Path(__file__).resolve().parents[1] / "impactin_pipelines"

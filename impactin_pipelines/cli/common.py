@@ -1,6 +1,8 @@
 """Shared CLI plumbing: the engine, date options, friendly errors."""
 
+from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 import click
 from sqlalchemy.engine import Engine
@@ -11,6 +13,23 @@ from impactin_pipelines.security.crypto import load_keyring
 from impactin_pipelines.settings import warehouse_url
 from impactin_pipelines.store import migrations
 from impactin_pipelines.store.engine import make_engine
+
+
+class ProviderChoice(click.Choice):
+    """A registered provider's name; the choices are read from the registry when the option is parsed."""
+
+    def __init__(self) -> None:
+        super().__init__((), case_sensitive=True)
+
+    @property  # type: ignore[override]
+    def choices(self) -> Sequence[str]:
+        from impactin_pipelines.providers import provider_names
+
+        return provider_names()
+
+    @choices.setter
+    def choices(self, value: Any) -> None:  # click.Choice assigns its own list in __init__
+        return
 
 
 def engine(*, require_schema: bool = True) -> Engine:

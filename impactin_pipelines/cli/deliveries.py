@@ -4,9 +4,8 @@ import json
 
 import click
 
-from impactin_pipelines.cli.common import bound, engine
+from impactin_pipelines.cli.common import ProviderChoice, bound, engine
 from impactin_pipelines.cli.output import echo_json, table
-from impactin_pipelines.domain.providers import PROVIDERS
 from impactin_pipelines.domain.statuses import DeliveryStatus
 from impactin_pipelines.store.delivery_log import DeliveryFilter, attempts_for, get_delivery, list_deliveries
 
@@ -20,7 +19,7 @@ def deliveries() -> None:
 
 @deliveries.command("list")
 @click.option("--company", "companies", multiple=True, help="Company id (repeatable).")
-@click.option("--provider", "providers", multiple=True, type=click.Choice(PROVIDERS), help="Provider (repeatable).")
+@click.option("--provider", "providers", multiple=True, type=ProviderChoice(), help="Provider (repeatable).")
 @click.option("--status", "statuses", multiple=True, type=click.Choice(STATUSES), help="Status (repeatable).")
 @click.option("--since", help="Created at or after (YYYY-MM-DD or ISO datetime).")
 @click.option("--until", help="Created before (a date includes that whole day).")

@@ -2,9 +2,8 @@
 
 import click
 
-from impactin_pipelines.cli.common import engine
+from impactin_pipelines.cli.common import ProviderChoice, engine
 from impactin_pipelines.cli.output import echo_json, table
-from impactin_pipelines.domain.providers import PROVIDERS
 from impactin_pipelines.services.provider_checks import check_providers
 
 
@@ -15,7 +14,7 @@ def providers() -> None:
 
 @providers.command("check")
 @click.option("--company", "companies", multiple=True, help="Only this company (repeatable). Default: all.")
-@click.option("--provider", "provider_names", multiple=True, type=click.Choice(PROVIDERS), help="Only this provider.")
+@click.option("--provider", "provider_names", multiple=True, type=ProviderChoice(), help="Only this provider.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def check(companies: tuple[str, ...], provider_names: tuple[str, ...], as_json: bool) -> None:
     """Can each enabled integration authenticate with its provider? Sends no impact data.

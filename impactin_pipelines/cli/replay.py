@@ -5,10 +5,9 @@ from collections.abc import Sequence
 
 import click
 
-from impactin_pipelines.cli.common import engine
+from impactin_pipelines.cli.common import ProviderChoice, engine
 from impactin_pipelines.cli.output import echo_json, table
 from impactin_pipelines.connectors.registry import ConnectorFactory
-from impactin_pipelines.domain.providers import PROVIDERS
 from impactin_pipelines.services.replay import MAX_BULK_IDS, ReplayResult, replay_all_failed, replay_many
 
 
@@ -16,7 +15,7 @@ from impactin_pipelines.services.replay import MAX_BULK_IDS, ReplayResult, repla
 @click.argument("ids", nargs=-1)
 @click.option("--all-failed", is_flag=True, help="Replay every failed delivery of --company, oldest first.")
 @click.option("--company", help="With --all-failed: the company whose failed deliveries to replay.")
-@click.option("--provider", type=click.Choice(PROVIDERS), help="With --all-failed: only this provider.")
+@click.option("--provider", type=ProviderChoice(), help="With --all-failed: only this provider.")
 @click.option("--dry-run", is_flag=True, help="Show exactly what would be sent (secrets masked); send nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (the API's bulk-replay shape).")
 def replay(

@@ -5,9 +5,8 @@ import logging
 import click
 from sqlalchemy.engine import Engine
 
-from impactin_pipelines.cli.common import engine, require_encryption_key
+from impactin_pipelines.cli.common import ProviderChoice, engine, require_encryption_key
 from impactin_pipelines.cli.output import echo_json, table
-from impactin_pipelines.domain.providers import PROVIDERS
 from impactin_pipelines.store.delivery_log import attempts_in_runs, status_counts
 
 LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -15,7 +14,7 @@ LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
 
 @click.command()
 @click.option("--company", "companies", multiple=True, help="Only this company (repeatable). Default: all.")
-@click.option("--provider", "providers", multiple=True, type=click.Choice(PROVIDERS), help="Only this provider.")
+@click.option("--provider", "providers", multiple=True, type=ProviderChoice(), help="Only this provider.")
 @click.option(
     "--log-level",
     type=click.Choice(LOG_LEVELS),

@@ -6,11 +6,13 @@ a plain-text secret there is refused rather than used.
 
 import json
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from impactin_pipelines.domain.errors import ConfigError
+
+if TYPE_CHECKING:  # the providers import this module while they register
+    from impactin_pipelines.providers.env import ProviderEnv
 from impactin_pipelines.security.crypto import DecryptionError, KeyRing
-from impactin_pipelines.settings import ProviderEnv
 
 
 def parse_settings(raw: Any, *, company_id: str, provider: str) -> dict[str, Any]:
@@ -40,7 +42,7 @@ class ConfigResolver:
         company_id: str,
         provider: str,
         settings: Mapping[str, Any],
-        env: ProviderEnv,
+        env: "ProviderEnv",
         keyring: Callable[[], KeyRing],
     ) -> None:
         self.company_id = company_id

@@ -1,6 +1,6 @@
 """Builds one connector per (company, provider) for a run, sharing HTTP pools per provider.
 
-Each provider module registers a builder here; nothing else needs to know which providers exist.
+Each provider's connector factory comes from its registered `ProviderSpec`.
 """
 
 import threading
@@ -11,23 +11,18 @@ from typing import Any
 import requests
 from sqlalchemy.engine import Engine
 
-from impactin_pipelines.connectors import benevity, goodera, workday
 from impactin_pipelines.connectors.base import Connector, ConnectorContext
 from impactin_pipelines.connectors.config import ConfigResolver, parse_settings
 from impactin_pipelines.connectors.http import new_session
 from impactin_pipelines.domain.errors import ConfigError
 from impactin_pipelines.domain.providers import Provider
+from impactin_pipelines.providers import REGISTRY
+from impactin_pipelines.providers.env import ProviderEnv
 from impactin_pipelines.security.crypto import KeyRing, load_keyring
-from impactin_pipelines.settings import DeliverySettings, ProviderEnv
+from impactin_pipelines.settings import DeliverySettings
 from impactin_pipelines.store import source
 
 Builder = Callable[[ConfigResolver, ConnectorContext], Connector]
-
-BUILDERS: dict[Provider, Builder] = {
-    Provider.BENEVITY: benevity.build,
-    Provider.GOODERA: goodera.build,
-    Provider.WORKDAY: workday.build,
-}
 
 
 class ConnectorFactory:
@@ -78,8 +73,8 @@ class ConnectorFactory:
                 env=self.env,
                 keyring=self.keyring,
             )
-            builder = BUILDERS.get(provider)
-            if builder is None:
+            spec = REGISTRY.get(provider)
+            if spec is None:
                 return ConfigError(f"no connector is registered for provider {provider.value!r}")
             session = self._sessions.get(provider)
             if session is None:
@@ -91,7 +86,7 @@ class ConnectorFactory:
                 session=session,
                 keyring=self.keyring,
             )
-            return builder(resolver, ctx)
+            return spec.connector(resolver, ctx)
         except ConfigError as exc:
             return exc
 

@@ -6,20 +6,20 @@ from there, `from_env` fills them from the same variables), so a default is writ
 """
 
 import os
-from dataclasses import fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 from pydantic import Field, PrivateAttr
 from sqlalchemy.engine import Engine
 
+from impactin_pipelines.providers import all_variables
+from impactin_pipelines.providers.env import ProviderEnv
 from impactin_pipelines.settings import (
     RUN_LOG_LEVELS,
     CheckSettings,
     DeliverySettings,
     ImpactinSettings,
     LogSettings,
-    ProviderEnv,
     RetrySettings,
     StateSettings,
 )
@@ -130,34 +130,33 @@ class ChecksResource(dg.ConfigurableResource):
         return cls(**CheckSettings.from_env().model_dump())
 
 
-class ProvidersResource(dg.ConfigurableResource):
-    """The integration guide's variables. Each is wired as `EnvVar` so Dagster shows the name, never the value;
-    a variable that is not set stays None and only the integrations needing it fail (as `config`)."""
-
-    BENEVITY_API_URL: str | None = None
-    BENEVITY_API_KEY: str | None = None
-    BENEVITY_SIGNATURE_SECRET: str | None = None
-    GOODERA_API_URL: str | None = None
-    GOODERA_TOKEN_URL: str | None = None
-    GOODERA_CLIENT_ID: str | None = None
-    GOODERA_CLIENT_SECRET: str | None = None
-    GOODERA_RATE_LIMIT: str | None = None
-    GOODERA_TOKEN_AUTH_METHOD: str | None = None
-    WORKDAY_API_URL: str | None = None
-    WORKDAY_TENANT_ID: str | None = None
-    WORKDAY_PROTOCOL: str | None = None
-    WORKDAY_USERNAME: str | None = None
-    WORKDAY_PASSWORD: str | None = None
-    WORKDAY_PASSWORD_TYPE: str | None = None
-    WORKDAY_CLIENT_ID: str | None = None
-    WORKDAY_CLIENT_SECRET: str | None = None
-    WORKDAY_TOKEN_URL: str | None = None
-    WORKDAY_TOKEN_AUTH_METHOD: str | None = None
-
+class _ProvidersResourceBase(dg.ConfigurableResource):
     def provider_env(self) -> ProviderEnv:
-        return ProviderEnv(**{f.name: getattr(self, f.name) for f in fields(ProviderEnv)})
+        return ProviderEnv(**{name: getattr(self, name) for name in type(self).model_fields})
 
     @classmethod
-    def from_env(cls) -> "ProvidersResource":
-        names = [f.name for f in fields(ProviderEnv)]
-        return cls(**{name: dg.EnvVar(name) for name in names if os.environ.get(name)})
+    def from_env(cls) -> "_ProvidersResourceBase":
+        return cls(**{name: dg.EnvVar(name) for name in cls.model_fields if os.environ.get(name)})
+
+
+def _provider_resource() -> type[_ProvidersResourceBase]:
+    """One optional string field per variable of every provider registered when the definitions are built, each
+    taken from the provider's settings model (there is no second list of them)."""
+    names = list(all_variables())
+    namespace: dict[str, object] = {
+        "__module__": __name__,
+        "__qualname__": "ProvidersResource",
+        "__doc__": (
+            "The providers' variables. Each is wired as `EnvVar` so Dagster shows the name, never the value; a "
+            "variable that is not set stays None and only the integrations needing it fail (as `config`)."
+        ),
+        "__annotations__": dict.fromkeys(names, str | None),
+        **dict.fromkeys(names),
+    }
+    return type("ProvidersResource", (_ProvidersResourceBase,), namespace)
+
+
+if TYPE_CHECKING:  # the generated class has one field per variable; code uses the base's methods only
+    ProvidersResource = _ProvidersResourceBase
+else:
+    ProvidersResource = _provider_resource()

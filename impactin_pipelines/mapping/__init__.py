@@ -1,1 +1,2 @@
-"""Pure payload builders, one module per provider and schema version. No I/O."""
+"""Payload plumbing shared by the providers: the exact JSON bytes we store and sign, and the lookup of an
+integration's document builder. Each provider's own mapping is `providers/<name>/mapping.py`. No I/O."""

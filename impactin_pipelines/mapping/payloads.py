@@ -1,20 +1,24 @@
-"""Which builder a (provider, protocol) uses."""
+"""Which document builder an integration uses: its provider's choice (`ProviderSpec.payload_for`)."""
 
+from collections.abc import Mapping
 from typing import Any
 
 from impactin_pipelines.domain.events import ImpactEvent
-from impactin_pipelines.domain.providers import Provider
-from impactin_pipelines.mapping.benevity import benevity_payload
-from impactin_pipelines.mapping.goodera import goodera_payload
-from impactin_pipelines.mapping.workday import workday_rest_payload, workday_soap_report
+from impactin_pipelines.providers import PayloadBuilder, spec_for
+from impactin_pipelines.providers.env import ProviderEnv
 
 
-def build_payload(provider: Provider, event: ImpactEvent, *, workday_protocol: str = "soap") -> dict[str, Any]:
+def payload_builder(
+    provider: str, settings: Mapping[str, Any] | None = None, env: ProviderEnv | None = None
+) -> PayloadBuilder:
+    """The builder for one integration (company settings, then the environment). Raises ConfigError."""
+    return spec_for(provider).payload_for(
+        settings if settings is not None else {}, env if env is not None else ProviderEnv()
+    )
+
+
+def build_payload(
+    provider: str, event: ImpactEvent, *, settings: Mapping[str, Any] | None = None, env: ProviderEnv | None = None
+) -> dict[str, Any]:
     """The provider document for one event. Raises InvalidEvent when the event cannot be expressed in it."""
-    if provider is Provider.BENEVITY:
-        return benevity_payload(event)
-    if provider is Provider.GOODERA:
-        return goodera_payload(event)
-    if workday_protocol == "rest":
-        return workday_rest_payload(event)
-    return workday_soap_report(event)
+    return payload_builder(provider, settings, env)(event)

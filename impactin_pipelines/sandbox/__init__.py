@@ -1,4 +1,5 @@
-"""Local, faithful fakes of Benevity, Goodera and Workday for the demo, the tests and the benchmarks.
+"""The loopback server and shared machinery of the providers' local, faithful fakes (each in
+`providers/<name>/fake.py`) for the demo, the tests and the benchmarks.
 
-Only tests, the demo and benchmarks import this package; production code never does.
+Only tests, the demo and benchmarks import this package and the fakes; production code never does.
 """

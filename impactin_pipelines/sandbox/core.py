@@ -97,6 +97,10 @@ class ProviderSandbox:
         self.log: list[LoggedRequest] = []
         self.accepted: dict[str, dict[str, Any]] = {}  # idempotency key -> stored record
 
+    def env(self, base_url: str) -> dict[str, str]:
+        """The provider's environment variables pointing at this fake served at `base_url`."""
+        return {}
+
     # -- control -----------------------------------------------------------------------------------------
     def configure(self, spec: Mapping[str, Any]) -> None:
         with self.lock:

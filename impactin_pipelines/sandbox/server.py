@@ -1,5 +1,5 @@
-"""One loopback HTTP server for all sandbox providers: `/benevity/...`, `/goodera/...`, `/workday/...`,
-plus `/_sandbox/...` to script faults and read the request log.
+"""One loopback HTTP server for every registered provider's fake (`/<provider>/...`), plus `/_sandbox/...` to
+script faults and read the request log.
 
 A plain threading HTTP server on purpose: it can misbehave at the socket level (reset, hang, truncate),
 which an ASGI stack would smooth over.
@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from impactin_pipelines.sandbox import benevity, goodera, workday
+from impactin_pipelines.providers import specs
 from impactin_pipelines.sandbox.core import ProviderSandbox, Request, Response
 
 
@@ -69,18 +69,12 @@ class SandboxServer:
 
 
 def default_providers() -> list[ProviderSandbox]:
-    return [benevity.BenevitySandbox(), goodera.GooderaSandbox(), workday.WorkdaySandbox()]
+    """A fresh fake of every registered provider."""
+    return [spec.fake() for spec in specs()]
 
 
 def provider_env(provider: ProviderSandbox, base_url: str) -> dict[str, str]:
-    if isinstance(provider, benevity.BenevitySandbox):
-        return {
-            "BENEVITY_API_URL": base_url,
-            "BENEVITY_API_KEY": provider.api_key,
-            "BENEVITY_SIGNATURE_SECRET": provider.signature_secret,
-        }
-    env_for = getattr(provider, "env", None)
-    return env_for(base_url) if callable(env_for) else {}
+    return provider.env(base_url)
 
 
 class _Server(ThreadingHTTPServer):

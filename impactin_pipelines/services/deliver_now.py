@@ -23,15 +23,14 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
-from impactin_pipelines.connectors.config import parse_settings
 from impactin_pipelines.connectors.registry import ConnectorFactory
 from impactin_pipelines.domain.errors import ConfigError, InvalidEvent
 from impactin_pipelines.domain.events import MAX_TEXT_CHARS, ImpactEvent, parse_event
 from impactin_pipelines.domain.identity import scoped_event_id
 from impactin_pipelines.domain.providers import Provider
-from impactin_pipelines.mapping.payloads import build_payload
+from impactin_pipelines.providers import PayloadBuilder
 from impactin_pipelines.services.deliver import DeliveryRun
-from impactin_pipelines.services.extract import outbox_row, workday_protocol
+from impactin_pipelines.services.extract import integration_payload_builder, outbox_row
 from impactin_pipelines.store import source
 from impactin_pipelines.store.delivery_log import get_delivery
 from impactin_pipelines.store.engine import read_connection
@@ -78,12 +77,12 @@ def deliver_now(
     submitted = event.event_id
     if company_ids is not None:
         event = _in_company_namespace(event)
-    protocol = _protocol(engine, factory, event.company_id, provider)
-    build_payload(provider, event, workday_protocol=protocol)  # provider-specific rules raise InvalidEvent here
+    build = _payload_builder(engine, factory, event.company_id, provider)
+    build(event)  # provider-specific rules raise InvalidEvent here
     normalized = _as_row(event)
 
     _store_event(engine, event, normalized, submitted)
-    new = outbox_row(normalized, provider, protocol=protocol)
+    new = outbox_row(normalized, provider, build=build)
     created = Outbox(engine).add([new]) == 1
     row = get_delivery(engine, new.delivery_id)
     assert row is not None, "the outbox row exists: it was just inserted or found"
@@ -101,16 +100,13 @@ def deliver_now(
     return DeliverNowResult(row, created)
 
 
-def _protocol(engine: Engine, factory: ConnectorFactory, company_id: str, provider: Provider) -> str:
+def _payload_builder(engine: Engine, factory: ConnectorFactory, company_id: str, provider: Provider) -> PayloadBuilder:
     """Only companies that enabled the integration get deliveries (as in nightly extraction)."""
     integration = source.integration(engine, company_id, provider.value)
     if integration is None or not integration.enabled:
         raise DeliverNowRefused(f"company {company_id!r} has no enabled {provider.value} integration")
-    if provider is not Provider.WORKDAY:
-        return "soap"
     try:
-        settings = parse_settings(integration.settings, company_id=company_id, provider=provider.value)
-        return workday_protocol(settings, factory.env)
+        return integration_payload_builder(company_id, provider, integration.settings, factory.env)
     except ConfigError as exc:
         raise DeliverNowRefused(str(exc)) from None
 

@@ -9,7 +9,7 @@ it: `quarantine_unpartitionable` gives its events their `failed/invalid_event` r
 so they show in the ledger, the statistics and `deliveries list` like any other bad event.
 """
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -24,12 +24,11 @@ from impactin_pipelines.domain.identity import delivery_id_for, payload_hash
 from impactin_pipelines.domain.providers import PROVIDERS, Provider
 from impactin_pipelines.domain.statuses import DeliveryStatus, ErrorKind
 from impactin_pipelines.mapping.encoding import encode_json
-from impactin_pipelines.mapping.payloads import build_payload
-from impactin_pipelines.settings import ProviderEnv
+from impactin_pipelines.mapping.payloads import payload_builder
+from impactin_pipelines.providers import PayloadBuilder
+from impactin_pipelines.providers.env import ProviderEnv
 from impactin_pipelines.store import source
 from impactin_pipelines.store.outbox import NewDelivery, Outbox
-
-WORKDAY_PROTOCOLS = ("soap", "rest")
 
 
 @dataclass
@@ -42,11 +41,36 @@ class ExtractReport:
     error: str | None = None
 
 
-def workday_protocol(settings: Mapping[str, Any], env: ProviderEnv) -> str:
-    protocol = str(settings.get("protocol") or env.WORKDAY_PROTOCOL or "soap").strip().lower()
-    if protocol not in WORKDAY_PROTOCOLS:
-        raise ConfigError(f"WORKDAY_PROTOCOL={protocol!r} must be one of {', '.join(WORKDAY_PROTOCOLS)}")
-    return protocol
+class _CompanySettings(Mapping[str, Any]):
+    """`company_integrations.settings`, parsed when a provider first reads it: a provider whose documents do not
+    depend on them extracts even when they are broken (delivery then marks the rows `config`)."""
+
+    def __init__(self, raw: Any, company_id: str, provider: str) -> None:
+        self._raw, self._company_id, self._provider = raw, company_id, provider
+        self._parsed: dict[str, Any] | None = None
+
+    def _settings(self) -> dict[str, Any]:
+        if self._parsed is None:
+            self._parsed = parse_settings(self._raw, company_id=self._company_id, provider=self._provider)
+        return self._parsed
+
+    def __getitem__(self, key: str) -> Any:
+        return self._settings()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._settings())
+
+    def __len__(self) -> int:
+        return len(self._settings())
+
+
+def integration_payload_builder(
+    company_id: str, provider: Provider, settings_raw: Any, env: ProviderEnv | None
+) -> PayloadBuilder:
+    """The document builder of one integration, chosen by its provider from the company's settings and the
+    environment. Raises ConfigError (e.g. an unknown Workday protocol, or settings it reads that are broken)."""
+    settings = _CompanySettings(settings_raw, company_id, provider.value)
+    return payload_builder(provider, settings, env if env is not None else ProviderEnv.from_env())
 
 
 def _writable(text: str) -> str:
@@ -57,14 +81,15 @@ def _writable(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def outbox_row(raw: Mapping[str, Any], provider: Provider, *, protocol: str = "soap") -> NewDelivery:
-    """Pure: one raw event -> one outbox row (pending with its payload, or quarantined)."""
+def outbox_row(raw: Mapping[str, Any], provider: Provider, *, build: PayloadBuilder | None = None) -> NewDelivery:
+    """Pure: one raw event -> one outbox row (pending with its payload, or quarantined). `build` is the
+    integration's document builder (default: the provider's, for default settings)."""
     company_id = _writable(str(raw.get("company_id")))
     event_id = _writable(str(raw.get("event_id")))
     ident = delivery_id_for(company_id, provider.value, event_id)
     try:
         event = parse_event(raw)
-        body = encode_json(build_payload(provider, event, workday_protocol=protocol))
+        body = encode_json((build or payload_builder(provider))(event))
     except InvalidEvent as exc:
         return NewDelivery(
             company_id,
@@ -88,14 +113,11 @@ def extract(
     if integration is None or not integration.enabled:
         report.enabled = False
         return report
-    protocol = "soap"
-    if provider is Provider.WORKDAY:
-        try:
-            settings = parse_settings(integration.settings, company_id=company_id, provider=provider.value)
-            protocol = workday_protocol(settings, env or ProviderEnv.from_env())
-        except ConfigError as exc:
-            report.error = str(exc)  # delivery will mark the rows `config`; extraction cannot choose a format
-            return report
+    try:
+        build = integration_payload_builder(company_id, provider, integration.settings, env)
+    except ConfigError as exc:
+        report.error = str(exc)  # delivery will mark the rows `config`; extraction cannot choose a format
+        return report
     outbox = Outbox(engine)
     # Set-based in batches: the database hands over a page of events still without a row, they are mapped here,
     # and the page's rows go back in one statement. Writing a page overlaps with mapping the next (the write
@@ -103,7 +125,7 @@ def extract(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="impactin-stage") as writer:
         writing: Future[tuple[int, int]] | None = None
         for batch in source.undelivered_events(engine, company_id, provider.value, batch_size=batch_size):
-            rows = [outbox_row(raw, provider, protocol=protocol) for raw in batch]
+            rows = [outbox_row(raw, provider, build=build) for raw in batch]
             if writing is not None:
                 _count(report, writing.result())
             writing = writer.submit(_stage, outbox, rows)

@@ -13,7 +13,9 @@ from impactin_pipelines.connectors.base import ConnectivityResult
 from impactin_pipelines.connectors.registry import ConnectorFactory
 from impactin_pipelines.domain.errors import ConfigError
 from impactin_pipelines.domain.providers import Provider
-from impactin_pipelines.settings import DeliverySettings, ProviderEnv
+from impactin_pipelines.providers import spec_for
+from impactin_pipelines.providers.env import ProviderEnv
+from impactin_pipelines.settings import DeliverySettings
 from impactin_pipelines.store.source import Integration, integrations
 
 MAX_PARALLEL_CHECKS = 8
@@ -24,7 +26,7 @@ def _check_one(factory: ConnectorFactory, integration: Integration) -> Connectiv
     try:
         provider = Provider.parse(provider_name)
         connector = factory.connector(company, provider, integration.settings)
-        return connector.check()
+        return spec_for(provider).check(connector)
     except (ConfigError, ValueError) as exc:
         return ConnectivityResult(provider_name, company, False, str(exc), {"error_kind": "config"})
     except Exception as exc:  # a connector bug must not hide the other integrations' results

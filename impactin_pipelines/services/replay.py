@@ -21,14 +21,13 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from impactin_pipelines.connectors.base import OutboundDelivery
-from impactin_pipelines.connectors.config import parse_settings
 from impactin_pipelines.connectors.registry import ConnectorFactory
 from impactin_pipelines.domain.errors import ConfigError
 from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.domain.statuses import DeliveryStatus, RowOutcome
 from impactin_pipelines.observability import log_delivery
 from impactin_pipelines.services.deliver import DeliveryRun, RowResult
-from impactin_pipelines.services.extract import outbox_row, workday_protocol
+from impactin_pipelines.services.extract import integration_payload_builder, outbox_row
 from impactin_pipelines.store import requeue, source
 from impactin_pipelines.store.delivery_log import get_delivery
 from impactin_pipelines.store.outbox import NewDelivery
@@ -233,17 +232,14 @@ def outbox_row_for(engine: Engine, factory: ConnectorFactory, row: dict[str, Any
     raw = requeue.source_event(engine, row["company_id"], row["event_id"])
     if raw is None:
         raise ReplayRefused(f"Cannot replay: event {row['event_id']} no longer exists in impact_events")
-    protocol = "soap"
-    if provider is Provider.WORKDAY:
-        integration = source.integration(engine, row["company_id"], provider.value)
-        try:
-            settings = parse_settings(
-                integration.settings if integration else None, company_id=row["company_id"], provider=provider.value
-            )
-            protocol = workday_protocol(settings, factory.env)
-        except ConfigError as exc:
-            raise ReplayRefused(f"Cannot replay: {exc}") from None
-    return outbox_row(raw, provider, protocol=protocol)
+    integration = source.integration(engine, row["company_id"], provider.value)
+    try:
+        build = integration_payload_builder(
+            row["company_id"], provider, integration.settings if integration else None, factory.env
+        )
+        return outbox_row(raw, provider, build=build)
+    except ConfigError as exc:
+        raise ReplayRefused(f"Cannot replay: {exc}") from None
 
 
 def _refuse_if_disabled(engine: Engine, row: dict[str, Any], cache: dict[tuple[str, str], bool]) -> None:

@@ -27,8 +27,8 @@ from sqlalchemy.engine import Engine
 
 from impactin_pipelines.connectors.registry import ConnectorFactory
 from impactin_pipelines.domain.providers import Provider
+from impactin_pipelines.providers.env import ProviderEnv
 from impactin_pipelines.services.extract import extract
-from impactin_pipelines.settings import ProviderEnv
 from impactin_pipelines.store.engine import read_connection
 from impactin_pipelines.store.schema import company_integrations as ci
 from impactin_pipelines.store.schema import impact_deliveries as d

@@ -10,7 +10,6 @@ SOAP the key Workday itself dedups on is `External_Reference_ID` = the event id.
 import re
 from dataclasses import dataclass
 
-from impactin_pipelines.connectors import workday_rest, workday_soap
 from impactin_pipelines.connectors.base import Connector, ConnectorContext
 from impactin_pipelines.connectors.config import ConfigResolver
 from impactin_pipelines.connectors.http import require_secure_url
@@ -22,6 +21,8 @@ from impactin_pipelines.connectors.oauth import (
 )
 from impactin_pipelines.domain.errors import ConfigError, show_value
 from impactin_pipelines.domain.providers import Provider
+from impactin_pipelines.providers.workday import rest as workday_rest
+from impactin_pipelines.providers.workday import soap as workday_soap
 
 PROTOCOLS = ("soap", "rest")
 PASSWORD_TYPES = {"text": False, "passwordtext": False, "digest": True, "passworddigest": True}

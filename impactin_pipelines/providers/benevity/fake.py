@@ -38,6 +38,14 @@ class BenevitySandbox(ProviderSandbox):
         self.signature_secret = signature_secret
         self._ids = itertools.count(1)
 
+    def env(self, base_url: str) -> dict[str, str]:
+        """The BENEVITY_* variables pointing at this fake with its credentials."""
+        return {
+            "BENEVITY_API_URL": base_url,
+            "BENEVITY_API_KEY": self.api_key,
+            "BENEVITY_SIGNATURE_SECRET": self.signature_secret,
+        }
+
     def route(self, request: Request) -> Response:
         if request.method != "POST" or request.path != "/api/v1/impact-events":
             return Response.json(404, {"error": "not_found"})

@@ -42,10 +42,10 @@ from impactin_pipelines.connectors.base import (
 )
 from impactin_pipelines.connectors.http import RESPONSE_KEEP_CHARS, exchange
 from impactin_pipelines.connectors.retry import RETRYABLE_STATUSES
-from impactin_pipelines.connectors.soap_reply import ReplyKind, SoapFault, SoapReply, read_reply
 from impactin_pipelines.domain.errors import ConfigError
 from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.domain.statuses import AttemptOutcome
+from impactin_pipelines.providers.workday.soap_reply import ReplyKind, SoapFault, SoapReply, read_reply
 from impactin_pipelines.security.redaction import MASK, Redactor
 
 WSDL_PATH = Path(__file__).with_name("wsdl") / "csr_impact_report.wsdl"
