@@ -252,7 +252,7 @@ def test_dagster_definitions_built_after_registration_partition_and_configure_it
         "register_fourth()\n"
         "import json\n"
         "from impactin_pipelines.definitions import defs\n"
-        "from impactin_pipelines.partitions import provider_partitions\n"
+        "from impactin_pipelines.defs.orchestration.partitions import provider_partitions\n"
         "from impactin_pipelines.defs.resources import ProvidersResource\n"
         "print(json.dumps([provider_partitions.get_partition_keys(), sorted(ProvidersResource.model_fields)]))\n"
     )
