@@ -3,6 +3,7 @@
 PostgreSQL tests never skip: when the server cannot be reached they fail, with the command that starts it.
 """
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -37,6 +38,18 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pyt
     monkeypatch.delenv("OAUTHLIB_INSECURE_TRANSPORT", raising=False)
     monkeypatch.setenv("IMPACTIN_STATE_DIR", str(tmp_path_factory.mktemp("state")))
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _no_log_handlers_left_behind() -> Iterator[None]:
+    """A Dagster run in this process installs the `impactin` stderr handler once per process, bound to the stderr
+    of that moment; a later test capturing stderr must get its own, so handlers a test added are removed."""
+    loggers = [logging.getLogger(), logging.getLogger("impactin")]
+    before = [list(logger.handlers) for logger in loggers]
+    yield
+    for logger, kept in zip(loggers, before, strict=True):
+        for handler in [h for h in logger.handlers if h not in kept]:
+            logger.removeHandler(handler)
 
 
 @pytest.fixture(scope="session")

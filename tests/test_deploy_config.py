@@ -87,6 +87,8 @@ NOT_DEPLOYED = {
     "IMPACTIN_API_RATE_LIMIT_PER_MINUTE",
     "IMPACTIN_API_MAX_BODY_BYTES",
     "IMPACTIN_API_TRUSTED_PROXIES",
+    "IMPACTIN_API_MAX_QUERY_BYTES",
+    "IMPACTIN_API_MAX_AUTH_HEADER_CHARS",
     "IMPACTIN_STATE_DIR",
 }
 SECRET_SUFFIXES = ("_KEY", "_SECRET", "_PASSWORD", "_USERNAME", "_CLIENT_ID", "_WAREHOUSE_URL")
@@ -110,9 +112,20 @@ def _yaml(path: Path) -> Any:
 
 
 def _variables_the_code_reads() -> set[str]:
-    """Every IMPACTIN_/provider variable named in the package (the sandbox aside), found in its source."""
-    pattern = re.compile(r"^(IMPACTIN|BENEVITY|GOODERA|WORKDAY)_[A-Z0-9_]+$")
-    found: set[str] = set()
+    """Every IMPACTIN_/provider variable the package reads: those its settings models declare (names derived from
+    their prefixes), every provider's, and any other named in its source (the sandbox aside)."""
+    from impactin_pipelines.providers import all_variables
+    from impactin_pipelines.settings import ImpactinSettings
+
+    pattern = re.compile(r"^(IMPACTIN|BENEVITY|GOODERA|WORKDAY)_[A-Z0-9_]*[A-Z0-9]$")  # a prefix ends in "_"
+    found: set[str] = set(all_variables())
+    models: list[type[ImpactinSettings]] = list(ImpactinSettings.__subclasses__())
+    while models:
+        model = models.pop()
+        models.extend(model.__subclasses__())
+        for name, field in model.model_fields.items():
+            if not (isinstance(field.annotation, type) and issubclass(field.annotation, ImpactinSettings)):
+                found.add(model.env_var(name))
     for path in (ROOT / "impactin_pipelines").rglob("*.py"):
         if "sandbox" in path.parts:
             continue

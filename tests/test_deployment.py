@@ -20,7 +20,7 @@ import dagster as dg
 import pytest
 import requests
 import sqlalchemy as sa
-from impactin_pipelines.sandbox.goodera import max_in_window
+from impactin_pipelines.providers.goodera.fake import max_in_window
 from sqlalchemy.engine.url import make_url
 
 from impactin_pipelines.defs.orchestration.partitions import split_key

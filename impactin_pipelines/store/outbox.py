@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -86,6 +87,23 @@ _INSERT_JSON = sa.text(
 ).bindparams(sa.bindparam("now", type_=UTCDateTime()))
 
 
+def _new_row(row: NewDelivery) -> dict[str, Any]:
+    """The columns of a new outbox row that come from the delivery itself (the counters and times are added by
+    the statement that inserts it)."""
+    return {
+        "id": str(uuid.uuid4()),
+        "company_id": row.company_id,
+        "provider": row.provider,
+        "event_id": row.event_id,
+        "delivery_id": row.delivery_id,
+        "payload": row.payload,
+        "payload_hash": row.payload_hash,
+        "status": row.status.value,
+        "error_kind": row.error_kind.value if row.error_kind else None,
+        "last_error": row.last_error,
+    }
+
+
 class Outbox:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -99,48 +117,14 @@ class Outbox:
         now = now or utcnow()
         if self.engine.dialect.name == "postgresql":
             return self._add_json(rows, now)
-        values = [
-            {
-                "id": str(uuid.uuid4()),
-                "company_id": r.company_id,
-                "provider": r.provider,
-                "event_id": r.event_id,
-                "delivery_id": r.delivery_id,
-                "payload": r.payload,
-                "payload_hash": r.payload_hash,
-                "status": r.status.value,
-                "error_kind": r.error_kind.value if r.error_kind else None,
-                "last_error": r.last_error,
-                "attempt_count": 0,
-                "run_count": 0,
-                "created_at": now,
-                "updated_at": now,
-            }
-            for r in rows
-        ]
+        fresh = {"attempt_count": 0, "run_count": 0, "created_at": now, "updated_at": now}
+        values = [{**_new_row(r), **fresh} for r in rows]
         stmt = _insert(self.engine)(d).on_conflict_do_nothing().returning(d.c.id)
         with self.engine.begin() as conn:
             return len(conn.execute(stmt, values).all())
 
     def _add_json(self, rows: Sequence[NewDelivery], now: datetime) -> int:
-        batch = json.dumps(
-            [
-                {
-                    "id": str(uuid.uuid4()),
-                    "company_id": r.company_id,
-                    "provider": r.provider,
-                    "event_id": r.event_id,
-                    "delivery_id": r.delivery_id,
-                    "payload": r.payload,
-                    "payload_hash": r.payload_hash,
-                    "status": r.status.value,
-                    "error_kind": r.error_kind.value if r.error_kind else None,
-                    "last_error": r.last_error,
-                }
-                for r in rows
-            ],
-            ensure_ascii=False,
-        )
+        batch = json.dumps([_new_row(r) for r in rows], ensure_ascii=False)
         with self.engine.begin() as conn:
             return conn.execute(_INSERT_JSON, {"rows": batch, "now": now}).rowcount
 
