@@ -1,4 +1,4 @@
-"""The spec's logging contract: every line about a delivery carries deliveryId, provider, eventId, status and
+"""The logging contract: every line about a delivery carries deliveryId, provider, eventId, status and
 attemptCount, as structured fields (`extra`) and in the message, so they survive any handler.
 
 Every line goes to the process's stderr in IMPACTIN_LOG_FORMAT (`text`, or `json`: one JSON object per line, the

@@ -20,11 +20,11 @@ import dagster as dg
 import pytest
 import requests
 import sqlalchemy as sa
-from impactin_pipelines.providers.goodera.fake import max_in_window
 from sqlalchemy.engine.url import make_url
 
 from impactin_pipelines.defs.orchestration.partitions import split_key
 from impactin_pipelines.defs.orchestration.planning import PROVIDER_TAG, RANGE_END_TAG, RANGE_START_TAG, SLICE_TAG
+from impactin_pipelines.providers.goodera.fake import max_in_window
 from impactin_pipelines.store import migrations
 from impactin_pipelines.store.engine import make_engine
 from tests.conftest import ADMIN_URL, fresh_postgres_url

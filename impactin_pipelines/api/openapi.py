@@ -1,5 +1,5 @@
 """The OpenAPI 3.1 document served at `/openapi.json`: request bodies from the same pydantic models that
-validate them (so the two cannot drift), responses written out from the spec's shapes."""
+validate them (so the two cannot drift), responses written out from the contract's shapes."""
 
 from functools import cache
 from typing import Any

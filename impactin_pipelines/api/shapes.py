@@ -1,5 +1,5 @@
-"""Delivery rows in the spec's response shapes (camelCase, timestamps in UTC with 'Z'), and nothing more:
-the contract is the spec's, field for field."""
+"""Delivery rows in the API contract's response shapes (camelCase, timestamps in UTC with 'Z'), and nothing more:
+the contract's fields, field for field."""
 
 import json
 from datetime import datetime
@@ -73,7 +73,7 @@ def replay_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def replay_item(ident: str, success: bool, new_status: str | None, error: str | None) -> dict[str, Any]:
-    """The spec's bulk result item: `newStatus` when there is one, `error` when it did not succeed."""
+    """The bulk-replay result item: `newStatus` when there is one, `error` when it did not succeed."""
     item: dict[str, Any] = {"id": ident, "success": success}
     if new_status is not None:
         item["newStatus"] = new_status

@@ -1,4 +1,4 @@
-"""Request shapes (the spec's camelCase, exactly) and the helpers that read them from a request.
+"""Request shapes (the API contract's camelCase, exactly) and the helpers that read them from a request.
 
 Every field is bounded (length, range, enumeration, pattern), so hostile input (SQL fragments, huge strings,
 absurd pages) is a 400 naming the field before anything reaches a query; queries are parameterised anyway.
@@ -117,7 +117,7 @@ class RetryAllFailedBody(_Strict):
 
 
 class EventBody(_Strict):
-    """The event as the spec's `POST /deliver` carries it. Shape and bounds here; meaning in parse_event."""
+    """The event as the `POST /deliver` contract carries it. Shape and bounds here; meaning in parse_event."""
 
     eventId: Text
     userId: Text

@@ -1,4 +1,4 @@
-"""Resolve one integration's configuration: per-company settings first, then the guide's environment variables.
+"""Resolve one integration's configuration: per-company settings first, then the providers' environment variables.
 
 Per-company secrets live in `company_integrations.settings` only encrypted (`{"encrypted": "<fernet token>"}`);
 a plain-text secret there is refused rather than used.

@@ -1,7 +1,7 @@
 """Provider rate limits shared by every process and run on the machine or deployment (pyrate-limiter 4).
 
-A quota belongs to the provider credential, not to a connector object: the original service kept its counter per
-client object and built one per request, so it had no limit at all. Here the bucket lives where every sender sees it:
+A quota belongs to the provider credential, not to a connector object (a counter per client object, with an object
+per request, would limit nothing). The bucket lives where every sender sees it:
 a SQLite file in the state folder (`ratelimit.db`, with pyrate-limiter's file lock, exact across processes) for the
 embedded default, or the PostgreSQL warehouse in production. One bucket per (provider, credential hash).
 

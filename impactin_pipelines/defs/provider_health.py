@@ -20,7 +20,7 @@ provider_integrations = dg.AssetSpec(
     group_name=GROUP,
     kinds={"sql"},
     description="Enabled company_integrations rows (written by the TEEI platform) with the provider configuration "
-    "each resolves to: per-company settings over the integration guide's environment variables.",
+    "each resolves to: per-company settings over the providers' environment variables.",
 )
 
 

@@ -4,7 +4,7 @@ from enum import StrEnum
 
 
 class DeliveryStatus(StrEnum):
-    """The spec's four states: pending -> success | retrying -> ... | failed."""
+    """The four delivery states: pending -> success | retrying -> ... | failed."""
 
     PENDING = "pending"
     SUCCESS = "success"

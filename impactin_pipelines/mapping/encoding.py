@@ -6,10 +6,10 @@ from typing import Any
 
 
 def json_number(value: Decimal) -> float | int:
-    """Keep the spec's '5.0' shape: a JSON number, never a string."""
+    """Keep the contract's '5.0' shape: a JSON number, never a string."""
     return float(value)
 
 
 def encode_json(payload: Any) -> bytes:
-    """Compact like JSON.stringify (what the spec's signature formula names), UTF-8, no NaN."""
+    """Compact like JSON.stringify (what Benevity's signature formula names), UTF-8, no NaN."""
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")

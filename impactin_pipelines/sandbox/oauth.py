@@ -1,6 +1,6 @@
 """A fake OAuth2 client-credentials token endpoint that any sandbox provider can embed (Goodera, Workday REST).
 
-It behaves like the integration guide's flow: `POST` form-encoded `grant_type=client_credentials` with the client
+It behaves like the Impact-In OAuth flow: `POST` form-encoded `grant_type=client_credentials` with the client
 credentials in the body (or HTTP Basic, which RFC 6749 prefers), answering `{"access_token", "token_type",
 "expires_in", "refresh_token"}`. Tokens are opaque random strings that expire on the sandbox's clock, so an API
 route can refuse unknown or expired ones with 401 exactly as a real provider would; the reasons it refused bearers
@@ -164,7 +164,7 @@ class OAuthTokenIssuer:
 
     @staticmethod
     def _credentials(request: Request, form: Mapping[str, str]) -> tuple[str | None, str | None]:
-        """Body credentials (the guide's example) or HTTP Basic (RFC 6749 2.3.1): both are accepted."""
+        """Body credentials (the contract's example) or HTTP Basic (RFC 6749 2.3.1): both are accepted."""
         if form.get("client_id"):
             return form["client_id"], form.get("client_secret")
         authorization = request.header("Authorization") or ""

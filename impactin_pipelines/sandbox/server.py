@@ -35,7 +35,7 @@ class SandboxServer:
         return f"{self.url}/{name}"
 
     def env(self) -> dict[str, str]:
-        """The integration guide's variables, pointing at this sandbox with its credentials."""
+        """The providers' variables, pointing at this sandbox with its credentials."""
         return self.env_for(self.url, list(self.providers.values()))
 
     @staticmethod

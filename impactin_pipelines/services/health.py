@@ -1,8 +1,7 @@
 """Health of the delivery ledger: what the asset checks evaluate. Each function answers one question and names
 the rows at fault (a sample, with the total), so the check's metadata says exactly where to look.
 
-A company or window with nothing settled is healthy, never a breach (the original service's SLA monitor got
-this wrong).
+A company or window with nothing settled is healthy, never a breach: no deliveries is not a failure rate.
 """
 
 from collections.abc import Mapping

@@ -1,4 +1,4 @@
-"""The spec's "provider health checks": can each enabled integration's configuration authenticate? No impact data is
+"""Provider health checks: can each enabled integration's configuration authenticate? No impact data is
 sent: OAuth providers fetch a token, Benevity sends an empty signed request that must be refused for its content.
 
 One company's broken configuration is one failed result, never an exception that hides the others.

@@ -1,4 +1,4 @@
-"""Delivery statistics: the spec's `/stats` shape (overall by status; by provider x status with average
+"""Delivery statistics: the `/stats` contract's shape (overall by status; by provider x status with average
 attempts), filtered by company and period, and the analyst's fuller view (`full_stats`) that the stats asset
 writes to `impact_delivery_stats`. One query path for the CLI, the API and the stats asset."""
 
@@ -121,7 +121,7 @@ def latency_percentiles(engine: Engine, flt: StatsFilter = StatsFilter()) -> dic
 
 
 def full_stats(engine: Engine, flt: StatsFilter = StatsFilter()) -> dict[str, Any]:
-    """The spec's `/stats` shape plus success rate, by company, by day (UTC, of created_at), by error kind,
+    """The `/stats` contract's shape plus success rate, by company, by day (UTC, of created_at), by error kind,
     and latency percentiles."""
     stats = delivery_stats(engine, flt)
     by_kind = sa.select(d.c.error_kind, sa.func.count()).where(*flt.where(), d.c.error_kind.is_not(None))

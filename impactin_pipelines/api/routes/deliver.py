@@ -1,4 +1,4 @@
-"""`POST /v1/impact-in/deliver`: validate the spec's event body and hand it to services/deliver_now."""
+"""`POST /v1/impact-in/deliver`: validate the contract's event body and hand it to services/deliver_now."""
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request

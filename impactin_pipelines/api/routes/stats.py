@@ -1,4 +1,4 @@
-"""`GET /v1/impact-in/stats`: the spec's shape, from the one stats service the CLI and the asset use."""
+"""`GET /v1/impact-in/stats`: the contract's shape, from the one stats service the CLI and the asset use."""
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request

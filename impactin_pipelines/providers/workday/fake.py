@@ -235,7 +235,7 @@ class WorkdaySandbox(ProviderSandbox):
         self.oauth = OAuthTokenIssuer(client_id, client_secret, token_prefix="wd")
 
     def env(self, base_url: str) -> dict[str, str]:
-        """The guide's Workday variables (both modes) pointing at this fake; the protocol defaults to SOAP."""
+        """The Workday variables (both modes) pointing at this fake; the protocol defaults to SOAP."""
         return {
             "WORKDAY_API_URL": base_url,
             "WORKDAY_TENANT_ID": self.tenant_id,

@@ -1,7 +1,8 @@
 """Workday schema v3.0 (CSR Impact Report), in its REST and SOAP forms.
 
-The guide's examples differ on purpose and we follow them: SOAP carries a date-only `Report_Date` and
-prettified `Activity_Type` ("Volunteer Hours"); REST keeps the raw `activity_type` and the full timestamp.
+The Impact-In contract's SOAP and REST examples differ on purpose and we follow them: SOAP carries a date-only
+`Report_Date` and prettified `Activity_Type` ("Volunteer Hours"); REST keeps the raw `activity_type` and the full
+timestamp.
 Both prettify the unit ("Hours").
 """
 
@@ -55,7 +56,7 @@ def unit_of_measure(event: ImpactEvent) -> str:
 
 
 def decimal_text(value: Decimal) -> str:
-    """xsd:decimal text that keeps one decimal place for whole numbers, as the guide shows (`5.0`)."""
+    """xsd:decimal text that keeps one decimal place for whole numbers, as the contract's example shows (`5.0`)."""
     text = format(value, "f")
     return text if "." in text else text + ".0"
 

@@ -67,7 +67,7 @@ def wsdl_document() -> Document:
     """The WSDL, parsed once per process and shared by every company's client (it is read-only after parsing)."""
     # zeep annotates `transport` as type[Transport], but it calls methods on the instance it is given.
     document = Document(str(WSDL_PATH), cast(type[Transport], Transport()), settings=ZEEP_SETTINGS)
-    document.types.set_ns_prefix("wd", NAMESPACE)  # envelopes read like the guide's example: wd:...
+    document.types.set_ns_prefix("wd", NAMESPACE)  # envelopes read like the contract's example: wd:...
     return document
 
 
