@@ -28,7 +28,7 @@ def cli_env(tmp_path: Path, warehouse_url: str, sandbox: Any = None, **extra: st
     return env
 
 
-def run_cli(args: list[str], env: dict[str, str], *, timeout: float = 120, cwd: Path | None = None):  # type: ignore[no-untyped-def]
+def run_cli(args: list[str], env: dict[str, str], *, timeout: float = 120, cwd: Path | None = None):
     return subprocess.run(
         [*IMPACTIN, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd, check=False
     )

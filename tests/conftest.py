@@ -85,7 +85,7 @@ def fresh_postgres_url(database_url: str) -> str:
 
 
 @pytest.fixture(params=BACKENDS)
-def warehouse_url(request: pytest.FixtureRequest, tmp_path) -> str:  # type: ignore[no-untyped-def]
+def warehouse_url(request: pytest.FixtureRequest, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'warehouse.db'}"
     return fresh_postgres_url(request.getfixturevalue("postgres_database"))
@@ -105,7 +105,7 @@ def engine(warehouse_url: str) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def sqlite_engine(tmp_path) -> Iterator[Engine]:  # type: ignore[no-untyped-def]
+def sqlite_engine(tmp_path) -> Iterator[Engine]:
     yield from _migrated(f"sqlite:///{tmp_path / 'warehouse.db'}")
 
 

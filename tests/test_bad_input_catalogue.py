@@ -599,9 +599,7 @@ def test_each_case_left_every_row_settled(catalogue: CatalogueRun) -> None:
 
 
 # -- duplicates the warehouse itself refuses --------------------------------------------------------------------------
-def test_a_duplicate_event_id_is_refused_by_the_warehouse_and_the_first_is_delivered_once(  # type: ignore[no-untyped-def]
-    engine, sandbox
-) -> None:
+def test_a_duplicate_event_id_is_refused_by_the_warehouse_and_the_first_is_delivered_once(engine, sandbox) -> None:
     """`impact_events.event_id` is the primary key: the same id again, or under another company, is the writer's
     error and never reaches us. (Via the API, the same eventId answers 200 or 409: tests/api/test_deliver_api.py.)"""
     from tests.support import deliver, factory_for
@@ -636,7 +634,7 @@ SETTINGS_CASES = [
 ]
 
 
-def test_broken_settings_fail_only_their_own_integration(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_broken_settings_fail_only_their_own_integration(engine, sandbox) -> None:
     """Each broken `company_integrations.settings` fails its integration as `config`, naming the company, the
     provider and the setting; a healthy company next to them is delivered. Workday cannot even choose a payload
     format without its settings: its events stay unextracted (no row), the run reports why, and they go out once
@@ -674,7 +672,7 @@ def test_broken_settings_fail_only_their_own_integration(engine, sandbox) -> Non
     assert _accepted(sandbox, "benevity") == ["healthy-1"] and len(_accepted(sandbox, "workday")) == 1
 
 
-def test_unknown_providers_and_unpartitionable_companies_through_impactin_run(  # type: ignore[no-untyped-def]
+def test_unknown_providers_and_unpartitionable_companies_through_impactin_run(
     engine, warehouse_url, sandbox, tmp_path
 ) -> None:
     """What only the Dagster path can get wrong: a company id that cannot be a partition key ('|' joins Dagster's
@@ -771,9 +769,7 @@ def test_unknown_providers_and_unpartitionable_companies_through_impactin_run(  
     assert len(rows(engine)) == len(found) and sorted(_accepted(sandbox, "benevity")) == ["acme-1", "acme-3"]
 
 
-def test_every_delivery_run_quarantines_the_companies_that_cannot_be_partitions(  # type: ignore[no-untyped-def]
-    engine, sandbox
-) -> None:
+def test_every_delivery_run_quarantines_the_companies_that_cannot_be_partitions(engine, sandbox) -> None:
     """The schedule, backfills and the rerun sensor run the job over partitions, and such a company has none: each
     run's extraction quarantines its events for the run's providers, and the statistics asset shows the company in
     its markdown as one cell ('|' escaped)."""
@@ -811,6 +807,7 @@ def test_every_delivery_run_quarantines_the_companies_that_cannot_be_partitions(
     assert (evil["status"], evil["error_kind"], evil["attempt_count"]) == ("failed", "invalid_event", 0)
     assert "company_id='acme|evil'" in evil["last_error"]
     assert _accepted(sandbox, "benevity") == ["acme-1"] and "evil-1" not in _requested(sandbox)
+    assert isinstance(summary, str)
     lines = summary.splitlines()
     [header] = [line for line in lines if line.startswith("| company |")]
     [company_row] = [line for line in lines if line.startswith("| acme\\|evil |")]

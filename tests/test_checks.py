@@ -24,7 +24,7 @@ NOW = datetime.now(UTC)
 DEFAULTS = CheckSettings()
 
 
-def add_row(engine, event_id: str, *, company: str = "acme", provider: str = "benevity", **values) -> str:  # type: ignore[no-untyped-def]
+def add_row(engine, event_id: str, *, company: str = "acme", provider: str = "benevity", **values) -> str:
     """A row created `age` ago (default: now) with the given column values; returns its id."""
     created = NOW - values.pop("age", timedelta())
     ident = delivery_id_for(company, provider, event_id)
@@ -35,7 +35,7 @@ def add_row(engine, event_id: str, *, company: str = "acme", provider: str = "be
         return conn.execute(sa.select(d.c.id).where(d.c.delivery_id == ident)).scalar_one()
 
 
-def test_stuck_pending_and_stuck_claims_are_named(engine) -> None:  # type: ignore[no-untyped-def]
+def test_stuck_pending_and_stuck_claims_are_named(engine) -> None:
     add_row(engine, "fresh")
     add_row(engine, "claimed_now", claimed_by="h/1/1/a", lease_expires_at=NOW + timedelta(seconds=60))
     assert health.stuck_rows(engine, DEFAULTS, NOW).passed
@@ -60,7 +60,7 @@ def test_stuck_pending_and_stuck_claims_are_named(engine) -> None:  # type: igno
     ("failed", "succeeded", "passed", "severity"),
     [(0, 0, True, "ERROR"), (1, 99, True, "ERROR"), (1, 9, False, "WARN"), (3, 7, False, "ERROR")],
 )
-def test_failure_rate_thresholds(engine, failed, succeeded, passed, severity) -> None:  # type: ignore[no-untyped-def]
+def test_failure_rate_thresholds(engine, failed, succeeded, passed, severity) -> None:
     for i in range(failed):
         add_row(engine, f"f{i}", status="failed", error_kind="rejected", last_error="HTTP 422 " + "x" * 500)
     for i in range(succeeded):
@@ -75,7 +75,7 @@ def test_failure_rate_thresholds(engine, failed, succeeded, passed, severity) ->
         assert finding.metrics["benevity_failure_rate"] > finding.metrics.get("goodera_failure_rate", 0)
 
 
-def test_failure_rate_thresholds_come_from_the_environment(engine) -> None:  # type: ignore[no-untyped-def]
+def test_failure_rate_thresholds_come_from_the_environment(engine) -> None:
     add_row(engine, "f", status="failed", error_kind="rejected")
     add_row(engine, "s", status="success")
     loose = CheckSettings.from_env(
@@ -88,12 +88,12 @@ def test_failure_rate_thresholds_come_from_the_environment(engine) -> None:  # t
         CheckSettings.from_env({"IMPACTIN_CHECK_STUCK_PENDING_HOURS": "soon"})
 
 
-def _age_events(engine, hours: float) -> None:  # type: ignore[no-untyped-def]
+def _age_events(engine, hours: float) -> None:
     with engine.begin() as conn:
         conn.execute(sa.update(e).values(created_at=NOW - timedelta(hours=hours)))
 
 
-def test_ledger_balances_only_when_every_eligible_event_has_its_row(engine) -> None:  # type: ignore[no-untyped-def]
+def test_ledger_balances_only_when_every_eligible_event_has_its_row(engine) -> None:
     add_integration(engine, "acme", "benevity")
     add_integration(engine, "acme", "goodera")
     add_integration(engine, "acme", "workday", enabled=False)
@@ -112,7 +112,7 @@ def test_ledger_balances_only_when_every_eligible_event_has_its_row(engine) -> N
     assert balanced.passed, balanced.description  # workday is disabled: no rows owed
 
 
-def test_ledger_reports_unknown_providers_once_never_as_missing_rows(engine) -> None:  # type: ignore[no-untyped-def]
+def test_ledger_reports_unknown_providers_once_never_as_missing_rows(engine) -> None:
     """An enabled integration naming a provider we do not know gets no rows by design: one WARN line per integration
     (not one missing row per event) until it is fixed or disabled; a real imbalance is still an ERROR."""
     add_integration(engine, "acme", "benevity")
@@ -136,7 +136,7 @@ def test_ledger_reports_unknown_providers_once_never_as_missing_rows(engine) -> 
     assert "1 event x provider without a row" in both.description and "acme/salesforce" in both.description
 
 
-def test_ledger_names_events_delivered_twice(pg_engine) -> None:  # type: ignore[no-untyped-def]
+def test_ledger_names_events_delivered_twice(pg_engine) -> None:
     """The unique constraints make this impossible; the check must still see it if they were ever lost."""
     with pg_engine.begin() as conn:
         conn.exec_driver_sql("ALTER TABLE impact_deliveries DROP CONSTRAINT uq_impact_deliveries_event")
@@ -161,7 +161,7 @@ def test_ledger_names_events_delivered_twice(pg_engine) -> None:  # type: ignore
     assert all(r["event_id"] == "twice" for r in finding.rows)
 
 
-def test_retrying_past_the_cap(engine) -> None:  # type: ignore[no-untyped-def]
+def test_retrying_past_the_cap(engine) -> None:
     add_row(engine, "young", status="retrying", run_count=2)
     add_row(engine, "held", status="retrying", run_count=5, claimed_by="x/1/1/a", lease_expires_at=NOW + timedelta(60))
     assert health.retrying_past_cap(engine, 5, NOW).passed
@@ -172,7 +172,7 @@ def test_retrying_past_the_cap(engine) -> None:  # type: ignore[no-untyped-def]
     assert not health.retrying_past_cap(engine, 2, NOW).passed  # a lowered cap shows the young one too
 
 
-def test_checks_run_with_the_delivery_job_and_carry_the_rows(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_checks_run_with_the_delivery_job_and_carry_the_rows(engine, sandbox) -> None:
     add_integration(engine, "acme", "benevity")
     add_events(engine, events("acme", 4))
     sandbox.providers["benevity"].configure({"reject_events": ["evt_acme_00000", "evt_acme_00001"]})
@@ -202,7 +202,9 @@ def test_checks_run_with_the_delivery_job_and_carry_the_rows(engine, sandbox) ->
     rate = evaluations["delivery_failure_rate"]
     assert not rate.passed and rate.severity == dg.AssetCheckSeverity.ERROR  # 2 of 4 rejected
     assert rate.metadata["failure_rate"].value == 0.5 and rate.metadata["error_threshold"].value == 0.2
-    assert len(rate.metadata["row_ids"].value) == 2 and "evt_acme_00000" in rate.metadata["rows"].value
+    row_ids, listed = rate.metadata["row_ids"].value, rate.metadata["rows"].value
+    assert isinstance(row_ids, list) and isinstance(listed, str)
+    assert len(row_ids) == 2 and "evt_acme_00000" in listed
     stuck = evaluations["no_stuck_deliveries"]
     assert not stuck.passed and stuck.metadata["row_ids"].value == [stale]
     assert evaluations["delivery_ledger_balances"].passed and evaluations["no_retrying_past_cap"].passed

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
+from impactin_pipelines.connectors.base import OutboundDelivery
 from impactin_pipelines.store.outbox import Outbox
 from impactin_pipelines.store.schema import company_integrations, impact_deliveries, impact_events
 from impactin_pipelines.store.source import work_by_provider
@@ -63,7 +64,7 @@ def _captured(engine: Engine, prefix: str) -> Iterator[list[tuple[str, Any]]]:
     """The statements starting with `prefix` (and their parameters) as the driver received them."""
     seen: list[tuple[str, Any]] = []
 
-    def grab(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+    def grab(conn, cursor, statement, parameters, context, executemany):
         if statement.lstrip().upper().startswith(prefix):
             seen.append((statement, parameters))
 
@@ -104,13 +105,13 @@ def _assert_indexed(plan: dict[str, Any], *, index: str | None = None) -> None:
         assert index in {n.get("Index Name") for n in scans}, shown
 
 
-def _claim(engine: Engine, company_ids: list[str] | None) -> Callable[[], object]:
+def _claim(engine: Engine, company_ids: list[str] | None) -> Callable[[], list[OutboundDelivery]]:
     return lambda: Outbox(engine).claim(
         claimant="planner", provider="benevity", company_ids=company_ids, limit=200, lease_s=60
     )
 
 
-def test_claims_read_the_claim_indexes_in_order_on_postgres(pg_engine) -> None:  # type: ignore[no-untyped-def]
+def test_claims_read_the_claim_indexes_in_order_on_postgres(pg_engine) -> None:
     _seed(pg_engine)
     (busy_company,) = _pg_plans(pg_engine, "UPDATE", _claim(pg_engine, [BIG]))
     _assert_indexed(busy_company)
@@ -122,7 +123,7 @@ def test_claims_read_the_claim_indexes_in_order_on_postgres(pg_engine) -> None: 
     _assert_indexed(a_range)
 
 
-def test_work_by_provider_probes_indexes_on_postgres(pg_engine) -> None:  # type: ignore[no-untyped-def]
+def test_work_by_provider_probes_indexes_on_postgres(pg_engine) -> None:
     _seed(pg_engine)
     new_events, due_rows = _pg_plans(pg_engine, "SELECT", lambda: work_by_provider(pg_engine, datetime.now(UTC)))
     # Due rows: one index probe per integration, stopping at its first due row.
@@ -133,11 +134,11 @@ def test_work_by_provider_probes_indexes_on_postgres(pg_engine) -> None:  # type
     assert any(n.get("Join Type") in ("Anti", "Semi", "Right Anti") for n in nodes), json.dumps(new_events)
 
 
-def test_claims_use_the_claim_index_on_sqlite(sqlite_engine) -> None:  # type: ignore[no-untyped-def]
+def test_claims_use_the_claim_index_on_sqlite(sqlite_engine) -> None:
     _seed(sqlite_engine)
     with _captured(sqlite_engine, "UPDATE") as seen:
         claimed = _claim(sqlite_engine, [BIG])()
-    assert len(claimed) == 200  # type: ignore[arg-type]
+    assert len(claimed) == 200
     statement, parameters = seen[0]
     with sqlite_engine.connect() as conn:
         plan = " | ".join(row[-1] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters))

@@ -23,7 +23,7 @@ LEASE_S = 2.0  # a run waits up to one lease for rows another claimant holds bef
 PRINT_CLAIMANT = "from impactin_pipelines.store.claimants import Claimant; print(Claimant.new(), flush=True)"
 
 
-def _seed(engine, n: int) -> None:  # type: ignore[no-untyped-def]
+def _seed(engine, n: int) -> None:
     from impactin_pipelines.domain.providers import Provider
     from impactin_pipelines.services.extract import extract
 
@@ -32,7 +32,7 @@ def _seed(engine, n: int) -> None:  # type: ignore[no-untyped-def]
     assert extract(engine, "acme", Provider.BENEVITY).new_rows == n
 
 
-def _take_over(engine, row_ids: list[str]) -> list[str]:  # type: ignore[no-untyped-def]
+def _take_over(engine, row_ids: list[str]) -> list[str]:
     """Another run claims these rows as it would once their lease had lapsed; it holds them from then on."""
     taken = Outbox(engine).claim(
         claimant=INTRUDER,
@@ -47,12 +47,12 @@ def _take_over(engine, row_ids: list[str]) -> list[str]:  # type: ignore[no-unty
     return [r.id for r in taken]
 
 
-def _sends(sandbox) -> list[str]:  # type: ignore[no-untyped-def]
+def _sends(sandbox) -> list[str]:
     return [r["idempotency_key"] for r in sandbox.providers["benevity"].snapshot()["requests"]]
 
 
 # -- the fencing token in the store ----------------------------------------------------------------------------
-def test_a_claim_taken_over_can_neither_confirm_nor_settle(engine) -> None:  # type: ignore[no-untyped-def]
+def test_a_claim_taken_over_can_neither_confirm_nor_settle(engine) -> None:
     _seed(engine, 1)
     outbox = Outbox(engine)
     (mine,) = outbox.claim(claimant="a", provider="benevity", company_ids=None, limit=1, lease_s=30)
@@ -78,7 +78,7 @@ def test_a_claim_taken_over_can_neither_confirm_nor_settle(engine) -> None:  # t
     assert outbox.confirm(INTRUDER, mine.id, theirs["claim_version"], 30)
 
 
-def test_an_old_claim_of_the_same_claimant_is_fenced_by_its_version(engine) -> None:  # type: ignore[no-untyped-def]
+def test_an_old_claim_of_the_same_claimant_is_fenced_by_its_version(engine) -> None:
     _seed(engine, 1)
     outbox = Outbox(engine)
     (first,) = outbox.claim(claimant="a", provider="benevity", company_ids=None, limit=1, lease_s=30)
@@ -89,7 +89,7 @@ def test_an_old_claim_of_the_same_claimant_is_fenced_by_its_version(engine) -> N
     assert outbox.confirm("a", second.id, second.claim_version, 30)
 
 
-def test_a_lapsed_lease_stops_the_send_but_its_outcome_still_settles(engine) -> None:  # type: ignore[no-untyped-def]
+def test_a_lapsed_lease_stops_the_send_but_its_outcome_still_settles(engine) -> None:
     """Lapsed and taken by nobody: no new request goes out under it, but a request that went out is settled, since
     no other claimant can have sent the row meanwhile (that would have needed a new claim)."""
     _seed(engine, 1)
@@ -110,7 +110,7 @@ def test_a_lapsed_lease_stops_the_send_but_its_outcome_still_settles(engine) -> 
     assert settled and rows(engine)[0]["status"] == "success"
 
 
-def test_confirming_pushes_the_lease(engine) -> None:  # type: ignore[no-untyped-def]
+def test_confirming_pushes_the_lease(engine) -> None:
     """A confirmed claim cannot lapse between the check and the request."""
     _seed(engine, 1)
     outbox = Outbox(engine)
@@ -122,7 +122,7 @@ def test_confirming_pushes_the_lease(engine) -> None:  # type: ignore[no-untyped
     assert outbox.confirm("a", mine.id, mine.claim_version, 5, now=later)
 
 
-def _take_over_at(engine, row_id: str, now) -> list[str]:  # type: ignore[no-untyped-def]
+def _take_over_at(engine, row_id: str, now) -> list[str]:
     taken = Outbox(engine).claim(
         claimant=INTRUDER, provider="benevity", company_ids=None, limit=1, lease_s=60, now=now, ids=[row_id]
     )
@@ -130,7 +130,7 @@ def _take_over_at(engine, row_id: str, now) -> list[str]:  # type: ignore[no-unt
 
 
 # -- the send path ---------------------------------------------------------------------------------------------
-def test_rows_taken_over_while_queued_in_the_pool_are_not_sent(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_rows_taken_over_while_queued_in_the_pool_are_not_sent(engine, sandbox) -> None:
     """One worker, five rows claimed at once: while the first row waits out its retry backoff, another run takes over
     the four rows still queued in the pool. They are left to it: not sent, not settled, and the run does not fail."""
     _seed(engine, 5)
@@ -159,7 +159,7 @@ def test_rows_taken_over_while_queued_in_the_pool_are_not_sent(engine, sandbox) 
             assert (row["status"], row["claimed_by"], row["attempt_count"]) == ("pending", INTRUDER, 0)
 
 
-def test_a_row_taken_over_between_retries_is_not_sent_again(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_a_row_taken_over_between_retries_is_not_sent_again(engine, sandbox) -> None:
     _seed(engine, 1)
     sandbox.providers["benevity"].configure({"fail_next": {"status": 503, "count": 1}})
     factory = factory_for(engine, sandbox, lease_s=LEASE_S)
@@ -176,7 +176,7 @@ def test_a_row_taken_over_between_retries_is_not_sent_again(engine, sandbox) -> 
     assert (after["status"], after["claimed_by"], after["attempt_count"]) == ("retrying", INTRUDER, 1)
 
 
-def test_a_lapsed_lease_stops_the_retry(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_a_lapsed_lease_stops_the_retry(engine, sandbox) -> None:
     """The run stalled past its lease between two attempts (nobody took the row yet): it does not send again; the
     row is released at the end of the run for the next one."""
     import sqlalchemy as sa
@@ -201,7 +201,7 @@ def test_a_lapsed_lease_stops_the_retry(engine, sandbox) -> None:  # type: ignor
     assert (after["status"], after["claimed_by"], after["attempt_count"]) == ("retrying", None, 1)
 
 
-def test_a_replay_whose_claim_is_taken_over_is_refused_as_busy(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_a_replay_whose_claim_is_taken_over_is_refused_as_busy(engine, sandbox) -> None:
     """A replay waiting out a Retry-After loses its claim to a run: it is told the row is busy, and sends no more."""
     _seed(engine, 1)
     (row,) = rows(engine)

@@ -6,7 +6,7 @@ from tests.cli_support import cli_env, run_cli
 from tests.support import add_events, add_integration, events
 
 
-def test_db_upgrade_twice_then_status(warehouse_url, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_db_upgrade_twice_then_status(warehouse_url, tmp_path) -> None:
     env = cli_env(tmp_path, warehouse_url)
     first = run_cli(["db", "upgrade", "--json"], env)
     second = run_cli(["db", "upgrade", "--json"], env)
@@ -18,13 +18,13 @@ def test_db_upgrade_twice_then_status(warehouse_url, tmp_path) -> None:  # type:
     assert status["pending"] == []
 
 
-def test_commands_refuse_an_unmigrated_warehouse(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_commands_refuse_an_unmigrated_warehouse(tmp_path) -> None:
     env = cli_env(tmp_path, f"sqlite:///{tmp_path / 'empty.db'}")
     result = run_cli(["deliveries", "list"], env)
     assert result.returncode != 0 and "impactin db upgrade" in result.stderr
 
 
-def test_list_show_and_stats(engine, warehouse_url, sandbox, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_list_show_and_stats(engine, warehouse_url, sandbox, tmp_path) -> None:
     add_integration(engine, "acme", "benevity")
     add_integration(engine, "globex", "benevity")
     add_events(engine, events("acme", 3) + events("globex", 2))
@@ -63,7 +63,7 @@ def test_list_show_and_stats(engine, warehouse_url, sandbox, tmp_path) -> None: 
     assert acme_stats["overall"]["total"] == 3
 
 
-def test_demo_works_twice_from_a_fresh_folder(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_demo_works_twice_from_a_fresh_folder(tmp_path) -> None:
     env = cli_env(tmp_path, "", IMPACTIN_STATE_DIR=str(tmp_path / ".impactin"))
     env.pop("IMPACTIN_WAREHOUSE_URL")
     env.pop("DAGSTER_HOME")
@@ -80,7 +80,7 @@ def test_demo_works_twice_from_a_fresh_folder(tmp_path) -> None:  # type: ignore
     assert {r["error_kind"] for r in listed["data"]} == {"invalid_event"}
 
 
-def test_commands_import_only_what_they_use(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_commands_import_only_what_they_use(tmp_path) -> None:
     """`impactin --help` and the store-only commands start without zeep, Dagster or the API server."""
     import subprocess
     import sys
@@ -105,6 +105,7 @@ def test_commands_import_only_what_they_use(tmp_path) -> None:  # type: ignore[n
 
 
 def test_help_lists_every_command_with_a_help_line_and_each_one_loads() -> None:
+    from click import Context
     from click.testing import CliRunner
 
     from impactin_pipelines.cli import COMMANDS, cli
@@ -112,5 +113,5 @@ def test_help_lists_every_command_with_a_help_line_and_each_one_loads() -> None:
     shown = CliRunner().invoke(cli, ["--help"]).output
     for name, (_target, summary) in COMMANDS.items():
         assert f"  {name} " in shown and summary in shown
-        command = cli.get_command(None, name)  # type: ignore[arg-type]
+        command = cli.get_command(Context(cli), name)
         assert command is not None and command.name == name

@@ -12,7 +12,7 @@ from tests.support import add_events, add_integration, events
 
 
 @pytest.mark.parametrize("twice", [2])
-def test_run_is_idempotent_and_reports(engine, warehouse_url, sandbox, tmp_path, twice: int) -> None:  # type: ignore[no-untyped-def]
+def test_run_is_idempotent_and_reports(engine, warehouse_url, sandbox, tmp_path, twice: int) -> None:
     add_integration(engine, "acme", "benevity")
     add_integration(engine, "globex", "benevity")
     add_events(engine, events("acme", 3) + events("globex", 2))

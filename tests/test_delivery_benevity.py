@@ -26,14 +26,14 @@ from tests.support import (
 BENEVITY = Provider.BENEVITY
 
 
-def _setup(engine, companies=("acme",), n=5):  # type: ignore[no-untyped-def]
+def _setup(engine, companies=("acme",), n=5):
     for company in companies:
         add_integration(engine, company, "benevity")
         add_events(engine, events(company, n))
         extract(engine, company, BENEVITY)
 
 
-def test_spec_event_arrives_signed_with_the_idempotency_key(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_spec_event_arrives_signed_with_the_idempotency_key(engine, sandbox) -> None:
     add_integration(engine, "company_789", "benevity")
     add_events(engine, [SPEC_EVENT])
     extract(engine, "company_789", BENEVITY)
@@ -58,7 +58,7 @@ def test_spec_event_arrives_signed_with_the_idempotency_key(engine, sandbox) -> 
     assert attempt["http_status"] == 201 and attempt["outcome"] == "success" and attempt["duration_ms"] >= 0
 
 
-def test_a_second_run_sends_nothing(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_a_second_run_sends_nothing(engine, sandbox) -> None:
     _setup(engine, n=8)
     factory = factory_for(engine, sandbox)
     deliver(engine, factory, "benevity")
@@ -68,7 +68,7 @@ def test_a_second_run_sends_nothing(engine, sandbox) -> None:  # type: ignore[no
     assert statuses(engine) == {"success": 8}
 
 
-def test_transient_errors_are_retried_with_the_same_key(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_transient_errors_are_retried_with_the_same_key(engine, sandbox) -> None:
     _setup(engine, n=1)
     sandbox.providers["benevity"].configure(
         {
@@ -93,7 +93,7 @@ def test_transient_errors_are_retried_with_the_same_key(engine, sandbox) -> None
     assert "HTTP 502" in tried[1]["error"] and "bad gateway" in tried[1]["error"]
 
 
-def test_transient_errors_that_outlive_the_attempts_leave_the_row_retrying(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_transient_errors_that_outlive_the_attempts_leave_the_row_retrying(engine, sandbox) -> None:
     _setup(engine, n=1)
     sandbox.providers["benevity"].configure({"fail_next": {"status": 504, "count": 10}})
     report = deliver(engine, factory_for(engine, sandbox), "benevity")
@@ -106,7 +106,7 @@ def test_transient_errors_that_outlive_the_attempts_leave_the_row_retrying(engin
     assert deliver(engine, factory_for(engine, sandbox), "benevity").totals.rows == 0
 
 
-def test_a_4xx_is_permanent(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_a_4xx_is_permanent(engine, sandbox) -> None:
     _setup(engine, n=3)
     sandbox.providers["benevity"].configure({"reject_events": ["evt_acme_00001"]})
     deliver(engine, factory_for(engine, sandbox), "benevity")
@@ -116,7 +116,7 @@ def test_a_4xx_is_permanent(engine, sandbox) -> None:  # type: ignore[no-untyped
     assert statuses(engine) == {"success": 2, "failed": 1}
 
 
-def test_retry_after_is_honoured(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_retry_after_is_honoured(engine, sandbox) -> None:
     _setup(engine, n=1)
     sandbox.providers["benevity"].configure({"fail_next": {"status": 429, "retry_after": "0.3"}})
     slept: list[float] = []
@@ -126,7 +126,7 @@ def test_retry_after_is_honoured(engine, sandbox) -> None:  # type: ignore[no-un
     assert row["status"] == "success" and row["attempt_count"] == 2
 
 
-def test_wrong_credentials_are_rejected_not_retried(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_wrong_credentials_are_rejected_not_retried(engine, sandbox) -> None:
     _setup(engine, n=2)
     factory = factory_for(engine, sandbox)  # holds the secret we know
     sandbox.providers["benevity"].signature_secret = "rotated-at-benevity"
@@ -135,7 +135,7 @@ def test_wrong_credentials_are_rejected_not_retried(engine, sandbox) -> None:  #
     assert all("invalid_signature" in r["last_error"] and r["attempt_count"] == 1 for r in rows(engine))
 
 
-def test_bad_events_are_quarantined_and_the_rest_delivered(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_bad_events_are_quarantined_and_the_rest_delivered(engine, sandbox) -> None:
     add_integration(engine, "acme", "benevity")
     bad = [
         event("bad_user", user_id=" "),
@@ -159,7 +159,7 @@ def test_bad_events_are_quarantined_and_the_rest_delivered(engine, sandbox) -> N
     assert len(sandbox.providers["benevity"].snapshot()["requests"]) == 4
 
 
-def test_missing_configuration_fails_only_that_company(engine, sandbox, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_missing_configuration_fails_only_that_company(engine, sandbox, monkeypatch) -> None:
     """No BENEVITY_* in the environment; `acme` brings its own (encrypted) credentials, `globex` has none."""
     keyring = load_keyring()
     bnv = sandbox.providers["benevity"]
@@ -191,7 +191,7 @@ def test_missing_configuration_fails_only_that_company(engine, sandbox, monkeypa
     assert bnv.api_key not in stored and bnv.signature_secret not in stored
 
 
-def test_plain_text_secret_in_settings_is_refused(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_plain_text_secret_in_settings_is_refused(engine, sandbox) -> None:
     add_integration(engine, "acme", "benevity", settings={"api_key": "plain-text-key"})
     add_events(engine, events("acme", 1))
     extract(engine, "acme", BENEVITY)
@@ -201,14 +201,14 @@ def test_plain_text_secret_in_settings_is_refused(engine, sandbox) -> None:  # t
     assert "plain-text-key" not in row["last_error"]
 
 
-def test_deliveries_go_out_concurrently_and_bounded(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_deliveries_go_out_concurrently_and_bounded(engine, sandbox) -> None:
     _setup(engine, companies=("acme", "globex"), n=20)
     bnv = sandbox.providers["benevity"]
     bnv.configure({"latency_ms": 40})
     in_flight, peak, lock = [0], [0], threading.Lock()
     original = bnv.route
 
-    def counting_route(request):  # type: ignore[no-untyped-def]
+    def counting_route(request):
         with lock:
             in_flight[0] += 1
             peak[0] = max(peak[0], in_flight[0])
@@ -221,7 +221,7 @@ def test_deliveries_go_out_concurrently_and_bounded(engine, sandbox) -> None:  #
             with lock:
                 in_flight[0] -= 1
 
-    bnv.route = counting_route  # type: ignore[method-assign]
+    bnv.route = counting_route
     deliver(engine, factory_for(engine, sandbox, concurrency=5), "benevity")
     assert statuses(engine) == {"success": 40}
     assert 1 < peak[0] <= 5

@@ -36,16 +36,18 @@ def _home_with(config: Path, tmp_path: Path) -> Path:
     return home
 
 
-def test_embedded_instance_config_loads_with_provider_limits(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_embedded_instance_config_loads_with_provider_limits(tmp_path) -> None:
     home = _home_with(ROOT / "dagster.yaml", tmp_path)
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        limits = instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
+        queue = instance.get_concurrency_config().run_queue_config
+        assert queue is not None
+        limits = queue.tag_concurrency_limits
         assert {"key": PROVIDER_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1} in limits
 
 
 def test_production_config_runs_the_job_on_postgres_storage(
     tmp_path, postgres_database, sqlite_engine, sandbox, monkeypatch
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     storage_url = fresh_postgres_url(postgres_database)
     monkeypatch.setenv("DAGSTER_POSTGRES_URL", storage_url.replace("postgresql+psycopg://", "postgresql+psycopg2://"))
     home = _home_with(ROOT / "deploy" / "dagster.yaml", tmp_path)
@@ -197,7 +199,7 @@ def test_the_docker_instance_is_the_production_one_with_docker_runs() -> None:
     assert docker["run_launcher"]["config"]["network"] == _yaml(COMPOSE)["networks"]["impactin"]["name"]
 
 
-def test_every_instance_sends_the_impactin_loggers_to_the_run_log(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_every_instance_sends_the_impactin_loggers_to_the_run_log(tmp_path) -> None:
     expected = {"managed_python_loggers": ["impactin"], "python_log_level": "INFO"}
     for config in (ROOT / "dagster.yaml", DEPLOY / "dagster.yaml", DOCKER_INSTANCE):
         assert _yaml(config)["python_logs"] == expected, config
@@ -273,13 +275,15 @@ def _helm_instance(values: dict[str, Any], storage_url: str, kubeconfig: Path) -
     }
 
 
-def test_each_launchers_instance_loads_with_its_package(tmp_path, postgres_database, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_each_launchers_instance_loads_with_its_package(tmp_path, postgres_database, monkeypatch) -> None:
     storage_url = fresh_postgres_url(postgres_database).replace("postgresql+psycopg://", "postgresql+psycopg2://")
     monkeypatch.setenv("DAGSTER_POSTGRES_URL", storage_url)
     docker_home = _home_with(DOCKER_INSTANCE, tmp_path / "docker")
     with dg.DagsterInstance.from_config(str(docker_home)) as instance:
+        from dagster_docker import DockerRunLauncher
+
         launcher = instance.run_launcher
-        assert type(launcher).__name__ == "DockerRunLauncher"
+        assert type(launcher).__name__ == "DockerRunLauncher" and isinstance(launcher, DockerRunLauncher)
         assert launcher.networks == ["impactin"]
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
         assert instance.get_runs() == []  # the storage is really there
@@ -297,10 +301,14 @@ def test_each_launchers_instance_loads_with_its_package(tmp_path, postgres_datab
     instance_yaml = _helm_instance(values, storage_url, _kubeconfig(tmp_path))
     (k8s_home / "dagster.yaml").write_text(yaml.safe_dump(instance_yaml))
     with dg.DagsterInstance.from_config(str(k8s_home)) as instance:
+        from dagster_k8s import K8sRunLauncher
+
         launcher = instance.run_launcher
-        assert type(launcher).__name__ == "K8sRunLauncher"
+        assert type(launcher).__name__ == "K8sRunLauncher" and isinstance(launcher, K8sRunLauncher)
         assert list(launcher.env_secrets) == ["impactin-secrets"]
-        limits = instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
+        queue = instance.get_concurrency_config().run_queue_config
+        assert queue is not None
+        limits = queue.tag_concurrency_limits
         assert {"key": PROVIDER_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 3} in limits
 
 

@@ -197,7 +197,8 @@ def _through_the_api(engine: Engine, factory: ConnectorFactory, fake: ProviderSa
     http.headers["Authorization"] = f"Bearer {admin}"
     base = f"{server.url}/v1/impact-in"
     try:
-        listed = http.get(f"{base}/deliveries", params={"provider": NAME, "limit": 100}, timeout=30)
+        query: dict[str, str | int] = {"provider": NAME, "limit": 100}
+        listed = http.get(f"{base}/deliveries", params=query, timeout=30)
         assert listed.status_code == 200, listed.text
         stored = sorted(r["delivery_id"] for r in rows(engine, provider=NAME))
         assert len(stored) == 4 and sorted(d["deliveryId"] for d in listed.json()["data"]) == stored

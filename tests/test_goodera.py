@@ -13,6 +13,7 @@ from impactin_pipelines.connectors.registry import ConnectorFactory
 from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.domain.statuses import RowOutcome
 from impactin_pipelines.providers.env import ProviderEnv
+from impactin_pipelines.providers.goodera.connector import GooderaConnector
 from impactin_pipelines.providers.goodera.fake import CLIENT_SECRET, ENDPOINT
 from impactin_pipelines.security.crypto import generate_key, load_keyring
 from impactin_pipelines.services.extract import extract
@@ -34,21 +35,21 @@ GOODERA = Provider.GOODERA
 
 
 @pytest.fixture(autouse=True)
-def _env(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+def _env(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("IMPACTIN_ENCRYPTION_KEY", generate_key())
     yield
     close_shared_limiters()
 
 
 @pytest.fixture
-def fake(sandbox):  # type: ignore[no-untyped-def]
+def fake(sandbox):
     """The fake Goodera with a roomy quota: these tests are about behaviour, test_rate_limit is about the quota."""
     goodera = sandbox.providers["goodera"]
     goodera.configure({"rate_limit": {"limit": 1000, "window_s": 60}})
     return goodera
 
 
-def factory(engine, sandbox, *, settings=None, **env: str | None) -> ConnectorFactory:  # type: ignore[no-untyped-def]
+def factory(engine, sandbox, *, settings=None, **env: str | None) -> ConnectorFactory:
     merged = {**sandbox.env(), "GOODERA_RATE_LIMIT": "1000/minute", **env}
     return ConnectorFactory(
         engine,
@@ -57,13 +58,13 @@ def factory(engine, sandbox, *, settings=None, **env: str | None) -> ConnectorFa
     )
 
 
-def setup(engine, company: str = "acme", rows_: list | None = None, settings=None) -> None:  # type: ignore[no-untyped-def]
+def setup(engine, company: str = "acme", rows_: list | None = None, settings=None) -> None:
     add_integration(engine, company, "goodera", settings=settings)
     add_events(engine, rows_ if rows_ is not None else events(company, 1))
     extract(engine, company, GOODERA)
 
 
-def api_requests(fake) -> list[dict]:  # type: ignore[no-untyped-def]
+def api_requests(fake) -> list[dict]:
     return [r for r in fake.snapshot()["requests"] if r["path"] == ENDPOINT]
 
 
@@ -72,7 +73,7 @@ def encrypted(value: str) -> dict[str, str]:
 
 
 # -- the golden payload -------------------------------------------------------------------------------------------
-def test_the_spec_event_arrives_as_the_guides_example(engine, sandbox, fake) -> None:  # type: ignore[no-untyped-def]
+def test_the_spec_event_arrives_as_the_guides_example(engine, sandbox, fake) -> None:
     setup(engine, "company_789", [SPEC_EVENT])
     report = deliver(engine, factory(engine, sandbox), "goodera")
     assert report.totals.outcomes[RowOutcome.SUCCESS] == 1
@@ -87,7 +88,7 @@ def test_the_spec_event_arrives_as_the_guides_example(engine, sandbox, fake) -> 
     assert fake.oauth.stats()["token_requests"] == 1
 
 
-def test_scores_are_validated_and_bad_events_never_sent(engine, sandbox, fake) -> None:  # type: ignore[no-untyped-def]
+def test_scores_are_validated_and_bad_events_never_sent(engine, sandbox, fake) -> None:
     setup(
         engine,
         "acme",
@@ -108,30 +109,33 @@ def test_scores_are_validated_and_bad_events_never_sent(engine, sandbox, fake) -
     assert len(api_requests(fake)) == 1
 
 
-def test_a_second_send_of_the_same_delivery_is_deduplicated(engine, sandbox, fake) -> None:  # type: ignore[no-untyped-def]
+def test_a_second_send_of_the_same_delivery_is_deduplicated(engine, sandbox, fake) -> None:
     setup(engine)
     [row] = rows(engine)
     connector = factory(engine, sandbox).connector("acme", GOODERA)
     outbound = OutboundDelivery(row["delivery_id"], "acme", "goodera", row["event_id"], row["payload"])
     first, second = connector.send(outbound), connector.send(outbound)
-    assert (first.http_status, second.http_status) == (201, 200)
+    assert (first.http_status, second.http_status) == (201, 200) and second.response_body is not None
     assert json.loads(second.response_body)["duplicate"] is True and len(fake.snapshot()["accepted"]) == 1
 
 
-def test_the_dry_run_request_never_shows_the_token(engine, sandbox, fake) -> None:  # type: ignore[no-untyped-def]
+def test_the_dry_run_request_never_shows_the_token(engine, sandbox, fake) -> None:
     setup(engine)
     [row] = rows(engine)
     connector = factory(engine, sandbox).connector("acme", GOODERA)
+    assert isinstance(connector, GooderaConnector)
     outbound = OutboundDelivery(row["delivery_id"], "acme", "goodera", row["event_id"], row["payload"])
     token = connector.oauth.bearer()
     shown = connector.prepare(outbound, token).masked()
-    assert token not in json.dumps(shown) and shown["headers"]["Authorization"] == "***"
-    assert shown["headers"]["X-Idempotency-Key"] == row["delivery_id"]
-    assert shown["url"].endswith("/goodera/v2/events/impact")
+    headers, url = shown["headers"], shown["url"]
+    assert isinstance(headers, dict) and isinstance(url, str)
+    assert token not in json.dumps(shown) and headers["Authorization"] == "***"
+    assert headers["X-Idempotency-Key"] == row["delivery_id"]
+    assert url.endswith("/goodera/v2/events/impact")
 
 
 # -- tokens in the delivery loop ------------------------------------------------------------------------------------
-def test_a_401_refetches_the_token_and_does_not_burn_an_attempt(engine, sandbox, fake) -> None:  # type: ignore[no-untyped-def]
+def test_a_401_refetches_the_token_and_does_not_burn_an_attempt(engine, sandbox, fake) -> None:
     setup(engine, rows_=events("acme", 1, prefix="warm"))
     settings = fast_settings(retry={"max_attempts": 1})
     deliver(engine, factory(engine, sandbox, settings=settings), "goodera")  # fetches and stores a token
@@ -146,7 +150,7 @@ def test_a_401_refetches_the_token_and_does_not_burn_an_attempt(engine, sandbox,
     assert fake.oauth.stats()["token_requests"] == 2
 
 
-def test_short_lived_tokens_are_fresh_when_the_request_leaves_not_when_it_queued(engine, sandbox, fake) -> None:  # type: ignore[no-untyped-def]
+def test_short_lived_tokens_are_fresh_when_the_request_leaves_not_when_it_queued(engine, sandbox, fake) -> None:
     """The default quota (100/minute: one request every 0.6 s) makes rows queue for their slot longer than a token
     lives: each request must still leave with a token that has not expired."""
     n = 10
@@ -165,7 +169,7 @@ def test_short_lived_tokens_are_fresh_when_the_request_leaves_not_when_it_queued
     assert 2 <= oauth["token_requests"] <= elapsed / 0.5 + 1
 
 
-def test_a_current_token_the_api_refuses_after_a_refresh_fails_as_config(engine, sandbox, fake) -> None:  # type: ignore[no-untyped-def]
+def test_a_current_token_the_api_refuses_after_a_refresh_fails_as_config(engine, sandbox, fake) -> None:
     setup(engine)
     fake.configure({"api_refuses_tokens": True})  # the token endpoint issues tokens the API will not take
     deliver(engine, factory(engine, sandbox), "goodera")
@@ -176,7 +180,7 @@ def test_a_current_token_the_api_refuses_after_a_refresh_fails_as_config(engine,
     assert fake.oauth.stats()["token_requests"] == 2  # the first 401 fetched one new token, for free
 
 
-def test_token_endpoint_down_leaves_the_row_retrying(engine, sandbox, fake) -> None:  # type: ignore[no-untyped-def]
+def test_token_endpoint_down_leaves_the_row_retrying(engine, sandbox, fake) -> None:
     setup(engine)
     fake.configure({"token_fail_next": {"status": 503, "count": 10}})
     deliver(engine, factory(engine, sandbox), "goodera")
@@ -187,7 +191,7 @@ def test_token_endpoint_down_leaves_the_row_retrying(engine, sandbox, fake) -> N
     assert api_requests(fake) == []  # nothing reached the API without a token
 
 
-def test_refused_credentials_fail_only_that_company_as_config(engine, sandbox, fake) -> None:  # type: ignore[no-untyped-def]
+def test_refused_credentials_fail_only_that_company_as_config(engine, sandbox, fake) -> None:
     wrong = "acme-has-a-wrong-goodera-secret"
     setup(engine, "acme", events("acme", 2), settings={"client_secret": encrypted(wrong)})
     setup(engine, "globex", events("globex", 2))
@@ -201,7 +205,7 @@ def test_refused_credentials_fail_only_that_company_as_config(engine, sandbox, f
     assert fake.oauth.stats()["token_requests"] == 2  # acme's refused credentials were offered once, not per row
 
 
-def test_incomplete_configuration_names_what_is_missing(engine, sandbox, fake) -> None:  # type: ignore[no-untyped-def]
+def test_incomplete_configuration_names_what_is_missing(engine, sandbox, fake) -> None:
     setup(engine)
     deliver(engine, factory(engine, sandbox, GOODERA_TOKEN_URL=None, GOODERA_CLIENT_SECRET=None), "goodera")
     [row] = rows(engine)
@@ -220,7 +224,7 @@ def test_incomplete_configuration_names_what_is_missing(engine, sandbox, fake) -
         (None, {"GOODERA_TOKEN_URL": "http://goodera.example.com/oauth/token"}, "GOODERA_TOKEN_URL='http://"),
     ],
 )
-def test_bad_settings_are_config_errors_naming_the_field(engine, sandbox, fake, settings, env, expected) -> None:  # type: ignore[no-untyped-def]
+def test_bad_settings_are_config_errors_naming_the_field(engine, sandbox, fake, settings, env, expected) -> None:
     setup(engine, settings=settings)
     deliver(engine, factory(engine, sandbox, **env), "goodera")
     [row] = rows(engine)
@@ -228,7 +232,7 @@ def test_bad_settings_are_config_errors_naming_the_field(engine, sandbox, fake, 
     assert expected in row["last_error"]
 
 
-def test_per_company_settings_override_the_environment(engine, sandbox, fake) -> None:  # type: ignore[no-untyped-def]
+def test_per_company_settings_override_the_environment(engine, sandbox, fake) -> None:
     goodera_url = sandbox.provider_url("goodera")
     settings = {
         "api_url": goodera_url,
@@ -245,7 +249,7 @@ def test_per_company_settings_override_the_environment(engine, sandbox, fake) ->
 
 
 # -- the provider says slow down --------------------------------------------------------------------------------------
-def test_429_pauses_every_sender_and_costs_no_attempt(engine, sandbox, fake) -> None:  # type: ignore[no-untyped-def]
+def test_429_pauses_every_sender_and_costs_no_attempt(engine, sandbox, fake) -> None:
     # stricter than what we were told (600/minute), and silent until it refuses
     fake.configure({"rate_limit": {"limit": 3, "window_s": 1.5}, "rate_limit_headers": False})
     setup(engine, rows_=events("acme", 6))
@@ -258,7 +262,7 @@ def test_429_pauses_every_sender_and_costs_no_attempt(engine, sandbox, fake) -> 
     assert waits and all(a["http_status"] == 429 for a in waits)
 
 
-def test_remaining_zero_pauses_before_the_provider_has_to_refuse(engine, sandbox, fake) -> None:  # type: ignore[no-untyped-def]
+def test_remaining_zero_pauses_before_the_provider_has_to_refuse(engine, sandbox, fake) -> None:
     fake.configure({"rate_limit": {"limit": 2, "window_s": 1.2}})
     setup(engine, rows_=events("acme", 4))
     settings = fast_settings(concurrency=1)
@@ -270,7 +274,7 @@ def test_remaining_zero_pauses_before_the_provider_has_to_refuse(engine, sandbox
 
 
 # -- connectivity check ---------------------------------------------------------------------------------------------
-def test_check_fetches_a_token_and_sends_no_impact_data(engine, sandbox, fake) -> None:  # type: ignore[no-untyped-def]
+def test_check_fetches_a_token_and_sends_no_impact_data(engine, sandbox, fake) -> None:
     add_integration(engine, "acme", "goodera")
     good = factory(engine, sandbox).connector("acme", GOODERA).check()
     wrong = "a-rotated-goodera-secret"

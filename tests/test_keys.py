@@ -32,22 +32,22 @@ def ring(*keys: str) -> KeyRing:
 
 
 @pytest.fixture(autouse=True)
-def _env():  # type: ignore[no-untyped-def]
+def _env():
     yield
     close_shared_limiters()
 
 
-def save_token(engine, keyring: KeyRing, company: str, provider: str, access: str, cred: str = "cred") -> None:  # type: ignore[no-untyped-def]
+def save_token(engine, keyring: KeyRing, company: str, provider: str, access: str, cred: str = "cred") -> None:
     store = TokenStore(engine, lambda: keyring)
     with store.exclusive(company, provider) as tx:
         tx.save(cred, StoredToken(access, NOW, NOW + timedelta(hours=1), refresh_token=f"refresh-of-{access}"))
 
 
-def load_token(engine, keyring: KeyRing, company: str, provider: str, cred: str = "cred") -> StoredToken | None:  # type: ignore[no-untyped-def]
+def load_token(engine, keyring: KeyRing, company: str, provider: str, cred: str = "cred") -> StoredToken | None:
     return TokenStore(engine, lambda: keyring).load(company, provider, cred)
 
 
-def settings_of(engine, company: str, provider: str) -> dict:  # type: ignore[no-untyped-def]
+def settings_of(engine, company: str, provider: str) -> dict:
     with engine.connect() as conn:
         raw = conn.execute(
             sa.select(company_integrations.c.settings).where(
@@ -57,14 +57,14 @@ def settings_of(engine, company: str, provider: str) -> dict:  # type: ignore[no
     return json.loads(raw)
 
 
-def token_columns(engine) -> list[tuple[str, str | None]]:  # type: ignore[no-untyped-def]
+def token_columns(engine) -> list[tuple[str, str | None]]:
     t = impact_provider_tokens
     with engine.connect() as conn:
         stmt = sa.select(t.c.access_token_encrypted, t.c.refresh_token_encrypted).order_by(t.c.company_id)
         return [tuple(r) for r in conn.execute(stmt).all()]
 
 
-def seed_secrets(engine, key: str) -> None:  # type: ignore[no-untyped-def]
+def seed_secrets(engine, key: str) -> None:
     """Two tokens and three per-company secrets (one nested) under `key`, next to settings that are not secret."""
     keyring = ring(key)
     save_token(engine, keyring, "acme", "goodera", "tok-acme")
@@ -88,7 +88,7 @@ def seed_secrets(engine, key: str) -> None:  # type: ignore[no-untyped-def]
     add_integration(engine, "globex", "benevity")  # no settings at all
 
 
-def test_rotate_moves_every_secret_to_the_new_key_and_is_idempotent(engine, warehouse_url, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_rotate_moves_every_secret_to_the_new_key_and_is_idempotent(engine, warehouse_url, tmp_path) -> None:
     seed_secrets(engine, OLD)
     before = token_columns(engine)
     env = cli_env(tmp_path, warehouse_url, IMPACTIN_ENCRYPTION_KEY=f"{NEW},{OLD}")
@@ -128,7 +128,7 @@ def test_rotate_moves_every_secret_to_the_new_key_and_is_idempotent(engine, ware
         assert secret not in first.stdout + first.stderr + again.stdout + again.stderr
 
 
-def test_deliveries_go_on_through_a_rotation_without_fetching_a_new_token(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_deliveries_go_on_through_a_rotation_without_fetching_a_new_token(engine, sandbox) -> None:
     """Step 1 ("new,old" everywhere): the token and the company's secret stored under the old key still work.
     Step 2 (rotate) and step 3 ("new" only): they still work, and the token was never fetched again."""
     goodera = sandbox.providers["goodera"]
@@ -159,7 +159,7 @@ def test_deliveries_go_on_through_a_rotation_without_fetching_a_new_token(engine
     assert load_token(engine, ring(NEW), "acme", "goodera", cred) is not None
 
 
-def test_a_wrong_key_is_a_config_error_for_that_company_only(engine, sandbox, warehouse_url, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_wrong_key_is_a_config_error_for_that_company_only(engine, sandbox, warehouse_url, tmp_path) -> None:
     unrelated = ring(UNRELATED)
     with pytest.raises(DecryptionError, match="cannot be decrypted with IMPACTIN_ENCRYPTION_KEY"):
         ring(NEW).decrypt(unrelated.encrypt("x"))
@@ -214,7 +214,7 @@ class RacingKeyRing(KeyRing):
         return super().rotate(token)
 
 
-def test_rotation_never_overwrites_a_token_refreshed_meanwhile(engine) -> None:  # type: ignore[no-untyped-def]
+def test_rotation_never_overwrites_a_token_refreshed_meanwhile(engine) -> None:
     """A process not yet given the new key list refreshes the token (under the old key) while the rotation holds
     the old ciphertext: the rotation writes only over what it read, re-reads, and the refreshed token survives."""
     writer_ring = ring(OLD, NEW)
@@ -229,7 +229,7 @@ def test_rotation_never_overwrites_a_token_refreshed_meanwhile(engine) -> None: 
     assert token is not None and (token.access_token, token.refresh_token) == ("tok-2", "refresh-of-tok-2")
 
 
-def test_settings_that_are_not_json_are_reported_and_the_rest_is_rotated(engine) -> None:  # type: ignore[no-untyped-def]
+def test_settings_that_are_not_json_are_reported_and_the_rest_is_rotated(engine) -> None:
     add_integration(engine, "acme", "benevity", settings="{not json")
     add_integration(engine, "globex", "benevity", settings={"api_key": {"encrypted": ring(OLD).encrypt("k")}})
     report = rotate_secrets(engine, ring(NEW, OLD))
@@ -238,7 +238,7 @@ def test_settings_that_are_not_json_are_reported_and_the_rest_is_rotated(engine)
     assert ring(NEW).decrypt(settings_of(engine, "globex", "benevity")["api_key"]["encrypted"]) == "k"
 
 
-def test_generate_and_encrypt(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_generate_and_encrypt(tmp_path) -> None:
     env = cli_env(tmp_path, f"sqlite:///{tmp_path / 'w.db'}", IMPACTIN_ENCRYPTION_KEY=NEW)
     generated = run_cli(["keys", "generate"], env)
     assert generated.returncode == 0

@@ -87,7 +87,8 @@ def test_text_lines_carry_the_fields_in_the_message_too() -> None:
     assert record.getMessage() == (
         "attempt succeed deliveryId=d-1 provider=benevity eventId=evt-1 status=retrying attemptCount=2"
     )
-    assert (record.deliveryId, record.attemptCount) == ("d-1", 2)  # type: ignore[attr-defined]
+    # `extra` fields become attributes the LogRecord class does not declare
+    assert (getattr(record, "deliveryId", None), getattr(record, "attemptCount", None)) == ("d-1", 2)
 
 
 def test_plain_lines_and_exceptions_are_json_too() -> None:
@@ -144,7 +145,7 @@ class _Collect(logging.Handler):
         self.records.append(record)
 
 
-def test_every_line_about_a_delivery_carries_the_fields(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_every_line_about_a_delivery_carries_the_fields(engine, sandbox) -> None:
     """Deliver and replay through every outcome; any line that names a delivery must have all five fields."""
     add_integration(engine, "acme", "benevity")
     add_integration(engine, "nocfg", "benevity", settings={"api_url": "not a url"})
@@ -185,7 +186,7 @@ def test_every_line_about_a_delivery_carries_the_fields(engine, sandbox) -> None
     assert API_KEY not in messages and SIGNATURE_SECRET not in messages
 
 
-def test_cli_writes_one_json_object_per_line(engine, sandbox, warehouse_url) -> None:  # type: ignore[no-untyped-def]
+def test_cli_writes_one_json_object_per_line(engine, sandbox, warehouse_url) -> None:
     add_integration(engine, "acme", "benevity")
     add_events(engine, events("acme", 1))
     extract(engine, "acme", Provider.BENEVITY)
@@ -217,14 +218,15 @@ def test_cli_writes_one_json_object_per_line(engine, sandbox, warehouse_url) -> 
     assert bad.returncode == 1 and "IMPACTIN_LOG_FORMAT='yaml' must be one of text, json" in bad.stderr
 
 
-def test_requested_runs_carry_no_logging_run_config(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_requested_runs_carry_no_logging_run_config(monkeypatch) -> None:
     for log_format_value in ("text", "json"):
         monkeypatch.setenv("IMPACTIN_LOG_FORMAT", log_format_value)
-        request = run_request(covering_range(["acme"], ["acme"], "benevity"), trigger="schedule")
-        assert request.run_config == {}
+        span = covering_range(["acme"], ["acme"], "benevity")
+        assert span is not None
+        assert run_request(span, trigger="schedule").run_config == {}
 
 
-def _run_delivery_job(engine, sandbox, monkeypatch, *, python_logs=PYTHON_LOGS, **env: str):  # type: ignore[no-untyped-def]
+def _run_delivery_job(engine, sandbox, monkeypatch, *, python_logs=PYTHON_LOGS, **env: str):
     """One scheduled-style run of the code location's delivery job for company acme at Benevity; returns the run
     and the messages of its event log. `impactin` handlers added by the run are removed afterwards."""
     from impactin_pipelines.definitions import build_defs
@@ -237,7 +239,9 @@ def _run_delivery_job(engine, sandbox, monkeypatch, *, python_logs=PYTHON_LOGS, 
     try:
         with dg.instance_for_test(overrides=overrides) as instance:
             instance.add_dynamic_partitions("company", ["acme"])
-            request = run_request(covering_range(["acme"], ["acme"], "benevity"), trigger="schedule")
+            span = covering_range(["acme"], ["acme"], "benevity")
+            assert span is not None
+            request = run_request(span, trigger="schedule")
             result = defs.resolve_job_def("impact_delivery_job").execute_in_process(
                 instance=instance, tags=request.tags, run_config=request.run_config
             )
@@ -249,7 +253,7 @@ def _run_delivery_job(engine, sandbox, monkeypatch, *, python_logs=PYTHON_LOGS, 
     return result, event_log
 
 
-def test_dagster_run_writes_delivery_lines_as_json_and_problems_to_the_event_log(  # type: ignore[no-untyped-def]
+def test_dagster_run_writes_delivery_lines_as_json_and_problems_to_the_event_log(
     engine, sandbox, monkeypatch, capfd
 ) -> None:
     add_integration(engine, "acme", "benevity")
@@ -277,7 +281,7 @@ def test_dagster_run_writes_delivery_lines_as_json_and_problems_to_the_event_log
     assert any("benevity: 2 delivered, 0 retrying, 0 failed, 3 attempts" in m for m in event_log)
 
 
-def test_dagster_run_text_lines_on_stderr(engine, sandbox, monkeypatch, capfd) -> None:  # type: ignore[no-untyped-def]
+def test_dagster_run_text_lines_on_stderr(engine, sandbox, monkeypatch, capfd) -> None:
     add_integration(engine, "acme", "benevity")
     add_events(engine, events("acme", 1))
     _run_delivery_job(engine, sandbox, monkeypatch, IMPACTIN_LOG_FORMAT="text")
@@ -289,7 +293,7 @@ def test_dagster_run_text_lines_on_stderr(engine, sandbox, monkeypatch, capfd) -
     assert not any(line.startswith("{") for line in stderr)
 
 
-def test_a_successful_delivery_writes_no_event_log_record_of_its_own(engine, sandbox, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_successful_delivery_writes_no_event_log_record_of_its_own(engine, sandbox, monkeypatch) -> None:
     add_integration(engine, "acme", "benevity")
     add_events(engine, events("acme", 3))
     _, event_log = _run_delivery_job(engine, sandbox, monkeypatch)
@@ -306,7 +310,7 @@ def test_a_successful_delivery_writes_no_event_log_record_of_its_own(engine, san
     assert sorted(i for m in verbose_log for i in new_ids if i in m and "attempt succeed" in m) == sorted(new_ids)
 
 
-def test_without_managed_impactin_loggers_problems_still_reach_the_run_log(engine, sandbox, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_without_managed_impactin_loggers_problems_still_reach_the_run_log(engine, sandbox, monkeypatch) -> None:
     add_integration(engine, "acme", "benevity")
     add_events(engine, events("acme", 1))
     sandbox.providers["benevity"].configure({"fail_next": {"status": 503}})

@@ -18,30 +18,30 @@ from tests.support import SPEC_EVENT
 
 
 @pytest.fixture
-def spec_event():  # type: ignore[no-untyped-def]
+def spec_event():
     return parse_event(SPEC_EVENT)
 
 
-def test_benevity_payload_equals_the_guide(spec_event) -> None:  # type: ignore[no-untyped-def]
+def test_benevity_payload_equals_the_guide(spec_event) -> None:
     assert benevity_payload(spec_event) == json.loads(SPEC_BENEVITY)
 
 
-def test_goodera_payload_equals_the_guide(spec_event) -> None:  # type: ignore[no-untyped-def]
+def test_goodera_payload_equals_the_guide(spec_event) -> None:
     assert goodera_payload(spec_event) == json.loads(SPEC_GOODERA)
 
 
-def test_workday_rest_payload_equals_the_guide(spec_event) -> None:  # type: ignore[no-untyped-def]
+def test_workday_rest_payload_equals_the_guide(spec_event) -> None:
     assert workday_rest_payload(spec_event) == json.loads(SPEC_WORKDAY_REST)
 
 
-def test_workday_soap_values_follow_the_guide_example(spec_event) -> None:  # type: ignore[no-untyped-def]
+def test_workday_soap_values_follow_the_guide_example(spec_event) -> None:
     report = workday_soap_report(spec_event)["CSR_Impact_Report"]
     assert report["External_Reference_ID"] == "evt_123"
     assert report["Report_Date"] == "2025-11-14"
     assert report["CSR_Activity"] == {"Activity_Type": "Volunteer Hours", "Value": "5.0", "Unit_of_Measure": "Hours"}
 
 
-def test_encoded_body_keeps_the_spec_number_shape_and_key_order(spec_event) -> None:  # type: ignore[no-untyped-def]
+def test_encoded_body_keeps_the_spec_number_shape_and_key_order(spec_event) -> None:
     body = encode_json(benevity_payload(spec_event))
     assert b'"value":5.0' in body
     assert body.startswith(b'{"schema_version":"v1.0","event":{"id":"evt_123"')
@@ -66,7 +66,7 @@ def test_no_outcome_scores_gives_an_empty_dimension_list() -> None:
     ("score", "reason"),
     [(7.5, "between 0 and 1"), (-0.1, "between 0 and 1"), ("high", "a number"), (True, "a number"), (None, "a number")],
 )
-def test_goodera_refuses_scores_that_are_not_normalised(score, reason) -> None:  # type: ignore[no-untyped-def]
+def test_goodera_refuses_scores_that_are_not_normalised(score, reason) -> None:
     event = parse_event({**SPEC_EVENT, "outcome_scores": {"community_engagement": score}})
     with pytest.raises(InvalidEvent) as err:
         goodera_payload(event)

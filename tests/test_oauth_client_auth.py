@@ -45,7 +45,7 @@ def only(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-def endpoint_for(sandbox, provider: str, method: str):  # type: ignore[no-untyped-def]
+def endpoint_for(sandbox, provider: str, method: str):
     """Authlib's token endpoint for the sandbox provider's client; the provider's API accepts what it issues."""
     fake = sandbox.providers[provider]
 
@@ -57,7 +57,7 @@ def endpoint_for(sandbox, provider: str, method: str):  # type: ignore[no-untype
     return authlib_token_endpoint(method, client_id=fake.client_id, client_secret=SECRET, on_token=register)
 
 
-def oauth_for(engine, endpoint: AuthlibTokenEndpoint, method: str, company: str = "acme") -> OAuthClientCredentials:  # type: ignore[no-untyped-def]
+def oauth_for(engine, endpoint: AuthlibTokenEndpoint, method: str, company: str = "acme") -> OAuthClientCredentials:
     return OAuthClientCredentials(
         engine=engine,
         keyring=load_keyring,
@@ -72,7 +72,7 @@ def oauth_for(engine, endpoint: AuthlibTokenEndpoint, method: str, company: str 
     )
 
 
-def goodera_env(sandbox, endpoint: AuthlibTokenEndpoint, **more: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def goodera_env(sandbox, endpoint: AuthlibTokenEndpoint, **more: str) -> dict[str, str]:
     return {
         **sandbox.env(),
         "GOODERA_TOKEN_URL": endpoint.url,
@@ -82,12 +82,12 @@ def goodera_env(sandbox, endpoint: AuthlibTokenEndpoint, **more: str) -> dict[st
     }
 
 
-def factory(engine, env: dict[str, str]) -> ConnectorFactory:  # type: ignore[no-untyped-def]
+def factory(engine, env: dict[str, str]) -> ConnectorFactory:
     return ConnectorFactory(engine, env=ProviderEnv.from_env(env), settings=fast_settings())
 
 
 # -- the token request itself ------------------------------------------------------------------------------------
-def test_each_method_gets_a_token_from_a_server_that_accepts_only_it(engine, sandbox, only) -> None:  # type: ignore[no-untyped-def]
+def test_each_method_gets_a_token_from_a_server_that_accepts_only_it(engine, sandbox, only) -> None:
     with endpoint_for(sandbox, "goodera", only) as endpoint:
         token = oauth_for(engine, endpoint, only).bearer()
     [issued] = endpoint.issued
@@ -95,7 +95,7 @@ def test_each_method_gets_a_token_from_a_server_that_accepts_only_it(engine, san
     assert endpoint.answers == [(200, "")]
 
 
-def test_the_other_method_is_refused_and_the_error_names_both(engine, sandbox, only) -> None:  # type: ignore[no-untyped-def]
+def test_the_other_method_is_refused_and_the_error_names_both(engine, sandbox, only) -> None:
     sent = OTHER[only]
     with endpoint_for(sandbox, "goodera", only) as endpoint:
         oauth = oauth_for(engine, endpoint, sent)
@@ -111,7 +111,7 @@ def test_the_other_method_is_refused_and_the_error_names_both(engine, sandbox, o
     assert endpoint.issued == [] and endpoint.requests == 1
 
 
-def test_an_unknown_method_is_a_config_error_naming_the_field_and_value(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_an_unknown_method_is_a_config_error_naming_the_field_and_value(engine, sandbox) -> None:
     add_integration(engine, "acme", "goodera")
     add_integration(engine, "globex", "goodera", settings={"token_auth_method": "private_key_jwt"})
     env = {**sandbox.env(), "GOODERA_TOKEN_AUTH_METHOD": "basic"}
@@ -122,7 +122,7 @@ def test_an_unknown_method_is_a_config_error_naming_the_field_and_value(engine, 
 
 
 # -- deliveries --------------------------------------------------------------------------------------------------
-def test_goodera_delivers_with_the_method_the_server_accepts(engine, sandbox, only) -> None:  # type: ignore[no-untyped-def]
+def test_goodera_delivers_with_the_method_the_server_accepts(engine, sandbox, only) -> None:
     sandbox.providers["goodera"].configure({"rate_limit": {"limit": 1000, "window_s": 60}})
     add_integration(engine, "acme", "goodera")  # the environment's method
     add_integration(engine, "globex", "goodera", settings={"token_auth_method": OTHER[only]})  # a wrong override
@@ -144,7 +144,7 @@ def test_goodera_delivers_with_the_method_the_server_accepts(engine, sandbox, on
     assert endpoint.requests == 3  # globex's refused credentials were offered once, not once per row
 
 
-def test_the_default_method_is_client_secret_post(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_the_default_method_is_client_secret_post(engine, sandbox) -> None:
     add_integration(engine, "acme", "goodera")
     add_events(engine, events("acme", 1))
     extract(engine, "acme", Provider.GOODERA)
@@ -155,7 +155,7 @@ def test_the_default_method_is_client_secret_post(engine, sandbox) -> None:  # t
     assert f"sent with {POST}" in row["last_error"] and f"GOODERA_TOKEN_AUTH_METHOD={BASIC}" in row["last_error"]
 
 
-def test_workday_rest_uses_the_companys_method(engine, sandbox, only) -> None:  # type: ignore[no-untyped-def]
+def test_workday_rest_uses_the_companys_method(engine, sandbox, only) -> None:
     settings = {"protocol": "rest", "token_auth_method": only}
     add_integration(engine, "umbrella", "workday", settings=settings)
     add_events(engine, events("umbrella", 2))
@@ -173,7 +173,7 @@ def test_workday_rest_uses_the_companys_method(engine, sandbox, only) -> None:  
 
 
 # -- providers check ---------------------------------------------------------------------------------------------
-def test_providers_check_says_which_method_was_refused_and_that_the_other_exists(engine, sandbox, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_providers_check_says_which_method_was_refused_and_that_the_other_exists(engine, sandbox, tmp_path) -> None:
     add_integration(engine, "acme", "goodera")  # the default, client_secret_post
     add_integration(engine, "globex", "goodera", settings={"token_auth_method": BASIC})
     with endpoint_for(sandbox, "goodera", BASIC) as endpoint:

@@ -49,11 +49,11 @@ def _env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IMPACTIN_ENCRYPTION_KEY", KEY)
 
 
-def goodera(sandbox):  # type: ignore[no-untyped-def]
+def goodera(sandbox):
     return sandbox.providers["goodera"]
 
 
-def oauth_for(engine, sandbox, *, company: str = "acme", **overrides) -> OAuthClientCredentials:  # type: ignore[no-untyped-def]
+def oauth_for(engine, sandbox, *, company: str = "acme", **overrides) -> OAuthClientCredentials:
     args = {
         "engine": engine,
         "keyring": load_keyring,
@@ -69,18 +69,18 @@ def oauth_for(engine, sandbox, *, company: str = "acme", **overrides) -> OAuthCl
     return OAuthClientCredentials(**args)
 
 
-def token_requests(sandbox) -> int:  # type: ignore[no-untyped-def]
+def token_requests(sandbox) -> int:
     return goodera(sandbox).oauth.stats()["token_requests"]
 
 
-def stored_row(engine, company: str = "acme") -> dict:  # type: ignore[no-untyped-def]
+def stored_row(engine, company: str = "acme") -> dict:
     t = impact_provider_tokens
     with engine.connect() as conn:
         row = conn.execute(sa.select(t).where(t.c.company_id == company, t.c.provider == "goodera")).one()
     return dict(row._mapping)
 
 
-def set_times(engine, *, issued_ago_s: float, expires_in_s: float) -> None:  # type: ignore[no-untyped-def]
+def set_times(engine, *, issued_ago_s: float, expires_in_s: float) -> None:
     now = datetime.now(UTC)
     with engine.begin() as conn:
         conn.execute(
@@ -90,14 +90,14 @@ def set_times(engine, *, issued_ago_s: float, expires_in_s: float) -> None:  # t
         )
 
 
-def child_env(engine, sandbox) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def child_env(engine, sandbox) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GOODERA_", "BENEVITY_", "WORKDAY_"))}
     env.update(sandbox.env())
     env["IMPACTIN_WAREHOUSE_URL"] = engine.url.render_as_string(hide_password=False)
     return env
 
 
-def run_children(engine, sandbox, n: int) -> list[str]:  # type: ignore[no-untyped-def]
+def run_children(engine, sandbox, n: int) -> list[str]:
     env = child_env(engine, sandbox)
     children = [
         subprocess.Popen(
@@ -114,7 +114,7 @@ def run_children(engine, sandbox, n: int) -> list[str]:  # type: ignore[no-untyp
 
 
 # -- first fetch, storage -----------------------------------------------------------------------------------------
-def test_first_fetch_is_form_encoded_and_stored_encrypted(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_first_fetch_is_form_encoded_and_stored_encrypted(engine, sandbox) -> None:
     oauth = oauth_for(engine, sandbox)
     token = oauth.bearer()
     assert goodera(sandbox).oauth.is_valid(token)
@@ -131,19 +131,19 @@ def test_first_fetch_is_form_encoded_and_stored_encrypted(engine, sandbox) -> No
     assert oauth.bearer() == token and token_requests(sandbox) == 1  # the next call is served from memory
 
 
-def test_a_new_instance_reuses_the_stored_token(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_a_new_instance_reuses_the_stored_token(engine, sandbox) -> None:
     token = oauth_for(engine, sandbox).bearer()
     assert oauth_for(engine, sandbox).bearer() == token
     assert token_requests(sandbox) == 1
 
 
-def test_two_processes_reuse_the_stored_token(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_two_processes_reuse_the_stored_token(engine, sandbox) -> None:
     token = oauth_for(engine, sandbox).bearer()
     assert run_children(engine, sandbox, 2) == [token, token]
     assert token_requests(sandbox) == 1
 
 
-def test_changed_credentials_never_reuse_a_token(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_changed_credentials_never_reuse_a_token(engine, sandbox) -> None:
     first = oauth_for(engine, sandbox).bearer()
     moved = sandbox.provider_url("goodera") + "/oauth/token?v=2"  # another token URL, same fake endpoint
     second = oauth_for(engine, sandbox, token_url=moved).bearer()
@@ -151,12 +151,12 @@ def test_changed_credentials_never_reuse_a_token(engine, sandbox) -> None:  # ty
     assert stored_row(engine)["credential_key"] == credential_key(moved, CLIENT_ID)
 
 
-def test_tokens_are_per_company(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_tokens_are_per_company(engine, sandbox) -> None:
     assert oauth_for(engine, sandbox, company="acme").bearer() != oauth_for(engine, sandbox, company="globex").bearer()
     assert token_requests(sandbox) == 2
 
 
-def test_undecryptable_token_is_replaced(engine, sandbox, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_undecryptable_token_is_replaced(engine, sandbox, monkeypatch) -> None:
     old = oauth_for(engine, sandbox).bearer()
     monkeypatch.setenv("IMPACTIN_ENCRYPTION_KEY", generate_key())  # the old key was rotated away
     new = oauth_for(engine, sandbox).bearer()
@@ -165,7 +165,7 @@ def test_undecryptable_token_is_replaced(engine, sandbox, monkeypatch) -> None: 
 
 
 # -- plain http: loopback only, and no process-wide switch -------------------------------------------------------
-def test_a_loopback_token_url_works_over_plain_http_with_no_switch(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_a_loopback_token_url_works_over_plain_http_with_no_switch(engine, sandbox) -> None:
     assert "OAUTHLIB_INSECURE_TRANSPORT" not in os.environ
     url = sandbox.provider_url("goodera") + "/oauth/token"
     localhost = url.replace("127.0.0.1", "localhost")
@@ -183,7 +183,7 @@ class _Recorder(requests.adapters.HTTPAdapter):
         super().__init__()
         self.sent: list[str] = []
 
-    def send(self, request, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def send(self, request, *args, **kwargs):
         self.sent.append(request.url)
         raise requests.exceptions.ConnectionError("the test sends nothing")
 
@@ -191,7 +191,7 @@ class _Recorder(requests.adapters.HTTPAdapter):
 @pytest.mark.parametrize("switch_set", [False, True])
 def test_plain_http_to_any_other_host_is_refused_before_anything_is_sent(
     engine, sandbox, monkeypatch, switch_set
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     if switch_set:  # oauthlib's switch changes nothing: the rule is ours
         monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
     recorder, session = _Recorder(), new_session()
@@ -205,7 +205,7 @@ def test_plain_http_to_any_other_host_is_refused_before_anything_is_sent(
 
 
 # -- a 401 from the API: stale or current ---------------------------------------------------------------------------
-def test_refused_tells_a_stale_token_from_a_current_one(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_refused_tells_a_stale_token_from_a_current_one(engine, sandbox) -> None:
     oauth = oauth_for(engine, sandbox)
     first = oauth.token()
     assert oauth.refused(first) is False  # a current token the API turned down: it is forgotten ...
@@ -219,7 +219,7 @@ def test_refused_tells_a_stale_token_from_a_current_one(engine, sandbox) -> None
 
 
 # -- expiry ---------------------------------------------------------------------------------------------------------
-def test_a_token_inside_the_skew_is_refetched_one_outside_is_reused(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_a_token_inside_the_skew_is_refetched_one_outside_is_reused(engine, sandbox) -> None:
     first = oauth_for(engine, sandbox).bearer()
     set_times(engine, issued_ago_s=3480, expires_in_s=120)  # two minutes left: outside the 60 s skew
     assert oauth_for(engine, sandbox, skew_s=60).bearer() == first
@@ -229,7 +229,7 @@ def test_a_token_inside_the_skew_is_refetched_one_outside_is_reused(engine, sand
     assert stored_row(engine)["expires_at"] > datetime.now(UTC) + timedelta(seconds=3000)
 
 
-def test_short_lived_tokens_are_not_refetched_on_every_call(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_short_lived_tokens_are_not_refetched_on_every_call(engine, sandbox) -> None:
     goodera(sandbox).configure({"token_expires_in": 30})  # shorter than the skew: refresh at half-life instead
     oauth = oauth_for(engine, sandbox, skew_s=60)
     assert len({oauth.bearer() for _ in range(5)}) == 1
@@ -252,7 +252,7 @@ def test_the_fake_refuses_a_token_once_it_expires() -> None:
 
 
 # -- 401 from the API -------------------------------------------------------------------------------------------------
-def test_invalidate_refetches_once_and_only_the_token_it_names(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_invalidate_refetches_once_and_only_the_token_it_names(engine, sandbox) -> None:
     oauth = oauth_for(engine, sandbox)
     first = oauth.bearer()
     goodera(sandbox).configure({"expire_tokens": True})  # the provider forgot it: the API now answers 401
@@ -266,7 +266,7 @@ def test_invalidate_refetches_once_and_only_the_token_it_names(engine, sandbox) 
 
 
 # -- single flight -----------------------------------------------------------------------------------------------------
-def test_concurrent_threads_fetch_once(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_concurrent_threads_fetch_once(engine, sandbox) -> None:
     goodera(sandbox).configure({"latency_ms": 300})  # a slow token endpoint widens the race
     instances = [oauth_for(engine, sandbox) for _ in range(6)]
     barrier = threading.Barrier(len(instances))
@@ -285,14 +285,14 @@ def test_concurrent_threads_fetch_once(engine, sandbox) -> None:  # type: ignore
     assert token_requests(sandbox) == 1
 
 
-def test_concurrent_processes_fetch_once(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_concurrent_processes_fetch_once(engine, sandbox) -> None:
     goodera(sandbox).configure({"latency_ms": 1500})  # longer than the children's start-up spread
     tokens = run_children(engine, sandbox, 3)
     assert len(set(tokens)) == 1 and goodera(sandbox).oauth.is_valid(tokens[0])
     assert token_requests(sandbox) == 1
 
 
-def test_threads_queued_behind_a_failed_refresh_share_its_error(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_threads_queued_behind_a_failed_refresh_share_its_error(engine, sandbox) -> None:
     goodera(sandbox).configure({"latency_ms": 300, "token_fail_next": {"status": 503, "count": 10}})
     instances = [oauth_for(engine, sandbox) for _ in range(4)]
     barrier = threading.Barrier(len(instances))
@@ -323,7 +323,7 @@ def test_threads_queued_behind_a_failed_refresh_share_its_error(engine, sandbox)
         {"status": 429, "retry_after": "3"},
     ],
 )
-def test_token_endpoint_errors_are_retryable(engine, sandbox, fault) -> None:  # type: ignore[no-untyped-def]
+def test_token_endpoint_errors_are_retryable(engine, sandbox, fault) -> None:
     goodera(sandbox).configure({"token_fail_next": fault})
     with pytest.raises(TokenEndpointUnavailable) as raised:
         oauth_for(engine, sandbox).bearer()
@@ -334,11 +334,11 @@ def test_token_endpoint_errors_are_retryable(engine, sandbox, fault) -> None:  #
     assert oauth_for(engine, sandbox).bearer()  # and a new run asks again, and works
 
 
-def test_after_an_outage_the_next_ask_waits_out_the_cool_down(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_after_an_outage_the_next_ask_waits_out_the_cool_down(engine, sandbox) -> None:
     goodera(sandbox).configure({"token_fail_next": {"status": 503, "retry_after": "5", "count": 2}})
     oauth = oauth_for(engine, sandbox)
     waits: list[float] = []
-    oauth._sleep = waits.append  # record the cool-down instead of sitting through it
+    oauth._sleep = lambda seconds: waits.append(float(seconds))  # record the cool-down instead of sitting through it
     for _ in range(2):
         with pytest.raises(TokenEndpointUnavailable, match="HTTP 503"):
             oauth.bearer()
@@ -347,7 +347,7 @@ def test_after_an_outage_the_next_ask_waits_out_the_cool_down(engine, sandbox) -
     assert token_requests(sandbox) == 3
 
 
-def test_token_endpoint_timeout_and_refused_connection_are_retryable(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_token_endpoint_timeout_and_refused_connection_are_retryable(engine, sandbox) -> None:
     goodera(sandbox).configure({"token_fail_next": {"mode": "hang", "seconds": 1.5}})
     with pytest.raises(TokenEndpointUnavailable, match="timeout"):
         oauth_for(engine, sandbox, timeout=(1.0, 0.3)).bearer()
@@ -355,7 +355,7 @@ def test_token_endpoint_timeout_and_refused_connection_are_retryable(engine, san
         oauth_for(engine, sandbox, token_url="http://127.0.0.1:9/oauth/token").bearer()
 
 
-def test_refused_credentials_are_a_config_error_without_the_secret(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_refused_credentials_are_a_config_error_without_the_secret(engine, sandbox) -> None:
     wrong = "a-wrong-but-long-secret-value"
     oauth = oauth_for(engine, sandbox, client_secret=wrong)
     with pytest.raises(TokenRejected) as raised:
@@ -374,6 +374,6 @@ def test_refused_credentials_are_a_config_error_without_the_secret(engine, sandb
         assert conn.execute(sa.select(sa.func.count()).select_from(impact_provider_tokens)).scalar_one() == 0
 
 
-def test_a_token_url_that_is_not_a_token_endpoint_is_a_config_error(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_a_token_url_that_is_not_a_token_endpoint_is_a_config_error(engine, sandbox) -> None:
     with pytest.raises(ConfigError, match="HTTP 404"):
         oauth_for(engine, sandbox, token_url=sandbox.provider_url("goodera") + "/not/here").bearer()

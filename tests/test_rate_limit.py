@@ -45,7 +45,7 @@ print(dict(report.totals.outcomes))
 
 
 @pytest.fixture(autouse=True)
-def _clean():  # type: ignore[no-untyped-def]
+def _clean():
     yield
     close_shared_limiters()
 
@@ -54,7 +54,7 @@ class Stop(Exception):
     pass
 
 
-def recording_sleep(slept: list[float]):  # type: ignore[no-untyped-def]
+def recording_sleep(slept: list[float]):
     """A sleep that records what it was asked and ends the wait there (no test waits for real)."""
 
     def sleep(seconds: float) -> None:
@@ -107,7 +107,7 @@ def test_reset_and_pause_headers() -> None:
 
 
 # -- the shared bucket and pause, on both backends ----------------------------------------------------------------
-def test_a_pause_seen_by_one_sender_stops_every_sender(engine) -> None:  # type: ignore[no-untyped-def]
+def test_a_pause_seen_by_one_sender_stops_every_sender(engine) -> None:
     rate = RateLimit(100, 60.0, 0.15)
     limiter = shared_limiter(engine, "goodera", "c" * 64, rate)
     assert limiter.observe(429, {"Retry-After": "20"}) == 20.0
@@ -126,7 +126,7 @@ def test_a_pause_seen_by_one_sender_stops_every_sender(engine) -> None:  # type:
     assert other.remaining_s(limiter.key) > 10
 
 
-def test_a_full_bucket_gives_back_within_the_allowed_wait(engine) -> None:  # type: ignore[no-untyped-def]
+def test_a_full_bucket_gives_back_within_the_allowed_wait(engine) -> None:
     limiter = shared_limiter(engine, "goodera", "d" * 64, RateLimit(1, 30.0, 0.15))
     limiter.acquire(max_wait_s=1)
     with pytest.raises(RateLimitWait, match="no room in the shared 1/30s quota") as raised:
@@ -134,7 +134,7 @@ def test_a_full_bucket_gives_back_within_the_allowed_wait(engine) -> None:  # ty
     assert raised.value.retry_after_s == pytest.approx(30.15)
 
 
-def test_buckets_are_per_credential(engine) -> None:  # type: ignore[no-untyped-def]
+def test_buckets_are_per_credential(engine) -> None:
     one = shared_limiter(engine, "goodera", "e" * 64, RateLimit(1, 30.0, 0.15))
     other = shared_limiter(engine, "goodera", "f" * 64, RateLimit(1, 30.0, 0.15))
     assert one.key != other.key and "e" * 16 in one.key
@@ -145,7 +145,7 @@ def test_buckets_are_per_credential(engine) -> None:  # type: ignore[no-untyped-
 
 
 # -- two processes, one quota ---------------------------------------------------------------------------------------
-def test_two_processes_together_stay_within_the_limit(engine, sandbox, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_two_processes_together_stay_within_the_limit(engine, sandbox, tmp_path) -> None:
     limit, window_s, per_company = 20, 5.0, 15
     goodera = sandbox.providers["goodera"]
     goodera.configure({"rate_limit": {"limit": limit, "window_s": window_s}})

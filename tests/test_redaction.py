@@ -130,7 +130,7 @@ def test_scrubbing_a_large_body_stays_fast() -> None:
         assert scrubbed.count(MASK) == 1 and scrubbed.endswith((f"{MASK}</body></html>", MASK))
 
 
-def test_a_secret_straddling_the_error_excerpt_leaves_no_part_behind(engine) -> None:  # type: ignore[no-untyped-def]
+def test_a_secret_straddling_the_error_excerpt_leaves_no_part_behind(engine) -> None:
     """Over real HTTP: an error body quoting the API key (JSON-escaped) right where the excerpt kept in `last_error`
     (300 characters of the body) is cut. The first part of the key must not survive the cut."""
     api_key = 'bnv-key/"with"\\specials&<>%+-7f3a91'

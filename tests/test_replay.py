@@ -28,6 +28,7 @@ from impactin_pipelines.services.replay import (
     BUSY,
     DeliveryNotFound,
     ReplayRefused,
+    ReplayResult,
     replay_all_failed,
     replay_many,
     replay_one,
@@ -137,11 +138,11 @@ def test_transient_failure_on_replay_reports_the_new_status(engine, factory, san
 
 
 @pytest.mark.parametrize("attempt", range(3))
-def test_two_simultaneous_replays_send_once(engine, factory, sandbox, attempt):
+def test_two_simultaneous_replays_send_once(engine, factory, sandbox, attempt) -> None:
     row = seed_rejected(engine, factory, sandbox, n=1)[0]
     sandbox.providers["benevity"].configure({"latency_ms": 150})
     barrier = threading.Barrier(2)
-    outcomes: list[object] = []
+    outcomes: list[ReplayResult | ReplayRefused] = []
 
     def go() -> None:
         barrier.wait(timeout=10)
@@ -157,7 +158,7 @@ def test_two_simultaneous_replays_send_once(engine, factory, sandbox, attempt):
         t.join(timeout=30)
     assert not any(t.is_alive() for t in threads)
     assert len(requests_for(sandbox, row["delivery_id"])) == 1
-    succeeded = [o for o in outcomes if not isinstance(o, Exception)]
+    succeeded = [o for o in outcomes if isinstance(o, ReplayResult)]
     refused = [str(o) for o in outcomes if isinstance(o, ReplayRefused)]
     assert len(succeeded) == 1 and succeeded[0].new_status == "success"
     assert refused in ([BUSY], ["Cannot replay delivery with status: success"])

@@ -27,14 +27,14 @@ from tests.support import add_events, add_integration, events, rows
 COMPANIES = ["acme", "globex", "initech"]
 
 
-def _url(engine) -> str:  # type: ignore[no-untyped-def]
+def _url(engine) -> str:
     return engine.url.render_as_string(hide_password=False)
 
 
 FAST = RetryConfig(initial_delay_s=0.01)  # retries within a run are quick; re-runs are spaced by the sensor
 
 
-def _resources(url: str, sandbox=None, max_run_attempts: int = 5, retry: RetryConfig = FAST) -> dict[str, object]:  # type: ignore[no-untyped-def]
+def _resources(url: str, sandbox=None, max_run_attempts: int = 5, retry: RetryConfig = FAST) -> dict[str, object]:
     return {
         "warehouse": WarehouseResource(url=url),
         "providers": ProvidersResource(**(sandbox.env() if sandbox else {})),
@@ -56,7 +56,7 @@ def _range(first: str, last: str, provider: str = "benevity") -> dict[str, str]:
     return {RANGE_START_TAG: f"{first}|{provider}", RANGE_END_TAG: f"{last}|{provider}", PROVIDER_TAG: provider}
 
 
-def failed_run(instance: dg.DagsterInstance, tmp_path, tags: dict[str, str]) -> str:  # type: ignore[no-untyped-def]
+def failed_run(instance: dg.DagsterInstance, tmp_path, tags: dict[str, str]) -> str:
     """A real failed run of the delivery job: its warehouse has no tables."""
     broken = _resources(f"sqlite:///{tmp_path / 'no_tables.db'}")
     result = _job(broken).execute_in_process(instance=instance, tags=tags, raise_on_error=False)
@@ -64,7 +64,7 @@ def failed_run(instance: dg.DagsterInstance, tmp_path, tags: dict[str, str]) -> 
     return result.run_id
 
 
-def evaluate(instance, engine, cursor: str | None = None, max_run_attempts: int = 5, base_delay_s: float = 0):  # type: ignore[no-untyped-def]
+def evaluate(instance, engine, cursor: str | None = None, max_run_attempts: int = 5, base_delay_s: float = 0):
     """One tick of the sensor; `base_delay_s` is the delivery resource's pause before a failed run is re-run."""
     retry = RetryConfig(rerun_base_delay_s=base_delay_s)
     resources = {
@@ -78,11 +78,11 @@ def evaluate(instance, engine, cursor: str | None = None, max_run_attempts: int 
 
 
 def _reason(result: dg.SensorResult) -> str:
-    return result.skip_reason.skip_message if result.skip_reason else ""
+    return (result.skip_reason.skip_message or "") if result.skip_reason else ""
 
 
 @pytest.fixture
-def seeded(engine):  # type: ignore[no-untyped-def]
+def seeded(engine):
     for company in COMPANIES:
         add_integration(engine, company, "benevity")
     add_events(engine, events("acme", 2) + events("initech", 1))  # globex has nothing to do
@@ -159,7 +159,7 @@ def test_partitions_of_a_run_in_progress_are_left_alone(seeded, tmp_path):
         assert (request.tags[RANGE_START_TAG], request.tags[RANGE_END_TAG]) == ("initech|benevity",) * 2
 
 
-def _make_due(engine) -> None:  # type: ignore[no-untyped-def]
+def _make_due(engine) -> None:
     with engine.begin() as conn:
         conn.execute(
             sa.update(d)
@@ -236,7 +236,7 @@ def test_run_partitions_reads_ranges_and_single_partitions():
     assert run_partitions({}, known) == {}
 
 
-def test_rows_past_the_cap_are_not_rerun(engine):  # type: ignore[no-untyped-def]
+def test_rows_past_the_cap_are_not_rerun(engine):
     """A run that keeps dying before it settles its rows must not be re-requested for ever."""
     add_integration(engine, "acme", "benevity")
     add_events(engine, events("acme", 1))

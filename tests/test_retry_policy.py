@@ -106,7 +106,7 @@ def test_retry_after_beyond_the_cap_parks_instead_of_sleeping() -> None:
 def test_a_401_refreshes_for_free_and_only_a_current_token_refused_after_a_refresh_is_config() -> None:
     policy = RetryPolicy()
 
-    def decide(refreshes: int, stale: bool):  # type: ignore[no-untyped-def]
+    def decide(refreshes: int, stale: bool):
         return policy.decide(AttemptOutcome.AUTH_EXPIRED, Spent(auth_refreshes=refreshes), token_stale=stale)
 
     first = decide(0, False)  # a revoked token: fetch a new one

@@ -77,6 +77,7 @@ def record_tokens(issuer: OAuthTokenIssuer, issued: list[str]) -> None:
             issued.extend([doc["access_token"], doc["refresh_token"]])
         return response
 
+    # wraps this fake's handler in place (mypy refuses any assignment to a method)
     issuer.token_response = token_response  # type: ignore[method-assign]
 
 
@@ -300,7 +301,7 @@ def _leaks(text: str | bytes, needles: dict[str, bytes]) -> list[str]:
     return [name for name, value in needles.items() if value in data]
 
 
-def test_no_secret_or_token_is_written_anywhere(engine, warehouse_url, tmp_path, scan_sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_no_secret_or_token_is_written_anywhere(engine, warehouse_url, tmp_path, scan_sandbox) -> None:
     sandbox, issued = scan_sandbox
     log_format = "json" if engine.dialect.name == "sqlite" else "text"
     _seed(engine)
@@ -368,17 +369,17 @@ def test_no_secret_or_token_is_written_anywhere(engine, warehouse_url, tmp_path,
         parsed = parse_token(key)
         assert parsed is not None
         secrets[f"{name} (secret part)"] = (parsed[1], None)
-    secrets = _needles(secrets)
+    needles = _needles(secrets)
 
     # the scan can see what it looks for: every spelling, and the secrets are stored, encrypted, and the ciphertexts
     # open to them
-    assert all(len(value) >= 16 for value in secrets.values())
-    assert _leaks(f"x{GOODERA_CLIENT_SECRET}x", secrets) == ["GOODERA_CLIENT_SECRET (literal)"]
-    assert "GOODERA_CLIENT_SECRET (JSON)" in _leaks(json.dumps({"s": GOODERA_CLIENT_SECRET}), secrets)
-    assert "WORKDAY_PASSWORD (HTML (html.escape))" in _leaks(html.escape(WORKDAY_PASSWORD), secrets)
-    assert "WORKDAY_CLIENT_SECRET (form (quote_plus))" in _leaks(quote_plus(WORKDAY_CLIENT_SECRET), secrets)
+    assert all(len(value) >= 16 for value in needles.values())
+    assert _leaks(f"x{GOODERA_CLIENT_SECRET}x", needles) == ["GOODERA_CLIENT_SECRET (literal)"]
+    assert "GOODERA_CLIENT_SECRET (JSON)" in _leaks(json.dumps({"s": GOODERA_CLIENT_SECRET}), needles)
+    assert "WORKDAY_PASSWORD (HTML (html.escape))" in _leaks(html.escape(WORKDAY_PASSWORD), needles)
+    assert "WORKDAY_CLIENT_SECRET (form (quote_plus))" in _leaks(quote_plus(WORKDAY_CLIENT_SECRET), needles)
     basic = b64(f"{GOODERA_CLIENT_ID}:{GOODERA_CLIENT_SECRET}")
-    assert _leaks(f"Basic {basic}", secrets) == ["GOODERA_CLIENT_SECRET (HTTP Basic)"]
+    assert _leaks(f"Basic {basic}", needles) == ["GOODERA_CLIENT_SECRET (HTTP Basic)"]
     current = KeyRing([NEW_KEY])
     with engine.connect() as conn:
         stored = conn.execute(sa.select(impact_provider_tokens.c.access_token_encrypted)).scalars().all()
@@ -392,18 +393,18 @@ def test_no_secret_or_token_is_written_anywhere(engine, warehouse_url, tmp_path,
 
     found: dict[str, list[str]] = {}
     for where, text in outputs.items():
-        found[f"CLI `impactin {where}`"] = _leaks(text, secrets)
+        found[f"CLI `impactin {where}`"] = _leaks(text, needles)
     for i, text in enumerate(responses):
-        found[f"API response #{i}: {text[:60]}"] = _leaks(text, secrets)
+        found[f"API response #{i}: {text[:60]}"] = _leaks(text, needles)
     for table, values in tables.items():
-        found[f"table {table}"] = _leaks(" ".join(values), secrets)
+        found[f"table {table}"] = _leaks(" ".join(values), needles)
     home = tmp_path / "dagster_home"
     records = _dagster_records(home)
     assert records and any("impact_deliveries" in r for r in records)  # the event log was read
-    found["Dagster runs and event log"] = _leaks("\n".join(records), secrets)
+    found["Dagster runs and event log"] = _leaks("\n".join(records), needles)
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert any(p.suffix == ".db" for p in files) and any(home in p.parents for p in files)
     for path in files:
-        found[f"file {path.relative_to(tmp_path)}"] = _leaks(path.read_bytes(), secrets)
+        found[f"file {path.relative_to(tmp_path)}"] = _leaks(path.read_bytes(), needles)
     leaks = {where: names for where, names in found.items() if names}
     assert leaks == {}, json.dumps(leaks, indent=2)

@@ -14,13 +14,13 @@ from impactin_pipelines.store.outbox import RESPONSE_EXCERPT_CHARS, NewDelivery,
 from tests.support import add_events, add_integration, attempts, deliver, events, factory_for, rows
 
 
-def _setup(engine, company: str, n: int) -> None:  # type: ignore[no-untyped-def]
+def _setup(engine, company: str, n: int) -> None:
     add_integration(engine, company, "benevity")
     add_events(engine, events(company, n, prefix=f"evt-{company}"))
     extract(engine, company, Provider.BENEVITY)
 
 
-def test_a_pass_counts_outcomes_and_error_kinds_per_company_as_enums(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_a_pass_counts_outcomes_and_error_kinds_per_company_as_enums(engine, sandbox) -> None:
     _setup(engine, "acme", 2)
     _setup(engine, "globex", 2)
     # one row is rejected, another answered 503 once and then accepted (which rows depends on the claim order)
@@ -65,7 +65,7 @@ def test_partition_metadata_reads_typed_counts_and_counts_unrecorded_rows_as_int
     assert metadata["attempts"] == 9 and counts.rows == 10
 
 
-def test_a_transient_failure_burns_one_attempt_and_a_retry_sends_the_row_again(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_a_transient_failure_burns_one_attempt_and_a_retry_sends_the_row_again(engine, sandbox) -> None:
     """Two 503s with max_attempts 3: the loop follows the decision's tally, so the third request succeeds."""
     _setup(engine, "acme", 1)
     sandbox.providers["benevity"].configure({"fail_next": {"status": 503, "count": 2}})
@@ -74,7 +74,7 @@ def test_a_transient_failure_burns_one_attempt_and_a_retry_sends_the_row_again(e
     assert (result.status, result.error_kind, result.attempts) == (RowOutcome.SUCCESS, None, 3)
 
 
-def test_record_stores_the_connectors_attempt_with_an_excerpt_and_its_duration(engine) -> None:  # type: ignore[no-untyped-def]
+def test_record_stores_the_connectors_attempt_with_an_excerpt_and_its_duration(engine) -> None:
     _setup(engine, "acme", 1)
     outbox = Outbox(engine)
     (mine,) = outbox.claim(claimant="a", provider="benevity", company_ids=None, limit=1, lease_s=30)
@@ -102,7 +102,7 @@ def test_record_stores_the_connectors_attempt_with_an_excerpt_and_its_duration(e
     assert attempt["response_excerpt"] == answer[:RESPONSE_EXCERPT_CHARS] and attempt["run_id"] == "run-1"
 
 
-def test_a_claimed_row_without_a_payload_is_settled_invalid_and_never_sent(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_a_claimed_row_without_a_payload_is_settled_invalid_and_never_sent(engine, sandbox) -> None:
     add_integration(engine, "acme", "benevity")
     Outbox(engine).add([NewDelivery("acme", "benevity", "evt-empty", "d-empty", payload=None, payload_hash=None)])
     report = deliver(engine, factory_for(engine, sandbox), "benevity")
@@ -115,7 +115,7 @@ def test_a_claimed_row_without_a_payload_is_settled_invalid_and_never_sent(engin
     assert sandbox.providers["benevity"].snapshot()["requests"] == [] and attempts(engine) == []
 
 
-def test_a_claim_hands_out_the_row_as_the_connector_takes_it(engine) -> None:  # type: ignore[no-untyped-def]
+def test_a_claim_hands_out_the_row_as_the_connector_takes_it(engine) -> None:
     """One type from the claim to the connector: the claimed row is the OutboundDelivery that is sent."""
     _setup(engine, "acme", 1)
     (mine,) = Outbox(engine).claim(claimant="a", provider="benevity", company_ids=None, limit=1, lease_s=30)

@@ -48,7 +48,7 @@ def _other(model: type[ImpactinSettings], name: str) -> Any:
 
 
 @pytest.mark.parametrize(("resource", "model", "names"), DECLARED, ids=lambda v: getattr(v, "__name__", ""))
-def test_resource_defaults_are_the_models_defaults(resource, model, names) -> None:  # type: ignore[no-untyped-def]
+def test_resource_defaults_are_the_models_defaults(resource, model, names) -> None:
     built = resource()
     for name in names:
         assert getattr(built, name) == model.default(name), name
@@ -56,7 +56,7 @@ def test_resource_defaults_are_the_models_defaults(resource, model, names) -> No
 
 
 @pytest.mark.parametrize(("resource", "model", "names"), DECLARED, ids=lambda v: getattr(v, "__name__", ""))
-def test_each_variable_of_the_model_reaches_the_resource(resource, model, names, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_each_variable_of_the_model_reaches_the_resource(resource, model, names, monkeypatch) -> None:
     for name in names:
         with monkeypatch.context() as env:
             env.setenv(model.env_var(name), str(_other(model, name)))
@@ -65,7 +65,7 @@ def test_each_variable_of_the_model_reaches_the_resource(resource, model, names,
 
 
 def test_documented_variable_names_and_defaults() -> None:
-    names = {
+    names: dict[tuple[type[ImpactinSettings], str], tuple[str, object]] = {
         (DeliverySettings, "concurrency"): ("IMPACTIN_DELIVERY_CONCURRENCY", 8),
         (DeliverySettings, "claim_batch"): ("IMPACTIN_CLAIM_BATCH", 200),
         (DeliverySettings, "lease_s"): ("IMPACTIN_LEASE_S", 60.0),
@@ -122,7 +122,7 @@ def test_api_command_options_come_from_the_model() -> None:
         (LogSettings, "IMPACTIN_RUN_LOG_LEVEL", "loud", "must be one of DEBUG, INFO"),
     ],
 )
-def test_a_bad_value_names_the_variable_and_the_value(model, name: str, value: str, reason: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_bad_value_names_the_variable_and_the_value(model, name: str, value: str, reason: str) -> None:
     with pytest.raises(ValueError, match=f"^{name}='{value}' {reason}"):
         model.from_env({name: value})
 
@@ -133,7 +133,7 @@ def test_blank_variables_mean_the_default_and_case_is_forgiven() -> None:
     assert (LogSettings.from_env(env).log_format, LogSettings.from_env(env).run_log_level) == ("json", "WARNING")
 
 
-def test_from_env_reads_only_the_mapping_it_is_given(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_from_env_reads_only_the_mapping_it_is_given(monkeypatch) -> None:
     monkeypatch.setenv("IMPACTIN_CLAIM_BATCH", "7")
     assert DeliverySettings().claim_batch == 7  # the process environment, as pydantic-settings reads it
     assert DeliverySettings.from_env({}).claim_batch == 200
@@ -146,11 +146,12 @@ def test_the_warehouse_url_is_not_shown_by_the_settings() -> None:
     assert warehouse_url({"IMPACTIN_WAREHOUSE_URL": url}) == url
 
 
-def test_a_check_takes_its_threshold_from_the_checks_resource(engine) -> None:  # type: ignore[no-untyped-def]
+def test_a_check_takes_its_threshold_from_the_checks_resource(engine) -> None:
     add_row(engine, "old", age=timedelta(hours=40))  # pending 40 h: stuck at the default 26 h, not at 48 h
     warehouse = WarehouseResource(url=engine.url.render_as_string(hide_password=False))
     strict = no_stuck_deliveries(warehouse=warehouse, checks=ChecksResource())
     lenient = no_stuck_deliveries(warehouse=warehouse, checks=ChecksResource(stuck_pending_hours=48))
+    assert isinstance(strict, dg.AssetCheckResult) and isinstance(lenient, dg.AssetCheckResult)
     assert not strict.passed and strict.metadata["stuck_pending_hours"].value == 26.0
     assert lenient.passed and lenient.metadata["stuck_pending_hours"].value == 48.0
 

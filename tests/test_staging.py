@@ -15,12 +15,12 @@ from tests.support import add_events, add_integration, event, events, rows
 TRICKY = 'quote " backslash \\ tab\u2028line sep \u00e9 \U0001f331 \ud7ff </x> \\u0041'
 
 
-def test_staging_writes_one_statement_per_page_of_thousands(engine) -> None:  # type: ignore[no-untyped-def]
+def test_staging_writes_one_statement_per_page_of_thousands(engine) -> None:
     add_integration(engine, "acme", "benevity")
     add_events(engine, events("acme", 12_000) + events("other", 50))
     inserts: list[str] = []
 
-    def count(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+    def count(conn, cursor, statement, parameters, context, executemany):
         if statement.lstrip().upper().startswith("INSERT INTO IMPACT_DELIVERIES"):
             inserts.append(statement)
 
@@ -37,7 +37,7 @@ def test_staging_writes_one_statement_per_page_of_thousands(engine) -> None:  # 
     assert extract(engine, "acme", Provider.BENEVITY).new_rows == 0
 
 
-def test_stored_payloads_are_the_mapped_bytes_and_bad_events_are_quarantined(engine) -> None:  # type: ignore[no-untyped-def]
+def test_stored_payloads_are_the_mapped_bytes_and_bad_events_are_quarantined(engine) -> None:
     add_integration(engine, "acme", "benevity")
     good = [event(f"evt_{i}", metadata={"note": TRICKY, "n": i}) for i in range(3)]
     bad = event("evt_bad", value="-1")

@@ -31,7 +31,7 @@ DAY2 = datetime(2026, 3, 2, 0, 30, tzinfo=UTC)  # an hour later, but the 2nd
 
 
 def add_row(
-    engine,  # type: ignore[no-untyped-def]
+    engine,
     event_id: str,
     *,
     company: str = "acme",
@@ -52,7 +52,7 @@ def add_row(
 
 
 @pytest.fixture
-def ledger(engine):  # type: ignore[no-untyped-def]
+def ledger(engine):
     """acme: 5 delivered (latencies 10, 20, 30, 40, 100 s), 1 rejected, 1 pending; globex: 1 exhausted,
     1 retrying on goodera, 1 invalid event on the next day."""
     for i, latency in enumerate([40, 10, 100, 30, 20]):
@@ -65,7 +65,7 @@ def ledger(engine):  # type: ignore[no-untyped-def]
     return engine
 
 
-def test_spec_shape_is_unchanged(ledger) -> None:  # type: ignore[no-untyped-def]
+def test_spec_shape_is_unchanged(ledger) -> None:
     stats = delivery_stats(ledger)
     assert set(stats) == {"overall", "byProvider"}
     assert stats["overall"] == {"total": 10, "successful": 5, "failed": 3, "pending": 1, "retrying": 1}
@@ -77,7 +77,7 @@ def test_spec_shape_is_unchanged(ledger) -> None:  # type: ignore[no-untyped-def
     }
 
 
-def test_full_stats_sections(ledger) -> None:  # type: ignore[no-untyped-def]
+def test_full_stats_sections(ledger) -> None:
     stats = full_stats(ledger)
     assert stats["successRate"] == round(5 / 8, 4)
     assert stats["byCompany"] == [
@@ -111,7 +111,7 @@ def test_full_stats_sections(ledger) -> None:  # type: ignore[no-untyped-def]
     assert stats["latency"] == {"p50Seconds": 30.0, "p95Seconds": 88.0, "samples": 5}
 
 
-def test_filters_apply_to_every_section(ledger) -> None:  # type: ignore[no-untyped-def]
+def test_filters_apply_to_every_section(ledger) -> None:
     only_globex = full_stats(ledger, StatsFilter(company_ids=("globex",)))
     assert [r["companyId"] for r in only_globex["byCompany"]] == ["globex"]
     assert only_globex["successRate"] == 0.0
@@ -123,7 +123,7 @@ def test_filters_apply_to_every_section(ledger) -> None:  # type: ignore[no-unty
     assert empty["successRate"] is None and empty["byDay"] == [] and empty["byCompany"] == []
 
 
-def test_percentiles_match_postgres_percentile_cont(pg_engine) -> None:  # type: ignore[no-untyped-def]
+def test_percentiles_match_postgres_percentile_cont(pg_engine) -> None:
     latencies = [0.5, 3, 3, 7.25, 11, 19, 42, 42, 300, 1234.5, 2, 8]
     for i, latency in enumerate(latencies):
         add_row(pg_engine, f"e{i}", latency_s=latency)
@@ -140,12 +140,12 @@ def test_percentiles_match_postgres_percentile_cont(pg_engine) -> None:  # type:
     assert ours["p95Seconds"] == pytest.approx(float(expected[1]), abs=1e-3)
 
 
-def test_single_delivery_percentiles(engine) -> None:  # type: ignore[no-untyped-def]
+def test_single_delivery_percentiles(engine) -> None:
     add_row(engine, "only", latency_s=12.5)
     assert latency_percentiles(engine) == {"p50Seconds": 12.5, "p95Seconds": 12.5, "samples": 1}
 
 
-def test_snapshot_rows_land_in_sql_and_old_snapshots_are_pruned(ledger) -> None:  # type: ignore[no-untyped-def]
+def test_snapshot_rows_land_in_sql_and_old_snapshots_are_pruned(ledger) -> None:
     stats = full_stats(ledger)
     rows = snapshot_rows(stats)
     first = datetime(2026, 1, 1, tzinfo=UTC)
@@ -170,7 +170,7 @@ def test_snapshot_rows_land_in_sql_and_old_snapshots_are_pruned(ledger) -> None:
     assert latest[("error_kind", "exhausted", "count")] == 1
 
 
-def test_metadata_keys_are_stable_and_numeric(ledger, sqlite_engine) -> None:  # type: ignore[no-untyped-def]
+def test_metadata_keys_are_stable_and_numeric(ledger, sqlite_engine) -> None:
     busy = stats_metadata(full_stats(ledger))
     add_row(sqlite_engine, "x", status="success", latency_s=1)
     quiet = stats_metadata(full_stats(sqlite_engine))
@@ -180,7 +180,7 @@ def test_metadata_keys_are_stable_and_numeric(ledger, sqlite_engine) -> None:  #
     assert busy["latency_p50_s"] == 30.0 and busy["success_rate"] == round(5 / 8, 4)
 
 
-def test_asset_writes_the_table_and_returns_metadata(ledger) -> None:  # type: ignore[no-untyped-def]
+def test_asset_writes_the_table_and_returns_metadata(ledger) -> None:
     url = ledger.url.render_as_string(hide_password=False)
     with dg.instance_for_test() as instance:
         result = dg.materialize(
@@ -194,14 +194,16 @@ def test_asset_writes_the_table_and_returns_metadata(ledger) -> None:  # type: i
     meta = {k: v.value for k, v in mat.metadata.items()}
     assert meta["total_total"] == 10 and meta["total_successful"] == 5 and meta["latency_p95_s"] == 88.0
     assert meta["benevity_success_rate"] == round(5 / 8, 4) and meta["goodera_retrying"] == 1
-    assert "| acme | 7 | 5 | 1 | 1 | 0 | 83.33% |" in meta["summary"]
-    assert "| benevity | failed | 3 | 3.33 |" in meta["by_provider"]
+    summary, by_provider = meta["summary"], meta["by_provider"]
+    assert isinstance(summary, str) and isinstance(by_provider, str)
+    assert "| acme | 7 | 5 | 1 | 1 | 0 | 83.33% |" in summary
+    assert "| benevity | failed | 3 | 3.33 |" in by_provider
     latest = latest_snapshot(ledger)
     assert {r["dimension"] for r in latest} == {"overall", "provider_status", "company", "day", "error_kind"}
     assert all(r["period_start"] is None for r in latest)
 
 
-def test_asset_period_leaves_out_older_deliveries(ledger) -> None:  # type: ignore[no-untyped-def]
+def test_asset_period_leaves_out_older_deliveries(ledger) -> None:
     add_row(ledger, "recent", created=datetime.now(UTC) - timedelta(hours=1), latency_s=5)
     url = ledger.url.render_as_string(hide_password=False)
     with dg.instance_for_test() as instance:
@@ -219,7 +221,7 @@ def _cli(args: list[str], url: str) -> subprocess.CompletedProcess:
     return subprocess.run([impactin, *args], env=env, capture_output=True, text=True, timeout=60, check=False)
 
 
-def test_cli_stats_detail(ledger) -> None:  # type: ignore[no-untyped-def]
+def test_cli_stats_detail(ledger) -> None:
     url = ledger.url.render_as_string(hide_password=False)
     plain = _cli(["stats", "--json"], url)
     assert plain.returncode == 0, plain.stderr

@@ -16,7 +16,7 @@ from impactin_pipelines.store.schema import metadata
 from tests.support import add_events, add_integration, events, rows
 
 
-def test_upgrade_is_idempotent_and_records_the_version(engine) -> None:  # type: ignore[no-untyped-def]
+def test_upgrade_is_idempotent_and_records_the_version(engine) -> None:
     latest = max(m.version for m in migrations.available())
     assert migrations.current_version(engine) == latest
     assert migrations.upgrade(engine) == []
@@ -25,14 +25,14 @@ def test_upgrade_is_idempotent_and_records_the_version(engine) -> None:  # type:
         assert list(versions) == [m.version for m in migrations.available()]
 
 
-def test_core_tables_match_the_migrated_schema(engine) -> None:  # type: ignore[no-untyped-def]
+def test_core_tables_match_the_migrated_schema(engine) -> None:
     inspector = sa.inspect(engine)
     for table in metadata.sorted_tables:
         in_db = {c["name"] for c in inspector.get_columns(table.name)}
         assert {c.name for c in table.columns} <= in_db, table.name
 
 
-def test_extract_creates_one_row_per_event_and_enabled_provider(engine) -> None:  # type: ignore[no-untyped-def]
+def test_extract_creates_one_row_per_event_and_enabled_provider(engine) -> None:
     add_integration(engine, "acme", "benevity")
     add_integration(engine, "acme", "goodera", enabled=False)
     add_events(engine, events("acme", 5) + events("other", 2))
@@ -54,13 +54,13 @@ def test_delivery_ids_are_stable_uuid5() -> None:
     assert a[14] == "5"  # version nibble
 
 
-def _seed_pending(engine, n: int) -> None:  # type: ignore[no-untyped-def]
+def _seed_pending(engine, n: int) -> None:
     add_integration(engine, "acme", "benevity")
     add_events(engine, events("acme", n))
     extract(engine, "acme", Provider.BENEVITY)
 
 
-def test_concurrent_claims_never_hand_a_row_to_two_claimants(engine) -> None:  # type: ignore[no-untyped-def]
+def test_concurrent_claims_never_hand_a_row_to_two_claimants(engine) -> None:
     _seed_pending(engine, 300)
     outbox = Outbox(engine)
     taken: dict[str, list[str]] = {}
@@ -86,7 +86,7 @@ def test_concurrent_claims_never_hand_a_row_to_two_claimants(engine) -> None:  #
     assert sum(1 for ids in taken.values() if ids) > 1  # they really competed
 
 
-def test_expired_lease_comes_back_and_live_lease_does_not(engine) -> None:  # type: ignore[no-untyped-def]
+def test_expired_lease_comes_back_and_live_lease_does_not(engine) -> None:
     _seed_pending(engine, 4)
     outbox = Outbox(engine)
     now = utcnow()
@@ -100,7 +100,7 @@ def test_expired_lease_comes_back_and_live_lease_does_not(engine) -> None:  # ty
     assert all(r.run_count == 2 for r in reclaimed)
 
 
-def test_renewed_lease_is_not_reclaimed(engine) -> None:  # type: ignore[no-untyped-def]
+def test_renewed_lease_is_not_reclaimed(engine) -> None:
     _seed_pending(engine, 1)
     outbox = Outbox(engine)
     outbox.claim(claimant="a", provider="benevity", company_ids=None, limit=1, lease_s=1)
@@ -111,7 +111,7 @@ def test_renewed_lease_is_not_reclaimed(engine) -> None:  # type: ignore[no-unty
     assert len(outbox.claim(claimant="b", provider="benevity", company_ids=None, limit=1, lease_s=1)) == 1
 
 
-def test_rows_of_a_dead_process_are_reclaimed_at_once(engine) -> None:  # type: ignore[no-untyped-def]
+def test_rows_of_a_dead_process_are_reclaimed_at_once(engine) -> None:
     _seed_pending(engine, 3)
     outbox = Outbox(engine)
     child = subprocess.run(

@@ -19,7 +19,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_webserver_serves_the_code_location(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_webserver_serves_the_code_location(tmp_path, monkeypatch) -> None:
     port = _free_port()
     env_home = tmp_path / "dagster_home"
     env_home.mkdir()

@@ -33,12 +33,12 @@ from tests.support import (
 WORKDAY = Provider.WORKDAY
 
 
-def _factory(engine, sandbox, **env: str) -> ConnectorFactory:  # type: ignore[no-untyped-def]
+def _factory(engine, sandbox, **env: str) -> ConnectorFactory:
     merged = {k: v for k, v in {**sandbox.env(), "WORKDAY_PROTOCOL": "rest", **env}.items() if v}
     return ConnectorFactory(engine, env=ProviderEnv.from_env(merged), settings=fast_settings())
 
 
-def _setup(engine, company: str, n: int = 1, settings=None, protocol: str = "rest") -> None:  # type: ignore[no-untyped-def]
+def _setup(engine, company: str, n: int = 1, settings=None, protocol: str = "rest") -> None:
     add_integration(engine, company, "workday", settings=settings)
     add_events(engine, events(company, n))
     extract(engine, company, WORKDAY, env=ProviderEnv(WORKDAY_PROTOCOL=protocol))
@@ -48,7 +48,7 @@ def _encrypted(value: str) -> dict[str, str]:
     return {"encrypted": load_keyring().encrypt(value)}
 
 
-def _workday(sandbox):  # type: ignore[no-untyped-def]
+def _workday(sandbox):
     return sandbox.providers["workday"]
 
 
@@ -58,7 +58,7 @@ def test_the_rest_payload_equals_the_guides_example() -> None:
     assert json.loads(encode_json(workday_rest_payload(parse_event(SPEC_EVENT)))) == WORKDAY_REST_EXAMPLE
 
 
-def test_spec_event_arrives_with_bearer_and_idempotency_key(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_spec_event_arrives_with_bearer_and_idempotency_key(engine, sandbox) -> None:
     add_integration(engine, "company_789", "workday", settings={"protocol": "rest"})
     add_events(engine, [SPEC_EVENT])
     extract(engine, "company_789", WORKDAY)  # the company's settings pick the REST payload
@@ -77,7 +77,7 @@ def test_spec_event_arrives_with_bearer_and_idempotency_key(engine, sandbox) -> 
 
 
 # -- tokens ------------------------------------------------------------------------------------------------------
-def test_one_token_serves_many_events_and_runs_and_is_stored_encrypted(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_one_token_serves_many_events_and_runs_and_is_stored_encrypted(engine, sandbox) -> None:
     _setup(engine, "umbrella", n=6)
     deliver(engine, _factory(engine, sandbox), "workday")
     add_events(engine, events("umbrella", 9)[6:])
@@ -87,7 +87,7 @@ def test_one_token_serves_many_events_and_runs_and_is_stored_encrypted(engine, s
     oauth = _workday(sandbox).snapshot()["oauth"]
     assert (oauth["token_requests"], oauth["tokens_issued"]) == (1, 1)
     issued = list(_workday(sandbox).oauth.tokens)
-    stored = []
+    stored: list[str] = []
     with engine.connect() as conn:
         for table in sa.inspect(engine).get_table_names():
             stored.extend(str(value) for row in conn.execute(sa.text(f'SELECT * FROM "{table}"')) for value in row)
@@ -98,7 +98,7 @@ def test_one_token_serves_many_events_and_runs_and_is_stored_encrypted(engine, s
         assert conn.execute(sa.text("SELECT count(*) FROM impact_provider_tokens")).scalar_one() == 1
 
 
-def test_a_401_refreshes_the_token_once_and_retries(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_a_401_refreshes_the_token_once_and_retries(engine, sandbox) -> None:
     _setup(engine, "umbrella", n=1)
     factory = _factory(engine, sandbox)
     deliver(engine, factory, "workday")
@@ -115,7 +115,7 @@ def test_a_401_refreshes_the_token_once_and_retries(engine, sandbox) -> None:  #
     assert _workday(sandbox).snapshot()["oauth"]["tokens_issued"] == 2
 
 
-def test_an_api_that_refuses_the_token_fetched_after_a_401_fails_as_config(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_an_api_that_refuses_the_token_fetched_after_a_401_fails_as_config(engine, sandbox) -> None:
     _setup(engine, "umbrella", n=1)
     _workday(sandbox).configure({"api_refuses_tokens": True})  # valid tokens, but the API does not take them
     deliver(engine, _factory(engine, sandbox), "workday")
@@ -128,7 +128,7 @@ def test_an_api_that_refuses_the_token_fetched_after_a_401_fails_as_config(engin
     assert _workday(sandbox).snapshot()["oauth"]["tokens_issued"] == 2
 
 
-def test_token_endpoint_down_is_retryable(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_token_endpoint_down_is_retryable(engine, sandbox) -> None:
     _setup(engine, "umbrella", n=1)
     _workday(sandbox).configure({"token_fail_next": {"status": 503, "count": 1}})
     deliver(engine, _factory(engine, sandbox), "workday")
@@ -138,7 +138,7 @@ def test_token_endpoint_down_is_retryable(engine, sandbox) -> None:  # type: ign
     assert row["status"] == "success" and second["outcome"] == "success"
 
 
-def test_refused_client_credentials_are_a_config_error_without_the_secret(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_refused_client_credentials_are_a_config_error_without_the_secret(engine, sandbox) -> None:
     _setup(engine, "umbrella", n=2)
     deliver(engine, _factory(engine, sandbox, WORKDAY_CLIENT_SECRET="wrong-client-secret"), "workday")
     for row in rows(engine):
@@ -148,7 +148,7 @@ def test_refused_client_credentials_are_a_config_error_without_the_secret(engine
 
 
 # -- configuration -----------------------------------------------------------------------------------------------
-def test_per_company_protocol_override_both_ways(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_per_company_protocol_override_both_ways(engine, sandbox) -> None:
     env = ProviderEnv.from_env(sandbox.env())  # WORKDAY_PROTOCOL unset: SOAP by default
     add_integration(engine, "initech", "workday")
     add_integration(engine, "umbrella", "workday", settings={"protocol": "rest"})
@@ -177,7 +177,7 @@ def test_per_company_protocol_override_both_ways(engine, sandbox) -> None:  # ty
     assert (by_event["evt_acme_00000"], by_event["evt_globex_00000"]) == ("soap", "rest")
 
 
-def test_per_company_tenant_and_encrypted_client_secret(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_per_company_tenant_and_encrypted_client_secret(engine, sandbox) -> None:
     _workday(sandbox).configure({"tenants": ["umbrella_prod"]})
     settings = {"tenant_id": "umbrella_prod", "client_secret": _encrypted(fake.CLIENT_SECRET)}
     _setup(engine, "umbrella", n=2, settings=settings)
@@ -186,7 +186,7 @@ def test_per_company_tenant_and_encrypted_client_secret(engine, sandbox) -> None
     assert {a["tenant"] for a in _workday(sandbox).snapshot()["accepted"]} == {"umbrella_prod"}
 
 
-def test_missing_rest_config_names_the_variables_and_fails_only_that_company(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_missing_rest_config_names_the_variables_and_fails_only_that_company(engine, sandbox) -> None:
     _setup(engine, "acme", n=2)
     own = {"client_secret": _encrypted(fake.CLIENT_SECRET), "token_url": sandbox.env()["WORKDAY_TOKEN_URL"]}
     _setup(engine, "umbrella", n=1, settings=own)
@@ -197,7 +197,7 @@ def test_missing_rest_config_names_the_variables_and_fails_only_that_company(eng
         assert "missing WORKDAY_CLIENT_SECRET, WORKDAY_TOKEN_URL" in row["last_error"]
 
 
-def test_a_soap_payload_left_over_from_a_protocol_switch_is_a_config_error(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_a_soap_payload_left_over_from_a_protocol_switch_is_a_config_error(engine, sandbox) -> None:
     _setup(engine, "acme", n=1, protocol="soap")
     with engine.begin() as conn:
         conn.execute(sa.update(company_integrations).values(settings={"protocol": "rest"}))
@@ -209,7 +209,7 @@ def test_a_soap_payload_left_over_from_a_protocol_switch_is_a_config_error(engin
 
 
 # -- connectivity check and dry run ------------------------------------------------------------------------------
-def test_check_fetches_a_token_and_sends_no_impact_data(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_check_fetches_a_token_and_sends_no_impact_data(engine, sandbox) -> None:
     add_integration(engine, "umbrella", "workday")
     good = _factory(engine, sandbox).connector("umbrella", WORKDAY).check()
     bad = _factory(engine, sandbox, WORKDAY_CLIENT_SECRET="bad-secret").connector("umbrella", WORKDAY).check()
@@ -219,12 +219,14 @@ def test_check_fetches_a_token_and_sends_no_impact_data(engine, sandbox) -> None
     assert {r["path"] for r in log} == {fake.TOKEN_PATH}
 
 
-def test_dry_run_masks_the_bearer_and_fetches_nothing(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_dry_run_masks_the_bearer_and_fetches_nothing(engine, sandbox) -> None:
     add_integration(engine, "umbrella", "workday")
     connector = _factory(engine, sandbox).connector("umbrella", WORKDAY)
     payload = encode_json(workday_rest_payload(parse_event(SPEC_EVENT))).decode()
     masked = connector.prepare(OutboundDelivery("d-1", "umbrella", "workday", "evt_123", payload)).masked()
-    assert masked["headers"]["Authorization"] == "***" and masked["headers"]["X-Idempotency-Key"] == "d-1"
-    assert masked["url"].endswith(f"/api/v1/{fake.TENANT_ID}/csr-impact-reports")
-    assert json.loads(masked["body"]) == WORKDAY_REST_EXAMPLE
+    headers, url, body = masked["headers"], masked["url"], masked["body"]
+    assert isinstance(headers, dict) and isinstance(url, str) and isinstance(body, str)
+    assert headers["Authorization"] == "***" and headers["X-Idempotency-Key"] == "d-1"
+    assert url.endswith(f"/api/v1/{fake.TENANT_ID}/csr-impact-reports")
+    assert json.loads(body) == WORKDAY_REST_EXAMPLE
     assert _workday(sandbox).snapshot()["requests"] == []

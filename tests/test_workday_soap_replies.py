@@ -268,14 +268,14 @@ NOT_ENVELOPES: dict[str, dict[str, Any]] = {
 }
 
 
-def _one_report(engine) -> None:  # type: ignore[no-untyped-def]
+def _one_report(engine) -> None:
     add_integration(engine, "acme", "workday")
     add_events(engine, events("acme", 1))
     extract(engine, "acme", Provider.WORKDAY)
 
 
 @pytest.mark.parametrize("name", SUCCESSES)
-def test_any_soap_envelope_without_a_fault_on_a_2xx_is_a_success(engine, sandbox, caplog, name: str) -> None:  # type: ignore[no-untyped-def]
+def test_any_soap_envelope_without_a_fault_on_a_2xx_is_a_success(engine, sandbox, caplog, name: str) -> None:
     reply = SUCCESSES[name]
     _one_report(engine)
     workday = sandbox.providers["workday"]
@@ -308,7 +308,7 @@ def test_any_soap_envelope_without_a_fault_on_a_2xx_is_a_success(engine, sandbox
 
 
 @pytest.mark.parametrize("name", FAULTS)
-def test_faults_are_read_whatever_their_shape(engine, sandbox, name: str) -> None:  # type: ignore[no-untyped-def]
+def test_faults_are_read_whatever_their_shape(engine, sandbox, name: str) -> None:
     fault = FAULTS[name]
     _one_report(engine)
     workday = sandbox.providers["workday"]
@@ -327,7 +327,7 @@ def test_faults_are_read_whatever_their_shape(engine, sandbox, name: str) -> Non
 
 
 @pytest.mark.parametrize("name", NOT_ENVELOPES)
-def test_a_2xx_that_is_no_soap_envelope_is_retried(engine, sandbox, name: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_2xx_that_is_no_soap_envelope_is_retried(engine, sandbox, name: str) -> None:
     _one_report(engine)
     workday = sandbox.providers["workday"]
     spec = {"content_type": "text/xml; charset=utf-8", **NOT_ENVELOPES[name]}

@@ -49,7 +49,7 @@ def test_readiness_reports_a_schema_that_needs_upgrading(unmigrated):
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def unreachable(request: pytest.FixtureRequest, tmp_path) -> Iterator[Engine]:  # type: ignore[no-untyped-def]
+def unreachable(request: pytest.FixtureRequest, tmp_path) -> Iterator[Engine]:
     if request.param == "sqlite":
         garbage = tmp_path / "not-a-database.db"
         garbage.write_bytes(b"this is not sqlite" * 100)

@@ -28,6 +28,8 @@ from sqlalchemy.engine import Engine
 from impactin_pipelines.connectors.registry import ConnectorFactory
 from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.providers.env import ProviderEnv
+from impactin_pipelines.providers.goodera.connector import GooderaConnector
+from impactin_pipelines.providers.workday.rest import WorkdayRestConnector
 from impactin_pipelines.services.extract import extract
 from impactin_pipelines.store.engine import read_connection
 from impactin_pipelines.store.schema import company_integrations as ci
@@ -88,7 +90,9 @@ def make_factory(engine: Engine, sandbox: Any, case: Case, *, warm: bool = True,
     (the sandbox's fault queue is shared by a provider's API and its token endpoint)."""
     factory = ConnectorFactory(engine, env=case.provider_env(sandbox), settings=fast_settings(**settings))
     if warm and case.oauth:
-        factory.connector(COMPANY, Provider(case.provider)).oauth.bearer()  # type: ignore[attr-defined]
+        connector = factory.connector(COMPANY, Provider(case.provider))
+        assert isinstance(connector, GooderaConnector | WorkdayRestConnector), connector
+        connector.oauth.bearer()
     return factory
 
 
@@ -146,7 +150,7 @@ class Sleeps:
 
 @contextmanager
 def when(
-    predicate: Callable[[], bool], action: Callable[[], None], *, timeout_s: float = 30.0, poll_s: float = 0.005
+    predicate: Callable[[], bool], action: Callable[[], object], *, timeout_s: float = 30.0, poll_s: float = 0.005
 ) -> Iterator[list[bool]]:
     """Run `action` once, in the background, as soon as `predicate` holds (bounded). Yields [fired]."""
     fired: list[bool] = []
@@ -295,7 +299,7 @@ def read(engine: Engine, sandbox: Any, case: Case, scenario: str, *, runs: int) 
     with read_connection(engine) as conn:
         eligible = set(conn.execute(eligible_stmt).scalars())
         rows = [dict(r._mapping) for r in conn.execute(sa.select(d).where(d.c.provider == case.provider)).all()]
-        attempts = Counter(
+        attempts: Counter[str] = Counter(
             dict(conn.execute(sa.select(a.c.delivery_id, sa.func.count()).group_by(a.c.delivery_id)).all())
         )
     snap = sandbox.providers[case.provider].snapshot()

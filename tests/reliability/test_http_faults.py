@@ -23,7 +23,7 @@ def _all_consumed(sandbox: Any, case: Case) -> None:
     assert sandbox.providers[case.provider].faults.fail_next == [], "the scripted faults never all happened"
 
 
-def test_read_timeout(engine, sandbox, case) -> None:  # type: ignore[no-untyped-def]
+def test_read_timeout(engine, sandbox, case) -> None:
     """The provider answers after our read timeout; twice it had already stored the event."""
     hang = {"mode": "hang", "seconds": 1.0}
     faults = {"fail_next": [{**hang, "count": 3}, {**hang, "accept": True, "count": 2}]}
@@ -34,7 +34,7 @@ def test_read_timeout(engine, sandbox, case) -> None:  # type: ignore[no-untyped
     assert sum(out.ledger.duplicates.values()) == 2  # the two lost answers, absorbed by the idempotency key
 
 
-def test_connection_reset(engine, sandbox, case) -> None:  # type: ignore[no-untyped-def]
+def test_connection_reset(engine, sandbox, case) -> None:
     faults = {"fail_next": [{"mode": "reset", "count": 3}, {"mode": "reset", "accept": True, "count": 2}]}
     out = deliver_with_fault(engine, sandbox, case, "connection reset", faults)
     out.ledger.check()
@@ -43,7 +43,7 @@ def test_connection_reset(engine, sandbox, case) -> None:  # type: ignore[no-unt
     assert sum(out.ledger.duplicates.values()) == 2
 
 
-def test_429_storm_with_retry_after(engine, sandbox, case) -> None:  # type: ignore[no-untyped-def]
+def test_429_storm_with_retry_after(engine, sandbox, case) -> None:
     """16 refusals for 4 workers: some row is refused at least 4 times, more than the 3 attempts a row has, yet
     everything goes out in the first run, because a rate-limit wait costs no attempt; each wait is the
     provider's Retry-After (scaled down to 0.2 s, like every delay in the tests)."""
@@ -71,7 +71,7 @@ def test_429_storm_with_retry_after(engine, sandbox, case) -> None:  # type: ign
     ],
     ids=["500", "502", "503", "504"],
 )
-def test_5xx_burst(engine, sandbox, case, status: int, burst: list[dict[str, Any]]) -> None:  # type: ignore[no-untyped-def]
+def test_5xx_burst(engine, sandbox, case, status: int, burst: list[dict[str, Any]]) -> None:
     """A burst of 6 for 4 workers: rows whose 3 attempts all hit it are parked `retrying` and finished by a
     re-run; the rest are retried within the run."""
     out = deliver_with_fault(engine, sandbox, case, f"burst of {status}", {"fail_next": burst})
@@ -81,7 +81,7 @@ def test_5xx_burst(engine, sandbox, case, status: int, burst: list[dict[str, Any
     assert sum(out.ledger.duplicates.values()) == sum(f.get("count", 1) for f in burst if f.get("accept"))
 
 
-def test_empty_body(engine, sandbox, case) -> None:  # type: ignore[no-untyped-def]
+def test_empty_body(engine, sandbox, case) -> None:
     """An error status with no body is still that status (retried); a 2xx with no body after the provider stored
     the event is success for the JSON APIs, and a retry for SOAP, which needs a reply envelope to be sure."""
     faults = {"fail_next": [{"status": 503, "body": "", "count": 3}, {"status": 200, "body": "", "accept": True}]}
@@ -91,7 +91,7 @@ def test_empty_body(engine, sandbox, case) -> None:  # type: ignore[no-untyped-d
     assert sum(out.ledger.duplicates.values()) == (1 if case.name == "workday_soap" else 0)
 
 
-def test_html_body(engine, sandbox, case) -> None:  # type: ignore[no-untyped-def]
+def test_html_body(engine, sandbox, case) -> None:
     """A maintenance page with a 503 keeps its status (retried, never a permanent failure). An HTML 200 is a proxy
     or portal answering, not the API: retried, whether the provider had stored the event (the retry is absorbed by
     its dedup) or never saw it (it used to count as delivered, and the event was lost)."""
@@ -110,7 +110,7 @@ def test_html_body(engine, sandbox, case) -> None:  # type: ignore[no-untyped-de
     assert sum(out.ledger.duplicates.values()) == 1
 
 
-def test_truncated_body(engine, sandbox, case) -> None:  # type: ignore[no-untyped-def]
+def test_truncated_body(engine, sandbox, case) -> None:
     """The connection drops in the middle of the answer's body, before and after the provider stored the event."""
     faults = {"fail_next": [{"mode": "truncate", "status": 503, "count": 2}, {"mode": "truncate", "accept": True}]}
     out = deliver_with_fault(engine, sandbox, case, "truncated body", faults)
@@ -120,7 +120,7 @@ def test_truncated_body(engine, sandbox, case) -> None:  # type: ignore[no-untyp
     assert sum(out.ledger.duplicates.values()) == 1
 
 
-def test_soap_fault(engine, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_soap_fault(engine, sandbox) -> None:
     """Workday SOAP: Server faults are retried; a Client (validation) fault is permanent, the row is failed/rejected
     with the faultstring, and the operator replays it once the cause is fixed."""
     case = BY_NAME["workday_soap"]

@@ -5,7 +5,7 @@ from tests.reliability.ledger import accepted_count, make_factory, read, seed, s
 from tests.support import deliver, rows
 
 
-def test_token_endpoint_down(engine, sandbox, oauth_case) -> None:  # type: ignore[no-untyped-def]
+def test_token_endpoint_down(engine, sandbox, oauth_case) -> None:
     """Down (a hang, then 503s) for the whole first run: nothing is sent, every row is parked `retrying` with the
     reason, and the run after the endpoint is back delivers everything."""
     fake = sandbox.providers[oauth_case.provider]
@@ -35,7 +35,7 @@ def test_token_endpoint_down(engine, sandbox, oauth_case) -> None:  # type: igno
     assert len(ledger.sends) == n
 
 
-def test_token_expires_mid_run(engine, sandbox, oauth_case) -> None:  # type: ignore[no-untyped-def]
+def test_token_expires_mid_run(engine, sandbox, oauth_case) -> None:
     """Tokens live 2 s, less than the run (re-fetched ahead of expiry), and after 4 deliveries the provider also
     revokes every token it issued: the 401s re-fetch once and retry without costing an attempt, so one run
     delivers everything exactly once."""

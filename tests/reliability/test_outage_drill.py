@@ -36,11 +36,11 @@ DOWN = {"fail_next": {"status": 503, "count": 100_000}}
 FAST = RetryConfig(initial_delay_s=0.01, max_delay_s=0.05)
 
 
-def _url(engine) -> str:  # type: ignore[no-untyped-def]
+def _url(engine) -> str:
     return engine.url.render_as_string(hide_password=False)
 
 
-def _job(engine, sandbox, case, cap: int) -> dg.JobDefinition:  # type: ignore[no-untyped-def]
+def _job(engine, sandbox, case, cap: int) -> dg.JobDefinition:
     resources = {
         "warehouse": WarehouseResource(url=_url(engine)),
         "providers": ProvidersResource(**{**sandbox.env(), **case.env}),
@@ -50,7 +50,7 @@ def _job(engine, sandbox, case, cap: int) -> dg.JobDefinition:  # type: ignore[n
     return defs.resolve_job_def(impact_delivery_job.name)
 
 
-def _tick(instance: dg.DagsterInstance, engine, cap: int, cursor: str | None) -> dg.SensorResult:  # type: ignore[no-untyped-def]
+def _tick(instance: dg.DagsterInstance, engine, cap: int, cursor: str | None) -> dg.SensorResult:
     resources = {
         "warehouse": WarehouseResource(url=_url(engine)),
         "delivery": DeliveryResource(max_run_attempts=cap),
@@ -61,7 +61,7 @@ def _tick(instance: dg.DagsterInstance, engine, cap: int, cursor: str | None) ->
     return result
 
 
-def _nightly(job: dg.JobDefinition, instance: dg.DagsterInstance, case) -> None:  # type: ignore[no-untyped-def]
+def _nightly(job: dg.JobDefinition, instance: dg.DagsterInstance, case) -> None:
     tags = PartitionRange(COMPANY, COMPANY, case.provider, case.provider).tags("schedule")
     assert job.execute_in_process(instance=instance, tags=tags).success
 
@@ -70,13 +70,13 @@ def _execute(job: dg.JobDefinition, instance: dg.DagsterInstance, request: dg.Ru
     assert job.execute_in_process(instance=instance, tags=request.tags, run_config=request.run_config).success
 
 
-def _prepare(engine, sandbox, case) -> None:  # type: ignore[no-untyped-def]
+def _prepare(engine, sandbox, case) -> None:
     seed(engine, case, N, extract_now=False)  # the nightly run extracts
     make_factory(engine, sandbox, case).close()  # an OAuth token in the store: the outage is the API's
     sandbox.providers[case.provider].configure(DOWN)
 
 
-def test_outage_longer_than_a_run_is_healed_by_the_rerun_sensor(engine, sandbox, case) -> None:  # type: ignore[no-untyped-def]
+def test_outage_longer_than_a_run_is_healed_by_the_rerun_sensor(engine, sandbox, case) -> None:
     cap = 4
     _prepare(engine, sandbox, case)
     job = _job(engine, sandbox, case, cap)
@@ -112,7 +112,7 @@ def test_outage_longer_than_a_run_is_healed_by_the_rerun_sensor(engine, sandbox,
     assert sum(1 for s in ledger.sends if s["status"] == 503) == 2 * N * 3  # 2 runs x 3 attempts per row
 
 
-def test_provider_that_never_comes_back_ends_exhausted_and_the_sensor_stops(engine, sandbox, case) -> None:  # type: ignore[no-untyped-def]
+def test_provider_that_never_comes_back_ends_exhausted_and_the_sensor_stops(engine, sandbox, case) -> None:
     cap = 3
     _prepare(engine, sandbox, case)
     job = _job(engine, sandbox, case, cap)

@@ -61,7 +61,7 @@ def _postgres_victim(warehouse_url: str) -> Iterator[Fault]:
     )
 
     @event.listens_for(victim, "before_cursor_execute")
-    def _terminate(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+    def _terminate(conn, cursor, statement, parameters, context, executemany):
         if not statement.lstrip().upper().startswith("INSERT INTO IMPACT_DELIVERY_ATTEMPTS"):
             return
         with lock:
@@ -77,15 +77,16 @@ def _postgres_victim(warehouse_url: str) -> Iterator[Fault]:
     admin.dispose()
 
 
-def _sqlite_victim(warehouse_url: str, sandbox, case) -> Iterator[Fault]:  # type: ignore[no-untyped-def]
+def _sqlite_victim(warehouse_url: str, sandbox, case) -> Iterator[Fault]:
     victim = make_engine(warehouse_url)
 
     @event.listens_for(victim, "connect")
-    def _short_busy_timeout(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+    def _short_busy_timeout(dbapi_connection, _record):
         dbapi_connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
     fault = Fault(victim)
     path = make_url(warehouse_url).database
+    assert path is not None
 
     def hold_the_write_lock() -> None:
         other = sqlite3.connect(path, timeout=30, isolation_level=None)
@@ -100,7 +101,7 @@ def _sqlite_victim(warehouse_url: str, sandbox, case) -> Iterator[Fault]:  # typ
     victim.dispose()
 
 
-def test_warehouse_connection_dropped_mid_run(engine, warehouse_url, sandbox, case) -> None:  # type: ignore[no-untyped-def]
+def test_warehouse_connection_dropped_mid_run(engine, warehouse_url, sandbox, case) -> None:
     n = 16
     seed(engine, case, n, sandbox=sandbox)
     sandbox.providers[case.provider].configure({"latency_ms": 40})
