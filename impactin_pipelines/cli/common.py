@@ -35,7 +35,7 @@ class ProviderChoice(click.Choice):
 def engine(*, require_schema: bool = True) -> Engine:
     eng = make_engine(warehouse_url())
     if require_schema:
-        have, want = migrations.current_version(eng), max((m.version for m in migrations.available()), default=0)
+        have, want = migrations.current_version(eng), migrations.latest_version()
         if have < want:
             raise click.ClickException(
                 f"the warehouse schema is at version {have}, this code needs {want}: run `impactin db upgrade`"

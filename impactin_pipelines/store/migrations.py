@@ -11,6 +11,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from impactin_pipelines.store.engine import read_connection
 from impactin_pipelines.store.schema import UTCDateTime
 
 SQL_DIR = Path(__file__).parent.parent / "sql"
@@ -51,10 +52,16 @@ def available(sql_dir: Path = SQL_DIR) -> list[Migration]:
 
 
 def current_version(engine: Engine) -> int:
-    if not sa.inspect(engine).has_table(schema_migrations.name):
-        return 0
-    with engine.connect() as conn:
+    """The version the warehouse is at (0 before any migration); a read-only look, no write lock on SQLite."""
+    with read_connection(engine) as conn:
+        if not sa.inspect(conn).has_table(schema_migrations.name):
+            return 0
         return conn.execute(sa.select(sa.func.coalesce(sa.func.max(schema_migrations.c.version), 0))).scalar_one()
+
+
+def latest_version(sql_dir: Path = SQL_DIR) -> int:
+    """The version this code needs: its newest migration."""
+    return max((m.version for m in available(sql_dir)), default=0)
 
 
 def upgrade(engine: Engine, sql_dir: Path = SQL_DIR) -> list[Migration]:

@@ -10,26 +10,16 @@ from starlette.routing import Route
 
 from impactin_pipelines.api.routes.context import context
 from impactin_pipelines.store import migrations
-from impactin_pipelines.store.engine import read_connection
 
 SERVICE = "impact-in"
 CHECK_TIMEOUT_S = 5.0
 
 
-def _schema_version(engine: Engine) -> int:
-    """A read-only look (no write lock on SQLite, unlike migrations.current_version)."""
-    table = migrations.schema_migrations
-    with read_connection(engine) as conn:
-        if not sa.inspect(conn).has_table(table.name):
-            return 0
-        return conn.execute(sa.select(sa.func.coalesce(sa.func.max(table.c.version), 0))).scalar_one()
-
-
 async def _database_checks(engine: Engine) -> dict[str, str]:
-    wanted = max((m.version for m in migrations.available()), default=0)
+    wanted = migrations.latest_version()
     try:
         with anyio.fail_after(CHECK_TIMEOUT_S):
-            have = await anyio.to_thread.run_sync(_schema_version, engine, abandon_on_cancel=True)
+            have = await anyio.to_thread.run_sync(migrations.current_version, engine, abandon_on_cancel=True)
     except TimeoutError:
         return {"database": f"unavailable: no answer within {CHECK_TIMEOUT_S:.0f} s"}
     except sa.exc.SQLAlchemyError as exc:  # the driver's message may name hosts and users: say only what failed
