@@ -8,7 +8,21 @@ import click
 from impactin_pipelines.cli.common import ProviderChoice, engine
 from impactin_pipelines.cli.output import echo_json, table
 from impactin_pipelines.connectors.registry import ConnectorFactory
-from impactin_pipelines.services.replay import MAX_BULK_IDS, ReplayResult, replay_all_failed, replay_many
+from impactin_pipelines.services.replay import (
+    MAX_BULK_IDS,
+    ReplayResult,
+    SelectionProblem,
+    replay_all_failed,
+    replay_many,
+    selection_problems,
+)
+
+USAGE = {
+    SelectionProblem.IDS_XOR_ALL_FAILED: "give delivery IDs, or --all-failed --company C (not both)",
+    SelectionProblem.ALL_FAILED_WITHOUT_COMPANY: "--all-failed needs --company",
+    SelectionProblem.FILTER_WITHOUT_ALL_FAILED: "--company and --provider go with --all-failed",
+    SelectionProblem.UNKNOWN_PROVIDER: "--provider is not a registered provider",
+}
 
 
 @click.command()
@@ -26,12 +40,9 @@ def replay(
     A delivered row is refused; a row being delivered right now is refused, not sent twice. Exits 1 when any
     replay did not end in `success` (or, with --dry-run, could not be prepared).
     """
-    if all_failed == bool(ids):
-        raise click.UsageError("give delivery IDs, or --all-failed --company C (not both)")
-    if all_failed and not company:
-        raise click.UsageError("--all-failed needs --company")
-    if not all_failed and (company or provider):
-        raise click.UsageError("--company and --provider go with --all-failed")
+    problems = selection_problems(ids, all_failed, company, provider)
+    if problems:  # --provider is a choice of registered providers already
+        raise click.UsageError(USAGE[problems[0]])
     eng = engine()
     factory = ConnectorFactory(eng)
     try:

@@ -16,7 +16,14 @@ from pydantic import Field
 from impactin_pipelines.connectors.registry import ConnectorFactory
 from impactin_pipelines.defs.resources import DeliveryResource, ProvidersResource, WarehouseResource
 from impactin_pipelines.domain.providers import PROVIDERS
-from impactin_pipelines.services.replay import MAX_BULK_IDS, ReplayResult, replay_all_failed, replay_many
+from impactin_pipelines.services.replay import (
+    MAX_BULK_IDS,
+    ReplayResult,
+    SelectionProblem,
+    replay_all_failed,
+    replay_many,
+    selection_problems,
+)
 
 SHOWN_ROWS = 200  # rows in the markdown table; the counts always cover all of them
 
@@ -29,17 +36,15 @@ class ReplayConfig(dg.Config):
     dry_run: bool = Field(False, description="Show what would be sent, secrets masked; send nothing.")
 
     def problems(self) -> list[str]:
-        found = []
-        if self.all_failed == bool(self.ids):
-            found.append("give ids, or all_failed with company (not both)")
-        if self.all_failed and not self.company:
-            found.append("all_failed needs company")
-        if not self.all_failed and (self.company or self.provider):
-            found.append("company and provider go with all_failed")
-        if len(self.ids) > MAX_BULK_IDS:
+        words = {
+            SelectionProblem.IDS_XOR_ALL_FAILED: "give ids, or all_failed with company (not both)",
+            SelectionProblem.ALL_FAILED_WITHOUT_COMPANY: "all_failed needs company",
+            SelectionProblem.FILTER_WITHOUT_ALL_FAILED: "company and provider go with all_failed",
+            SelectionProblem.UNKNOWN_PROVIDER: f"provider={self.provider!r} is not one of {', '.join(PROVIDERS)}",
+        }
+        found = [words[p] for p in selection_problems(self.ids, self.all_failed, self.company, self.provider)]
+        if len(self.ids) > MAX_BULK_IDS:  # the command line pages ids; one Launchpad run takes one page
             found.append(f"ids: {len(self.ids)} given, at most {MAX_BULK_IDS}")
-        if self.provider is not None and self.provider not in PROVIDERS:
-            found.append(f"provider={self.provider!r} is not one of {', '.join(PROVIDERS)}")
         return found
 
 

@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -23,7 +24,7 @@ from sqlalchemy.engine import Engine
 from impactin_pipelines.connectors.base import OutboundDelivery
 from impactin_pipelines.connectors.registry import ConnectorFactory
 from impactin_pipelines.domain.errors import ConfigError
-from impactin_pipelines.domain.providers import Provider
+from impactin_pipelines.domain.providers import PROVIDERS, Provider
 from impactin_pipelines.domain.statuses import DeliveryStatus, RowOutcome
 from impactin_pipelines.observability import log_delivery
 from impactin_pipelines.services.deliver import DeliveryRun, RowResult
@@ -39,6 +40,31 @@ BUSY = "Delivery is being delivered right now"
 
 class DeliveryNotFound(LookupError):
     """Unknown id, or a row outside the caller's company scope (indistinguishable on purpose)."""
+
+
+class SelectionProblem(StrEnum):
+    """What can be wrong with a replay selection; each door (CLI, Launchpad) words it in its own terms."""
+
+    IDS_XOR_ALL_FAILED = "ids_xor_all_failed"  # neither, or both
+    ALL_FAILED_WITHOUT_COMPANY = "all_failed_without_company"
+    FILTER_WITHOUT_ALL_FAILED = "filter_without_all_failed"  # company/provider narrow all_failed only
+    UNKNOWN_PROVIDER = "unknown_provider"
+
+
+def selection_problems(
+    ids: Sequence[str], all_failed: bool, company: str | None, provider: str | None
+) -> list[SelectionProblem]:
+    """The rules of a replay selection, once: ids, or every failed row of a company (optionally one provider)."""
+    found = []
+    if all_failed == bool(ids):
+        found.append(SelectionProblem.IDS_XOR_ALL_FAILED)
+    if all_failed and not company:
+        found.append(SelectionProblem.ALL_FAILED_WITHOUT_COMPANY)
+    if not all_failed and (company or provider):
+        found.append(SelectionProblem.FILTER_WITHOUT_ALL_FAILED)
+    if provider is not None and provider not in PROVIDERS:
+        found.append(SelectionProblem.UNKNOWN_PROVIDER)
+    return found
 
 
 class ReplayRefused(ValueError):
