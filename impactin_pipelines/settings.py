@@ -153,6 +153,19 @@ class RetrySettings(ImpactinSettings):
     rerun_max_delay_s: float = Field(6 * 3600.0, ge=0, validation_alias="IMPACTIN_RERUN_MAX_DELAY_S")
 
 
+class CircuitSettings(ImpactinSettings):
+    """The circuit breaker per provider credential: it opens after `failures` consecutive transient failures, for a
+    cool-down that doubles with each failed probe up to the cap. 0 failures turns it off."""
+
+    model_config = SettingsConfigDict(env_prefix="IMPACTIN_CIRCUIT_")
+
+    failures: int = Field(10, ge=0)
+    cooldown_s: float = Field(30.0, ge=0)
+    max_cooldown_s: float = Field(600.0, ge=0)
+    # how stale a process's view of the shared state may get (it reads the warehouse at most this often)
+    refresh_s: float = Field(2.0, ge=0)
+
+
 class DeliverySettings(ImpactinSettings):
     """One delivery pass: parallelism, claims, HTTP timeouts, the run cap, and the retry policy."""
 
@@ -166,6 +179,7 @@ class DeliverySettings(ImpactinSettings):
     # runs (sensor re-runs) a retrying row gets before it is `failed/exhausted`
     max_run_attempts: int = Field(5, ge=1)
     retry: RetrySettings = Field(default_factory=RetrySettings)  # reads its own IMPACTIN_RETRY_* variables
+    circuit: CircuitSettings = Field(default_factory=CircuitSettings)  # reads its own IMPACTIN_CIRCUIT_* variables
 
 
 class CheckSettings(ImpactinSettings):

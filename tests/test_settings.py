@@ -31,7 +31,8 @@ from tests.test_checks import add_row
 
 # (resource, the model declaring its fields, the fields it takes from that model)
 DECLARED: list[tuple[type[dg.Config], type[ImpactinSettings], list[str]]] = [
-    (DeliveryResource, DeliverySettings, [n for n in DeliverySettings.model_fields if n != "retry"]),
+    # the circuit breaker's settings are not run config: its state is shared by every run, so are its thresholds
+    (DeliveryResource, DeliverySettings, [n for n in DeliverySettings.model_fields if n not in ("retry", "circuit")]),
     (DeliveryResource, LogSettings, ["run_log_level"]),
     (RetryConfig, RetrySettings, list(RetrySettings.model_fields)),
     (ChecksResource, CheckSettings, list(CheckSettings.model_fields)),

@@ -380,6 +380,21 @@ def _paths() -> dict[str, Any]:
                 "responses": {"200": _json("Health", "Ready."), "503": _json("Health", "Not ready.")},
             }
         },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics of every delivery, read from the warehouse (admin key).",
+                "responses": {
+                    "200": {
+                        "description": "The Prometheus text exposition format.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    **_errors("401"),
+                    "403": _json("Error", "A company key: the metrics span every company."),
+                    **_errors("429", "503"),
+                },
+            }
+        },
     }
 
 

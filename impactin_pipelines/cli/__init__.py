@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("impactin_pipelines.cli.replay:replay", "Send failed or chosen deliveries again, same idempotency key."),
     "api": ("impactin_pipelines.cli.api:api", "Serve the /v1/impact-in HTTP API."),
     "api-keys": ("impactin_pipelines.cli.api:api_keys", "Create, list and revoke per-company API keys."),
-    "providers": ("impactin_pipelines.cli.providers:providers", "Check provider connectivity and credentials."),
+    "providers": ("impactin_pipelines.cli.providers:providers", "Provider connectivity, circuit breakers, pauses."),
     "keys": ("impactin_pipelines.cli.keys:keys", "Encryption keys: generate, encrypt a secret, rotate."),
 }
 

@@ -1,6 +1,6 @@
 """Asset checks on the deliveries: stuck rows, failure rate (WARN / ERROR), ledger balance, rows retrying past
-the cap. Each result's metadata names the rows at fault. Not partitioned (partitioned checks are preview in
-1.13): each looks at the whole ledger, and runs in the stats job after every successful delivery run.
+the cap, circuit breakers. Each result's metadata names the rows at fault. Not partitioned (partitioned checks are
+preview in 1.13): each looks at the whole ledger, and runs in the stats job after every successful delivery run.
 
 Thresholds: the checks resource (IMPACTIN_CHECK_*); the cap: the delivery resource's max_run_attempts."""
 
@@ -13,6 +13,8 @@ import dagster as dg
 from impactin_pipelines.defs.assets.delivery import impact_deliveries
 from impactin_pipelines.defs.resources import ChecksResource, DeliveryResource, WarehouseResource
 from impactin_pipelines.services import health
+from impactin_pipelines.services.health import circuit_finding
+from impactin_pipelines.store.circuits import snapshot
 
 SEVERITY = {health.ERROR: dg.AssetCheckSeverity.ERROR, health.WARN: dg.AssetCheckSeverity.WARN}
 
@@ -82,4 +84,18 @@ def no_retrying_past_cap(warehouse: WarehouseResource, delivery: DeliveryResourc
     return result(finding, {})
 
 
-delivery_checks = [no_stuck_deliveries, delivery_failure_rate, delivery_ledger_balances, no_retrying_past_cap]
+@dg.asset_check(
+    asset=impact_deliveries,
+    description="Every provider's circuit breakers are closed (ERROR when one is open, WARN when paused by hand).",
+)
+def circuits_closed(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    return result(circuit_finding(snapshot(warehouse.engine), datetime.now(UTC)), {})
+
+
+delivery_checks = [
+    no_stuck_deliveries,
+    delivery_failure_rate,
+    delivery_ledger_balances,
+    no_retrying_past_cap,
+    circuits_closed,
+]

@@ -100,13 +100,15 @@ class DeliveryResource(dg.ConfigurableResource):
     run_log_level: str = declared(LogSettings, "run_log_level", pattern=f"^({'|'.join(RUN_LOG_LEVELS)})$")
 
     def settings(self) -> DeliverySettings:
-        return DeliverySettings(**_values(self, DeliverySettings, skip=("retry",)), retry=self.retry.settings())
+        return DeliverySettings(
+            **_values(self, DeliverySettings, skip=("retry", "circuit")), retry=self.retry.settings()
+        )
 
     @classmethod
     def from_env(cls) -> "DeliveryResource":
         base = DeliverySettings.from_env()
         return cls(
-            **base.model_dump(exclude={"retry"}),
+            **base.model_dump(exclude={"retry", "circuit"}),
             retry=RetryConfig.of(base.retry),
             run_log_level=LogSettings.from_env().run_log_level,
         )

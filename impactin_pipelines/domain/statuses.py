@@ -43,6 +43,7 @@ class RowOutcome(StrEnum):
     CLAIM_LOST = "claim_lost"  # the claim was taken over or lapsed: the row is left to its new holder
     NOT_SENT = "not_sent"  # the run could no longer record deliveries, so it sent this row no (further) request
     UNRECORDED = "unrecorded"  # the warehouse failed while this row's attempt or settlement was being written
+    HELD = "held"  # its provider's circuit was open or paused: not sent, no attempt spent, the row stays due
 
     @classmethod
     def settled(cls, status: DeliveryStatus) -> "RowOutcome":

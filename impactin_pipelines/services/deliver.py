@@ -28,6 +28,7 @@ from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.domain.statuses import DeliveryStatus, ErrorKind, RowOutcome
 from impactin_pipelines.observability import log_delivery
 from impactin_pipelines.settings import DeliverySettings
+from impactin_pipelines.store.circuits import CircuitGate, Hold
 from impactin_pipelines.store.claimants import Claimant
 from impactin_pipelines.store.outbox import Outbox, Settlement, utcnow
 
@@ -155,6 +156,7 @@ class DeliveryRun:
         self._taken: set[str] = set()  # targeted rows claimed once already: a settled row is never re-claimed
         self.claimant = str(Claimant.new())
         self.report = DeliveryReport(provider.value)
+        self.circuits = CircuitGate(engine, provider.value, self.settings, logger=logger)  # held rows stay due
         # Set when the warehouse fails us (a delivery could not be recorded, or claiming failed): from then on this
         # run sends nothing more, since what it sent could not be recorded; its unsent rows come back when released
         # or when their lease lapses. Without it, every claimed row would go out unrecorded and be sent again.
@@ -283,9 +285,13 @@ class DeliveryRun:
                 return RowResult(
                     row, RowOutcome.NOT_SENT, None, attempts, "not retried: this run could no longer record deliveries"
                 )
+            ticket = self.circuits.admit(row, connector)
+            if isinstance(ticket, Hold):  # circuit open or paused: no request, no attempt spent
+                return RowResult(row, RowOutcome.HELD, None, attempts, ticket.reason)
             if not self.outbox.confirm(self.claimant, row.id, row.claim_version, self.settings.lease_s):
                 return self._claim_lost(row, attempts, LOST_AT_SEND)
             result = connector.send(row)
+            self.circuits.report(ticket, row, result)
             attempts += 1
             decision = self.policy.decide(
                 result.outcome,

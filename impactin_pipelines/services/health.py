@@ -4,7 +4,8 @@ the rows at fault (a sample, with the total), so the check's metadata says exact
 A company or window with nothing settled is healthy, never a breach: no deliveries is not a failure rate.
 """
 
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from impactin_pipelines.connectors.circuit import Circuit, CircuitState, describe
 from impactin_pipelines.domain.providers import PROVIDERS
 from impactin_pipelines.domain.statuses import DeliveryStatus
 from impactin_pipelines.settings import CheckSettings
@@ -175,3 +177,26 @@ def retrying_past_cap(engine: Engine, max_run_attempts: int, now: datetime) -> F
     if not n:
         return Finding(True, f"no retrying row has had {max_run_attempts} runs", metrics=metrics)
     return Finding(False, f"{n} retrying row(s) already had {max_run_attempts} runs", WARN, metrics, rows)
+
+
+def circuit_finding(circuits: Sequence[Circuit], now: datetime) -> Finding:
+    """Fails while a circuit breaker is open or half-open (ERROR: a provider is failing, its rows wait) or an
+    operator's pause holds a provider (WARN: deliberate, but nothing goes out until it is resumed)."""
+    not_closed = [x for x in circuits if x.state is not CircuitState.CLOSED]
+    by_state = Counter(x.state.value for x in circuits)
+    metrics = {f"circuits_{state.value}": by_state[state.value] for state in CircuitState}
+    rows = [
+        {
+            "provider": x.provider,
+            "scope": x.scope,
+            "state": x.state.value,
+            "company": x.company_id,
+            "detail": describe(x, now),
+        }
+        for x in not_closed
+    ]
+    if not not_closed:
+        return Finding(True, "every circuit breaker is closed", metrics=metrics)
+    tripped = [x for x in not_closed if x.state is not CircuitState.PAUSED]
+    names = ", ".join(sorted({f"{x.provider} ({x.state.value})" for x in not_closed}))
+    return Finding(False, f"not sending: {names}", ERROR if tripped else WARN, metrics, rows[:SAMPLE_ROWS])

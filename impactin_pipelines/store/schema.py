@@ -132,3 +132,18 @@ impact_provider_tokens = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
 )
+
+impactin_circuits = sa.Table(
+    "impactin_circuits",
+    metadata,
+    sa.Column("provider", sa.Text, primary_key=True),
+    sa.Column("scope", sa.Text, primary_key=True),
+    sa.Column("state", sa.Text, nullable=False, server_default="closed"),
+    sa.Column("failures", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("trips", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("open_until", UTCDateTime),
+    sa.Column("probe_until", UTCDateTime),
+    sa.Column("company_id", sa.Text),
+    sa.Column("last_error", sa.Text),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)

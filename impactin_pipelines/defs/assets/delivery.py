@@ -82,6 +82,7 @@ def _partition_metadata(counts: DeliveryCounts) -> dict[str, object]:
         "rejected": counts.error_kinds[ErrorKind.REJECTED],
         "config_errors": counts.error_kinds[ErrorKind.CONFIG],
         "exhausted": counts.error_kinds[ErrorKind.EXHAUSTED],
+        "held": counts.outcomes[RowOutcome.HELD],  # not sent: the provider's circuit was open or paused
         "attempts": counts.attempts,
         "internal_errors": counts.outcomes[RowOutcome.NOT_SENT] + counts.outcomes[RowOutcome.UNRECORDED],
     }

@@ -11,6 +11,7 @@ from impactin_pipelines.defs.assets.delivery import GROUP, impact_deliveries
 from impactin_pipelines.defs.resources import WarehouseResource
 from impactin_pipelines.domain.providers import PROVIDERS
 from impactin_pipelines.domain.statuses import ErrorKind
+from impactin_pipelines.services.metrics import metrics_metadata
 from impactin_pipelines.services.stats import (
     COUNT_NAME_OF_STATUS,
     STATUS_NAMES,
@@ -140,4 +141,5 @@ def delivery_stats(
     metadata["summary"] = dg.MetadataValue.md(stats_markdown(stats))
     metadata["period_days"] = config.period_days
     metadata["snapshot_computed_at"] = now.isoformat()
+    metadata.update(metrics_metadata(warehouse.engine))  # queue, retries, requests, circuit state per provider
     return dg.MaterializeResult(metadata=metadata)

@@ -1,0 +1,192 @@
+"""Prometheus metrics, computed from the warehouse at scrape time: they cover every run in every process (nightly
+runs, re-runs, the API's deliver-now), not only what the scraped process did itself.
+
+The guide's three, with its names and labels, plus the queue, its oldest row and the circuit breakers:
+
+- `impact_in_deliveries_total{provider,status}`: outbox rows per current status (a gauge: a row moves from
+  pending to success; the guide's name is kept);
+- `impact_in_delivery_duration_seconds{provider}`: histogram of every request's duration (the attempt log);
+- `impact_in_retry_count{provider}`: requests beyond each row's first (attempts - rows attempted);
+- `impact_in_queue_depth{provider}`, `impact_in_oldest_pending_age_seconds{provider}`: rows pending or retrying,
+  and the age of the oldest of them;
+- `impact_in_circuit_state{provider}` (the worst of its breakers) and `impact_in_circuit_breaker_state{provider,
+  scope}` (each breaker and operator pause): 0 closed, 1 half-open, 2 open, 3 paused.
+
+Three aggregate queries per scrape, each read by an index where the planner can (see docs/operations.md#metrics).
+"""
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy.engine import Engine
+
+from impactin_pipelines.connectors.circuit import Circuit, provider_state
+from impactin_pipelines.domain.statuses import DeliveryStatus
+from impactin_pipelines.store.circuits import snapshot
+from impactin_pipelines.store.engine import read_connection
+from impactin_pipelines.store.outbox import status_in, utcnow
+from impactin_pipelines.store.schema import impact_deliveries as d
+from impactin_pipelines.store.schema import impact_delivery_attempts as a
+
+# seconds; a request waits at most connect (5 s) + read (30 s) by default
+DURATION_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass
+class ProviderFigures:
+    by_status: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DeliveryStatus, 0))
+    retries: int = 0
+    queue: int = 0
+    oldest_pending: datetime | None = None
+    buckets: list[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS_S))  # not cumulative
+    requests: int = 0
+    duration_sum_s: float = 0.0
+
+
+@dataclass
+class Figures:
+    """What one scrape read from the warehouse."""
+
+    at: datetime
+    providers: dict[str, ProviderFigures]
+    circuits: list[Circuit]
+
+    def oldest_age_s(self, provider: str) -> float:
+        oldest = self.providers[provider].oldest_pending
+        return max(0.0, (self.at - oldest).total_seconds()) if oldest is not None else 0.0
+
+
+def read_figures(engine: Engine, providers: Iterable[str]) -> Figures:
+    found = {p: ProviderFigures() for p in providers}
+    retries = sa.func.sum(sa.case((d.c.attempt_count > 1, d.c.attempt_count - 1), else_=0))
+    by_status = sa.select(d.c.provider, d.c.status, sa.func.count(), retries).group_by(d.c.provider, d.c.status)
+    # min over the claimable rows: the partial index of the claims (provider, created_at, id) answers it
+    oldest = (
+        sa.select(d.c.provider, sa.func.min(d.c.created_at))
+        .where(status_in((DeliveryStatus.PENDING, DeliveryStatus.RETRYING)))
+        .group_by(d.c.provider)
+    )
+    bucket_sums = [sa.func.sum(sa.case((a.c.duration_ms <= int(le * 1000), 1), else_=0)) for le in DURATION_BUCKETS_S]
+    durations = (
+        sa.select(d.c.provider, sa.func.count(), sa.func.sum(a.c.duration_ms), *bucket_sums)
+        .select_from(a.join(d, d.c.delivery_id == a.c.delivery_id))
+        .group_by(d.c.provider)
+    )
+    with read_connection(engine) as conn:
+        for provider, status, count, retry_sum in conn.execute(by_status):
+            figures = found.setdefault(provider, ProviderFigures())
+            figures.by_status[status] = int(count)
+            figures.retries += int(retry_sum or 0)
+            if status in (DeliveryStatus.PENDING, DeliveryStatus.RETRYING):
+                figures.queue += int(count)
+        for provider, first in conn.execute(oldest):
+            found.setdefault(provider, ProviderFigures()).oldest_pending = _aware(first)
+        for provider, count, total_ms, *cumulative in conn.execute(durations):
+            figures = found.setdefault(provider, ProviderFigures())
+            figures.requests = int(count)
+            figures.duration_sum_s = float(total_ms or 0) / 1000
+            figures.buckets = [int(n or 0) for n in cumulative]
+    return Figures(utcnow(), found, snapshot(engine))
+
+
+def _aware(value: object) -> datetime | None:
+    """min() over a column loses its type on SQLite (text comes back): read it as the column would."""
+    if value is None:
+        return None
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    if not isinstance(moment, datetime):
+        raise TypeError(f"created_at came back as {type(value).__name__}")
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def metric_families(figures: Figures) -> Iterator[Metric]:
+    deliveries = GaugeMetricFamily(
+        "impact_in_deliveries_total",
+        "Deliveries (outbox rows) per provider and current status.",
+        labels=["provider", "status"],
+    )
+    retries = GaugeMetricFamily(
+        "impact_in_retry_count",
+        "Requests sent beyond each delivery's first (retries and re-runs).",
+        labels=["provider"],
+    )
+    queue = GaugeMetricFamily("impact_in_queue_depth", "Deliveries pending or retrying.", labels=["provider"])
+    oldest = GaugeMetricFamily(
+        "impact_in_oldest_pending_age_seconds",
+        "Age of the oldest delivery pending or retrying (0 when none is).",
+        labels=["provider"],
+    )
+    duration = HistogramMetricFamily(
+        "impact_in_delivery_duration_seconds", "Duration of each request to the provider.", labels=["provider"]
+    )
+    circuit = GaugeMetricFamily(
+        "impact_in_circuit_state",
+        "The provider's worst circuit breaker or pause: 0 closed, 1 half-open, 2 open, 3 paused.",
+        labels=["provider"],
+    )
+    breakers = GaugeMetricFamily(
+        "impact_in_circuit_breaker_state",
+        "Each circuit breaker (scope credential:<key>) and operator pause (scope company:<id> or *): "
+        "0 closed, 1 half-open, 2 open, 3 paused.",
+        labels=["provider", "scope"],
+    )
+    codes = {"closed": 0, "half_open": 1, "open": 2, "paused": 3}
+    for provider, f in sorted(figures.providers.items()):
+        for status, count in f.by_status.items():
+            deliveries.add_metric([provider, str(status)], count)
+        retries.add_metric([provider], f.retries)
+        queue.add_metric([provider], f.queue)
+        oldest.add_metric([provider], figures.oldest_age_s(provider))
+        cumulative = [(_le(le), float(n)) for le, n in zip(DURATION_BUCKETS_S, f.buckets, strict=True)]
+        duration.add_metric([provider], [*cumulative, ("+Inf", float(f.requests))], sum_value=f.duration_sum_s)
+        circuit.add_metric([provider], codes[provider_state(figures.circuits, provider).value])
+    for x in figures.circuits:
+        breakers.add_metric([x.provider, x.scope], codes[x.state.value])
+    yield from (deliveries, duration, retries, queue, oldest, circuit, breakers)
+
+
+def _le(value: float) -> str:
+    return repr(float(value))
+
+
+class WarehouseCollector(Collector):
+    """A prometheus-client collector reading the warehouse on each collect (each scrape)."""
+
+    def __init__(self, engine: Engine, providers: Iterable[str] | None = None) -> None:
+        self.engine = engine
+        self.providers = providers
+
+    def collect(self) -> Iterator[Metric]:
+        from impactin_pipelines.providers import provider_names
+
+        yield from metric_families(read_figures(self.engine, self.providers or provider_names()))
+
+
+def exposition(engine: Engine) -> bytes:
+    """The Prometheus text exposition of every metric, read now."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(WarehouseCollector(engine))
+    return generate_latest(registry)
+
+
+def metrics_metadata(engine: Engine) -> dict[str, float | int | str]:
+    """The metrics as flat metadata under stable keys (the `delivery_stats` asset shows and plots them)."""
+    from impactin_pipelines.providers import provider_names
+
+    figures = read_figures(engine, provider_names())
+    values: dict[str, float | int | str] = {}
+    for provider, f in sorted(figures.providers.items()):
+        values[f"{provider}_queue_depth"] = f.queue
+        values[f"{provider}_oldest_pending_age_s"] = round(figures.oldest_age_s(provider), 1)
+        values[f"{provider}_retries"] = f.retries
+        values[f"{provider}_requests"] = f.requests
+        if f.requests:
+            values[f"{provider}_mean_request_s"] = round(f.duration_sum_s / f.requests, 4)
+        values[f"{provider}_circuit"] = provider_state(figures.circuits, provider).value
+    return values
