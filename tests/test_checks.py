@@ -198,6 +198,7 @@ def test_checks_run_with_the_delivery_job_and_carry_the_rows(engine, sandbox) ->
         "delivery_failure_rate",
         "delivery_ledger_balances",
         "no_retrying_past_cap",
+        "circuits_closed",
     }
     rate = evaluations["delivery_failure_rate"]
     assert not rate.passed and rate.severity == dg.AssetCheckSeverity.ERROR  # 2 of 4 rejected
@@ -208,3 +209,4 @@ def test_checks_run_with_the_delivery_job_and_carry_the_rows(engine, sandbox) ->
     stuck = evaluations["no_stuck_deliveries"]
     assert not stuck.passed and stuck.metadata["row_ids"].value == [stale]
     assert evaluations["delivery_ledger_balances"].passed and evaluations["no_retrying_past_cap"].passed
+    assert evaluations["circuits_closed"].passed  # a rejection is an answer: the provider is up

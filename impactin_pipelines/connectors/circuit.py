@@ -88,10 +88,19 @@ class Circuit:
         return replace(self, state=CircuitState.HALF_OPEN, probe_until=now + timedelta(seconds=probe_s), updated_at=now)
 
     def after_failure(
-        self, now: datetime, settings: CircuitSettings, *, company_id: str | None, error: str | None
+        self,
+        now: datetime,
+        settings: CircuitSettings,
+        *,
+        probe: bool = False,
+        company_id: str | None = None,
+        error: str | None = None,
     ) -> "Circuit":
-        """A transient failure: count it; open at the threshold, reopen (doubled) when it was the probe."""
-        if self.state is CircuitState.PAUSED or settings.failures == 0:
+        """A transient failure: counted while closed, opening at the threshold; the probe's reopens it for twice as
+        long. Any other (a request already in flight when it opened) changes nothing."""
+        if settings.failures == 0 or self.state is CircuitState.PAUSED:
+            return self
+        if self.state is not CircuitState.CLOSED and not (probe and self.state is CircuitState.HALF_OPEN):
             return self
         failures = self.failures + 1
         if self.state is CircuitState.HALF_OPEN or failures >= settings.failures:
@@ -108,8 +117,6 @@ class Circuit:
                 last_error=error,
                 updated_at=now,
             )
-        if self.state is CircuitState.OPEN:
-            return self  # a request that was already in flight when it opened
         return replace(self, failures=failures, company_id=company_id, last_error=error, updated_at=now)
 
     def after_success(self, now: datetime) -> "Circuit":

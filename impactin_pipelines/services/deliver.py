@@ -291,7 +291,6 @@ class DeliveryRun:
             if not self.outbox.confirm(self.claimant, row.id, row.claim_version, self.settings.lease_s):
                 return self._claim_lost(row, attempts, LOST_AT_SEND)
             result = connector.send(row)
-            self.circuits.report(ticket, row, result)
             attempts += 1
             decision = self.policy.decide(
                 result.outcome,
@@ -302,6 +301,7 @@ class DeliveryRun:
             )
             settlement = self._settlement(row, result, decision)
             attempt_count, applied = self._settle(row, result, settlement)
+            self.circuits.report(ticket, row, result)
             if not applied:
                 return self._claim_lost(row, attempts, LOST_AT_SETTLE)
             level = logging.INFO if settlement.status is DeliveryStatus.SUCCESS else logging.WARNING

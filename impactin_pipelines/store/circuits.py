@@ -17,7 +17,8 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
 
 from impactin_pipelines.connectors.base import AttemptResult, OutboundDelivery
 from impactin_pipelines.connectors.circuit import (
@@ -81,26 +82,20 @@ class CircuitStore:
 
     def change(self, provider: str, scope: str, how: Callable[[Circuit], Circuit]) -> tuple[Circuit, bool]:
         """Apply `how` to the stored state under a lock; (the state now, whether `how` changed it)."""
+        where = sa.and_(c.c.provider == provider, c.c.scope == scope)
         with self.engine.begin() as conn:
-            current = self._locked(conn, provider, scope)
-            found = current is not None
-            current = current or Circuit(provider, scope)
+            # a row to lock first: two senders must not both find none and both insert
+            insert = sqlite.insert if is_sqlite(self.engine) else postgresql.insert
+            conn.execute(insert(c).values(**_values(Circuit(provider, scope))).on_conflict_do_nothing())
+            stmt = sa.select(c).where(where)
+            if not is_sqlite(self.engine):  # SQLite's BEGIN IMMEDIATE already holds the write lock
+                stmt = stmt.with_for_update()
+            current = _circuit(conn.execute(stmt).one())
             new = how(current)
             if new == current:
                 return current, False
-            if found:
-                where = sa.and_(c.c.provider == provider, c.c.scope == scope)
-                conn.execute(sa.update(c).where(where).values(**_values(new)))
-            else:
-                conn.execute(sa.insert(c).values(**_values(new)))
+            conn.execute(sa.update(c).where(where).values(**_values(new)))
             return new, True
-
-    def _locked(self, conn: Connection, provider: str, scope: str) -> Circuit | None:
-        stmt = sa.select(c).where(c.c.provider == provider, c.c.scope == scope)
-        if not is_sqlite(self.engine):  # SQLite's BEGIN IMMEDIATE already holds the write lock
-            stmt = stmt.with_for_update()
-        row = conn.execute(stmt).first()
-        return _circuit(row) if row is not None else None
 
     def pause(self, provider: str, company_id: str | None, *, reason: str | None = None) -> Circuit:
         """An operator's maintenance window: nothing is sent for the provider (or one company) until resumed."""
@@ -216,7 +211,14 @@ class CircuitGate:
         return f"held: the circuit for {self.provider} is open{until} after {circuit.failures} transient failure(s)"
 
     def report(self, ticket: Ticket, row: OutboundDelivery, result: AttemptResult) -> None:
-        """Count a transient failure, close after a success; write only when that changes something."""
+        """Count a transient failure, close after a success; write only when that changes something. Advisory: a
+        warehouse error here is logged, never raised (the attempt itself is already recorded)."""
+        try:
+            self._report(ticket, row, result)
+        except Exception as exc:
+            self.log.warning(f"circuit {self.provider} {ticket.scope}: state not updated: {type(exc).__name__}")
+
+    def _report(self, ticket: Ticket, row: OutboundDelivery, result: AttemptResult) -> None:
         up = verdict(result.outcome)
         if up is None or (self.settings.failures == 0 and not ticket.probe):
             return
@@ -233,7 +235,9 @@ class CircuitGate:
 
             def fail(cur: Circuit) -> Circuit:
                 before.append(cur)
-                return cur.after_failure(now, self.settings, company_id=row.company_id, error=result.error)
+                return cur.after_failure(
+                    now, self.settings, probe=ticket.probe, company_id=row.company_id, error=result.error
+                )
 
             new, changed = self.store.change(self.provider, ticket.scope, fail)
             if changed and new.state is CircuitState.OPEN and before and before[0].state is not CircuitState.OPEN:
