@@ -47,6 +47,7 @@ def test_a_pass_counts_outcomes_and_error_kinds_per_company_as_enums(engine, san
         "rejected": 1,
         "config_errors": 0,
         "exhausted": 0,
+        "held": 0,
         "attempts": counts.attempts,
         "internal_errors": 0,
     }
@@ -56,13 +57,14 @@ def test_partition_metadata_reads_typed_counts_and_counts_unrecorded_rows_as_int
     counts = DeliveryCounts()
     counts.outcomes.update({RowOutcome.SUCCESS: 3, RowOutcome.NOT_SENT: 2, RowOutcome.UNRECORDED: 1})
     counts.outcomes[RowOutcome.CLAIM_LOST] += 4
+    counts.outcomes[RowOutcome.HELD] += 2  # held by an open circuit: neither an error nor an attempt
     counts.error_kinds[ErrorKind.EXHAUSTED] += 1
     counts.error_kinds[ErrorKind.CONFIG] += 2
     counts.attempts = 9
     metadata = _partition_metadata(counts)
     assert metadata["delivered"] == 3 and metadata["internal_errors"] == 3
     assert (metadata["exhausted"], metadata["config_errors"], metadata["rejected"]) == (1, 2, 0)
-    assert metadata["attempts"] == 9 and counts.rows == 10
+    assert metadata["attempts"] == 9 and metadata["held"] == 2 and counts.rows == 12
 
 
 def test_a_transient_failure_burns_one_attempt_and_a_retry_sends_the_row_again(engine, sandbox) -> None:
@@ -134,5 +136,6 @@ def test_only_settled_outcomes_name_a_delivery_status() -> None:
         RowOutcome.CLAIM_LOST: None,
         RowOutcome.NOT_SENT: None,
         RowOutcome.UNRECORDED: None,
+        RowOutcome.HELD: None,
     }
     assert all(RowOutcome.settled(s).delivery_status is s for s in DeliveryStatus if s is not DeliveryStatus.PENDING)

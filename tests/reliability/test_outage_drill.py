@@ -6,6 +6,10 @@ advanced by making `retrying` rows due (their `next_attempt_at`, minutes away, i
    `retrying`, and the sensor's re-runs deliver them once the provider is back, within the attempt cap.
 2. The provider never comes back: the rows end `failed`/`exhausted` at the cap, the sensor stops asking for runs,
    and the operator's replay (`impactin replay --all-failed`) delivers them once the provider is back.
+
+The circuit breaker is off here (IMPACTIN_CIRCUIT_FAILURES=0): these drills count every retry the policy makes
+against a provider that is down. With the breaker on (the default), the same outage opens it and holds the rows
+instead: tests/reliability/test_circuit_breaker.py drills that.
 """
 
 from datetime import UTC, datetime, timedelta
@@ -28,6 +32,13 @@ from tests.reliability.ledger import COMPANY, make_due, make_factory, read, seed
 from tests.support import rows
 
 N = 6
+
+
+@pytest.fixture(autouse=True)
+def _no_circuit_breaker(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMPACTIN_CIRCUIT_FAILURES", "0")
+
+
 DOWN = {"fail_next": {"status": 503, "count": 100_000}}
 
 
