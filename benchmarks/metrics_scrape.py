@@ -13,7 +13,7 @@ import time
 from sqlalchemy.engine import Engine
 
 from benchmarks.pg import run_sql, scratch_postgres, vacuum
-from impactin_pipelines.services.metrics import exposition
+from impactin_pipelines.services.metrics import MetricsExposition
 
 SEED_ROWS = """
 INSERT INTO impact_deliveries (id, company_id, provider, event_id, delivery_id, payload, payload_hash, status,
@@ -38,11 +38,11 @@ FROM (SELECT d.*, n, (abs(hashtext(d.id)) %% 3000) AS g_ms
 """
 
 
-def _scrape_ms(engine: Engine, repeats: int) -> float:
+def _scrape_ms(metrics: MetricsExposition, repeats: int) -> float:
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        body = exposition(engine)
+        body = metrics.render()
         times.append((time.perf_counter() - started) * 1000)
         assert b"impact_in_deliveries_total" in body
     return statistics.median(times)
@@ -71,11 +71,13 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"metrics scrape: {args.rows:,} rows, {attempts:,} attempts seeded in {time.perf_counter() - started:.1f} s"
         )
-        _scrape_ms(engine, 1)  # warm the caches and the plans
         baseline = _count_ms(engine, args.repeats)
-        scrape = _scrape_ms(engine, args.repeats)
+        metrics = MetricsExposition(engine)
+        first = _scrape_ms(metrics, 1)  # reads the whole attempt log once
+        scrape = _scrape_ms(metrics, args.repeats)
         print(f"  count(*) baseline  {baseline:8.1f} ms")
-        print(f"  one scrape         {scrape:8.1f} ms  ({scrape / baseline:.1f}x the baseline)")
+        print(f"  first scrape       {first:8.1f} ms  ({first / baseline:.1f}x the baseline)")
+        print(f"  later scrapes      {scrape:8.1f} ms  ({scrape / baseline:.1f}x the baseline)")
 
 
 if __name__ == "__main__":

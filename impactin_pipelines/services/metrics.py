@@ -12,12 +12,14 @@ The guide's three, with its names and labels, plus the queue, its oldest row and
 - `impact_in_circuit_state{provider}` (the worst of its breakers) and `impact_in_circuit_breaker_state{provider,
   scope}` (each breaker and operator pause): 0 closed, 1 half-open, 2 open, 3 paused.
 
-Three aggregate queries per scrape, each read by an index where the planner can (see docs/operations.md#metrics).
+Per scrape: one aggregate over the outbox, the oldest claimable row by the claims' index, and the attempts since
+the previous scrape (DurationTally); see docs/operations.md#metrics for what a scrape costs.
 """
 
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, generate_latest
@@ -62,7 +64,69 @@ class Figures:
         return max(0.0, (self.at - oldest).total_seconds()) if oldest is not None else 0.0
 
 
-def read_figures(engine: Engine, providers: Iterable[str]) -> Figures:
+class DurationTally:
+    """The duration histogram, read incrementally: attempt rows are never updated, so requests that started before
+    `SETTLED` ago are summed once and kept, and each scrape reads only the ones since (by the started_at index)
+    plus the last few minutes afresh. A scrape costs the new attempts, not the whole attempt log (the first one
+    reads it all). An attempt row is written when its request ends, within the HTTP timeouts: long before
+    `SETTLED` has passed."""
+
+    SETTLED = timedelta(minutes=5)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._upto: datetime | None = None
+        self._kept: dict[str, _Durations] = {}
+
+    def read(self, conn: sa.Connection, now: datetime) -> dict[str, "_Durations"]:
+        with self._lock:
+            upto = now - self.SETTLED
+            if self._upto is None or upto > self._upto:
+                for provider, found in _durations(conn, self._upto, upto).items():
+                    self._kept.setdefault(provider, _Durations()).add(found)
+                self._upto = upto
+            result = {provider: _Durations().add(kept) for provider, kept in self._kept.items()}
+            for provider, fresh in _durations(conn, self._upto, None).items():
+                result.setdefault(provider, _Durations()).add(fresh)
+            return result
+
+
+@dataclass
+class _Durations:
+    buckets: list[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS_S))  # cumulative
+    requests: int = 0
+    sum_s: float = 0.0
+
+    def add(self, other: "_Durations") -> "_Durations":
+        self.buckets = [a + b for a, b in zip(self.buckets, other.buckets, strict=True)]
+        self.requests += other.requests
+        self.sum_s += other.sum_s
+        return self
+
+
+def _durations(conn: sa.Connection, since: datetime | None, until: datetime | None) -> dict[str, _Durations]:
+    """Per provider: the requests that started in [since, until)."""
+    bucket_sums = [sa.func.sum(sa.case((a.c.duration_ms <= int(le * 1000), 1), else_=0)) for le in DURATION_BUCKETS_S]
+    stmt = (
+        sa.select(d.c.provider, sa.func.count(), sa.func.sum(a.c.duration_ms), *bucket_sums)
+        .select_from(a.join(d, d.c.delivery_id == a.c.delivery_id))
+        .group_by(d.c.provider)
+    )
+    if since is not None:
+        stmt = stmt.where(a.c.started_at >= since)
+    if until is not None:
+        stmt = stmt.where(a.c.started_at < until)
+    found = {}
+    for provider, count, total_ms, *cumulative in conn.execute(stmt):
+        found[provider] = _Durations([int(n or 0) for n in cumulative], int(count), float(total_ms or 0) / 1000)
+    return found
+
+
+def read_figures(
+    engine: Engine, providers: Iterable[str], tally: DurationTally | None = None, *, durations: bool = True
+) -> Figures:
+    """Every figure, read now. Pass the same `tally` to each scrape to read the attempt log incrementally;
+    `durations=False` leaves the attempt log alone (the histogram stays empty)."""
     found = {p: ProviderFigures() for p in providers}
     retries = sa.func.sum(sa.case((d.c.attempt_count > 1, d.c.attempt_count - 1), else_=0))
     by_status = sa.select(d.c.provider, d.c.status, sa.func.count(), retries).group_by(d.c.provider, d.c.status)
@@ -72,12 +136,7 @@ def read_figures(engine: Engine, providers: Iterable[str]) -> Figures:
         .where(status_in((DeliveryStatus.PENDING, DeliveryStatus.RETRYING)))
         .group_by(d.c.provider)
     )
-    bucket_sums = [sa.func.sum(sa.case((a.c.duration_ms <= int(le * 1000), 1), else_=0)) for le in DURATION_BUCKETS_S]
-    durations = (
-        sa.select(d.c.provider, sa.func.count(), sa.func.sum(a.c.duration_ms), *bucket_sums)
-        .select_from(a.join(d, d.c.delivery_id == a.c.delivery_id))
-        .group_by(d.c.provider)
-    )
+    now = utcnow()
     with read_connection(engine) as conn:
         for provider, status, count, retry_sum in conn.execute(by_status):
             figures = found.setdefault(provider, ProviderFigures())
@@ -87,12 +146,10 @@ def read_figures(engine: Engine, providers: Iterable[str]) -> Figures:
                 figures.queue += int(count)
         for provider, first in conn.execute(oldest):
             found.setdefault(provider, ProviderFigures()).oldest_pending = _aware(first)
-        for provider, count, total_ms, *cumulative in conn.execute(durations):
+        for provider, tallied in (tally or DurationTally()).read(conn, now).items() if durations else ():
             figures = found.setdefault(provider, ProviderFigures())
-            figures.requests = int(count)
-            figures.duration_sum_s = float(total_ms or 0) / 1000
-            figures.buckets = [int(n or 0) for n in cumulative]
-    return Figures(utcnow(), found, snapshot(engine))
+            figures.requests, figures.duration_sum_s, figures.buckets = tallied.requests, tallied.sum_s, tallied.buckets
+    return Figures(now, found, snapshot(engine))
 
 
 def _aware(value: object) -> datetime | None:
@@ -161,32 +218,34 @@ class WarehouseCollector(Collector):
     def __init__(self, engine: Engine, providers: Iterable[str] | None = None) -> None:
         self.engine = engine
         self.providers = providers
+        self.tally = DurationTally()
 
     def collect(self) -> Iterator[Metric]:
         from impactin_pipelines.providers import provider_names
 
-        yield from metric_families(read_figures(self.engine, self.providers or provider_names()))
+        yield from metric_families(read_figures(self.engine, self.providers or provider_names(), self.tally))
 
 
-def exposition(engine: Engine) -> bytes:
-    """The Prometheus text exposition of every metric, read now."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(WarehouseCollector(engine))
-    return generate_latest(registry)
+class MetricsExposition:
+    """What `GET /metrics` serves: one registry and one collector per app, so the tally lives between scrapes."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(WarehouseCollector(engine))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
 
 
 def metrics_metadata(engine: Engine) -> dict[str, float | int | str]:
     """The metrics as flat metadata under stable keys (the `delivery_stats` asset shows and plots them)."""
     from impactin_pipelines.providers import provider_names
 
-    figures = read_figures(engine, provider_names())
+    figures = read_figures(engine, provider_names(), durations=False)  # the stats have their own latencies
     values: dict[str, float | int | str] = {}
     for provider, f in sorted(figures.providers.items()):
         values[f"{provider}_queue_depth"] = f.queue
         values[f"{provider}_oldest_pending_age_s"] = round(figures.oldest_age_s(provider), 1)
         values[f"{provider}_retries"] = f.retries
-        values[f"{provider}_requests"] = f.requests
-        if f.requests:
-            values[f"{provider}_mean_request_s"] = round(f.duration_sum_s / f.requests, 4)
         values[f"{provider}_circuit"] = provider_state(figures.circuits, provider).value
     return values

@@ -1,11 +1,13 @@
 """GET /metrics: the guide's metrics and ours, scraped over HTTP and parsed with prometheus-client's own parser;
 figures come from the warehouse, so deliveries made outside the API process count too."""
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from impactin_pipelines.services.metrics import DurationTally
 from impactin_pipelines.store.circuits import CircuitStore
+from impactin_pipelines.store.engine import read_connection
 from tests.api.conftest import T0, seed
 from tests.support import add_integration, deliver
 
@@ -62,3 +64,20 @@ def test_metrics_need_an_admin_key(api) -> None:
     assert api.get("/metrics", key=None).status_code == 401
     refused = api.get("/metrics", key="acme")
     assert refused.status_code == 403 and "admin" in refused.json()["message"], refused.text
+
+
+def test_the_duration_tally_counts_each_request_once_as_it_reads_on(api) -> None:
+    seed(api.engine, "acme", 3)
+    deliver(api.engine, api.factory, "benevity")
+    tally = DurationTally()
+    now = datetime.now(UTC)
+    totals = []
+    for later in (0, 1, 6, 30):  # minutes: fresh, still fresh, settled and kept, long kept
+        with read_connection(api.engine) as conn:
+            found = tally.read(conn, now + timedelta(minutes=later))["benevity"]
+        totals.append((found.requests, found.buckets[-1]))
+    assert totals == [(3, 3)] * 4
+    seed(api.engine, "acme", 2, prefix="more")
+    deliver(api.engine, api.factory, "benevity")
+    with read_connection(api.engine) as conn:
+        assert DurationTally().read(conn, now + timedelta(minutes=31))["benevity"].requests == 5  # a first read

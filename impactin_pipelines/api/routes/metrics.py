@@ -13,13 +13,16 @@ from starlette.routing import Route
 from impactin_pipelines.api.auth import api_key
 from impactin_pipelines.api.errors import ApiError
 from impactin_pipelines.api.routes.context import context
-from impactin_pipelines.services.metrics import CONTENT_TYPE, exposition
+from impactin_pipelines.services.metrics import CONTENT_TYPE, MetricsExposition
 
 
 async def metrics_route(request: Request) -> Response:
     if not api_key(request).is_admin:
         raise ApiError(403, "Forbidden", "the metrics span every company: an admin API key is required")
-    body = await run_in_threadpool(exposition, context(request).engine)
+    state = request.app.state
+    if getattr(state, "metrics", None) is None:  # one per app: it keeps the attempt log's tally between scrapes
+        state.metrics = MetricsExposition(context(request).engine)
+    body = await run_in_threadpool(state.metrics.render)
     return Response(body, media_type=CONTENT_TYPE)
 
 
