@@ -12,11 +12,13 @@ The guide's three, with its names and labels, plus the queue, its oldest row and
 - `impact_in_circuit_state{provider}` (the worst of its breakers) and `impact_in_circuit_breaker_state{provider,
   scope}` (each breaker and operator pause): 0 closed, 1 half-open, 2 open, 3 paused.
 
-Per scrape: one aggregate over the outbox, the oldest claimable row by the claims' index, and the attempts since
-the previous scrape (DurationTally); see docs/operations.md#metrics for what a scrape costs.
+A scrape reads the queue by the claims' partial index, the attempts since the previous scrape (DurationTally) and,
+at most every so often, the totals over the whole outbox (OutboxTotals); docs/operations.md#metrics has the costs.
 """
 
+import math
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -122,30 +124,64 @@ def _durations(conn: sa.Connection, since: datetime | None, until: datetime | No
     return found
 
 
-def read_figures(
-    engine: Engine, providers: Iterable[str], tally: DurationTally | None = None, *, durations: bool = True
-) -> Figures:
-    """Every figure, read now. Pass the same `tally` to each scrape to read the attempt log incrementally;
-    `durations=False` leaves the attempt log alone (the histogram stays empty)."""
-    found = {p: ProviderFigures() for p in providers}
+class OutboxTotals:
+    """The outbox per provider and status: the one figure that reads every row (a million rows take a few hundred
+    milliseconds). Re-read at most every `SHARE` x the time its last read took (capped at `MAX_AGE_S`), so scrapes
+    spend at most ~1/SHARE of their time on it however often they come; the queue and its oldest row are read on
+    every scrape (the claims' partial index answers them in milliseconds)."""
+
+    SHARE = 20
+    MAX_AGE_S = 60.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rows: list[tuple[str, str, int, int]] = []
+        self._fresh_until = -math.inf
+
+    def read(self, conn: sa.Connection) -> list[tuple[str, str, int, int]]:
+        with self._lock:
+            if time.monotonic() >= self._fresh_until:
+                started = time.monotonic()
+                self._rows = _outbox_totals(conn)
+                took = time.monotonic() - started
+                self._fresh_until = time.monotonic() + min(self.SHARE * took, self.MAX_AGE_S)
+            return self._rows
+
+
+def _outbox_totals(conn: sa.Connection) -> list[tuple[str, str, int, int]]:
+    """(provider, status, rows, retries) for every pair present."""
     retries = sa.func.sum(sa.case((d.c.attempt_count > 1, d.c.attempt_count - 1), else_=0))
-    by_status = sa.select(d.c.provider, d.c.status, sa.func.count(), retries).group_by(d.c.provider, d.c.status)
-    # min over the claimable rows: the partial index of the claims (provider, created_at, id) answers it
-    oldest = (
-        sa.select(d.c.provider, sa.func.min(d.c.created_at))
-        .where(status_in((DeliveryStatus.PENDING, DeliveryStatus.RETRYING)))
+    stmt = sa.select(d.c.provider, d.c.status, sa.func.count(), retries).group_by(d.c.provider, d.c.status)
+    return [(p, st, int(n), int(r or 0)) for p, st, n, r in conn.execute(stmt)]
+
+
+def read_figures(
+    engine: Engine,
+    providers: Iterable[str],
+    tally: DurationTally | None = None,
+    totals: OutboxTotals | None = None,
+    *,
+    durations: bool = True,
+) -> Figures:
+    """Every figure, read now. A scraper passes the same `tally` and `totals` each time (they keep what need not be
+    read again); `durations=False` leaves the attempt log alone (the histogram stays empty)."""
+    found = {p: ProviderFigures() for p in providers}
+    claimable = (DeliveryStatus.PENDING, DeliveryStatus.RETRYING)
+    # count and min over the claimable rows: the partial index of the claims (provider, created_at, id) answers it
+    queue = (
+        sa.select(d.c.provider, sa.func.count(), sa.func.min(d.c.created_at))
+        .where(status_in(claimable))
         .group_by(d.c.provider)
     )
     now = utcnow()
     with read_connection(engine) as conn:
-        for provider, status, count, retry_sum in conn.execute(by_status):
+        for provider, status, count, retry_sum in (totals or OutboxTotals()).read(conn):
             figures = found.setdefault(provider, ProviderFigures())
-            figures.by_status[status] = int(count)
-            figures.retries += int(retry_sum or 0)
-            if status in (DeliveryStatus.PENDING, DeliveryStatus.RETRYING):
-                figures.queue += int(count)
-        for provider, first in conn.execute(oldest):
-            found.setdefault(provider, ProviderFigures()).oldest_pending = _aware(first)
+            figures.by_status[status] = count
+            figures.retries += retry_sum
+        for provider, count, first in conn.execute(queue):
+            figures = found.setdefault(provider, ProviderFigures())
+            figures.queue, figures.oldest_pending = int(count), _aware(first)
         for provider, tallied in (tally or DurationTally()).read(conn, now).items() if durations else ():
             figures = found.setdefault(provider, ProviderFigures())
             figures.requests, figures.duration_sum_s, figures.buckets = tallied.requests, tallied.sum_s, tallied.buckets
@@ -219,11 +255,13 @@ class WarehouseCollector(Collector):
         self.engine = engine
         self.providers = providers
         self.tally = DurationTally()
+        self.totals = OutboxTotals()
 
     def collect(self) -> Iterator[Metric]:
         from impactin_pipelines.providers import provider_names
 
-        yield from metric_families(read_figures(self.engine, self.providers or provider_names(), self.tally))
+        names = self.providers or provider_names()
+        yield from metric_families(read_figures(self.engine, names, self.tally, self.totals))
 
 
 class MetricsExposition:
