@@ -49,6 +49,9 @@ def test_the_probe_decides_and_each_failed_probe_doubles_the_cool_down_up_to_the
         c = _fail(probing, now, probe=True)
         lengths.append(((c.open_until or now) - now).total_seconds())
     assert lengths == [20, 35, 35, 35] and [cooldown_s(n, S) for n in (1, 2, 3)] == [10, 20, 35]
+    undecided = c.probing(now, 40).probe_undecided(now)  # a 429 to the probe: the next sender probes at once
+    assert undecided.state is CircuitState.OPEN and undecided.admit(now) is Admission.PROBE
+    assert undecided.trips == c.trips and c.probe_undecided(now) == c
     closed = c.probing(now, 40).after_success(now)
     assert closed.clean and closed.admit(now) is Admission.SEND
 

@@ -119,6 +119,12 @@ class Circuit:
             )
         return replace(self, failures=failures, company_id=company_id, last_error=error, updated_at=now)
 
+    def probe_undecided(self, now: datetime) -> "Circuit":
+        """The probe's answer proved nothing (a rate limit, an expired token): the next sender probes at once."""
+        if self.state is not CircuitState.HALF_OPEN:
+            return self
+        return replace(self, state=CircuitState.OPEN, open_until=now, probe_until=None, updated_at=now)
+
     def after_success(self, now: datetime) -> "Circuit":
         """The provider answered: close (a pause stays until an operator resumes)."""
         if self.state is CircuitState.PAUSED or self.clean:

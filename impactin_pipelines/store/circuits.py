@@ -166,6 +166,7 @@ class CircuitGate:
         self._lock = threading.Lock()
         self._view: dict[str, Circuit] = {}
         self._read_at = -math.inf
+        self._scopes: dict[str, str] = {}
 
     def _circuits(self) -> dict[str, Circuit]:
         with self._lock:
@@ -180,12 +181,16 @@ class CircuitGate:
 
     def admit(self, row: OutboundDelivery, connector: object) -> Ticket | Hold:
         view = self._circuits()
-        for scope in (ALL_COMPANIES, company_scope(row.company_id)):
-            paused = view.get(scope)
+        for pause_scope in (ALL_COMPANIES, company_scope(row.company_id)):
+            paused = view.get(pause_scope)
             if paused is not None and paused.state is CircuitState.PAUSED:
-                whom = self.provider if scope == ALL_COMPANIES else f"{self.provider} for {row.company_id}"
+                whom = self.provider if pause_scope == ALL_COMPANIES else f"{self.provider} for {row.company_id}"
                 return Hold(f"held: {whom} is paused by an operator (impactin providers resume)")
-        scope = credential_scope(self.provider, credential_of(connector, row.company_id))
+        scope = self._scopes.get(row.company_id)
+        if scope is None:  # a company's credential does not change within a run
+            scope = self._scopes[row.company_id] = credential_scope(
+                self.provider, credential_of(connector, row.company_id)
+            )
         circuit = view.get(scope, Circuit(self.provider, scope))
         now = self.clock()
         match circuit.admit(now):
@@ -220,9 +225,11 @@ class CircuitGate:
 
     def _report(self, ticket: Ticket, row: OutboundDelivery, result: AttemptResult) -> None:
         up = verdict(result.outcome)
+        now = self.clock()
+        if up is None and ticket.probe:
+            self._remember(self.store.change(self.provider, ticket.scope, lambda cur: cur.probe_undecided(now))[0])
         if up is None or (self.settings.failures == 0 and not ticket.probe):
             return
-        now = self.clock()
         if up:
             known = self._circuits().get(ticket.scope)
             if not ticket.probe and (known is None or known.clean):
