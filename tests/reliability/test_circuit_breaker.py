@@ -10,9 +10,15 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import dagster as dg
 import sqlalchemy as sa
 
 from impactin_pipelines.connectors.circuit import CircuitState
+from impactin_pipelines.defs.assets.delivery import impact_deliveries, impact_outbox
+from impactin_pipelines.defs.assets.stats import delivery_stats
+from impactin_pipelines.defs.checks import circuits_closed
+from impactin_pipelines.defs.orchestration.partitions import partition_key
+from impactin_pipelines.defs.resources import DeliveryResource, ProvidersResource, WarehouseResource
 from impactin_pipelines.domain.statuses import RowOutcome
 from impactin_pipelines.settings import CircuitSettings
 from impactin_pipelines.store.circuits import CircuitStore, snapshot
@@ -175,3 +181,40 @@ def test_a_second_process_sees_the_state_and_can_pause(engine, sandbox, tmp_path
         factory.close()
     assert _breaker(engine, case).state is CircuitState.CLOSED
     read(engine, sandbox, case, "second process", runs=runs + 2).check()
+
+
+def test_the_delivery_job_shows_held_rows_and_the_stats_show_the_circuit(engine, sandbox) -> None:
+    """Through Dagster: a paused provider's partition says what it held; the check and the statistics say why."""
+    case = BY_NAME["benevity"]
+    seed(engine, case, N, sandbox=sandbox)
+    CircuitStore(engine).pause(case.provider, COMPANY)
+    url = engine.url.render_as_string(hide_password=False)
+    resources = {
+        "warehouse": WarehouseResource(url=url),
+        "providers": ProvidersResource(**sandbox.env()),
+        "delivery": DeliveryResource(concurrency=CONCURRENCY, lease_s=30),
+    }
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("company", [COMPANY])
+        result = dg.materialize(
+            [impact_outbox, impact_deliveries, delivery_stats, circuits_closed],
+            instance=instance,
+            partition_key=partition_key(COMPANY, case.provider),
+            resources=resources,
+            selection=[impact_outbox.key, impact_deliveries.key],
+        )
+        assert result.success
+        [delivered] = result.asset_materializations_for_node("impact_deliveries")
+        assert delivered.metadata["held"].value == N and delivered.metadata["attempts"].value == 0
+        assert _sends(sandbox, case) == 0
+        checked = dg.materialize(
+            [impact_outbox, impact_deliveries, delivery_stats, circuits_closed],
+            instance=instance,
+            resources=resources,
+            selection=dg.AssetSelection.assets(delivery_stats) | dg.AssetSelection.checks(circuits_closed),
+        )
+        [stats] = checked.asset_materializations_for_node("delivery_stats")
+        [check] = checked.get_asset_check_evaluations()
+    assert stats.metadata["benevity_circuit"].value == "paused"
+    assert stats.metadata["benevity_queue_depth"].value == N
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN and COMPANY in check.metadata["rows"].value
