@@ -193,8 +193,10 @@ def test_due_retrying_rows_are_rerun_until_delivered(seeded, sandbox):
         assert not [r for r in after.run_requests if r.tags.get(RANGE_START_TAG) == "acme|benevity"]
 
 
-def test_rows_that_never_recover_end_failed_exhausted_and_the_sensor_stops(engine, sandbox):
-    """The whole loop: sensor -> run -> sensor ..., with a provider that is down for good."""
+def test_rows_that_never_recover_end_failed_exhausted_and_the_sensor_stops(engine, sandbox, monkeypatch):
+    """The whole loop: sensor -> run -> sensor ..., with a provider that is down for good. The circuit breaker is
+    off: with it on, the outage opens it and the rows are held (no attempt spent) instead of running out of runs."""
+    monkeypatch.setenv("IMPACTIN_CIRCUIT_FAILURES", "0")
     cap = 3
     add_integration(engine, "acme", "benevity")
     add_events(engine, events("acme", 2))

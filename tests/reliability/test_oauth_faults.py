@@ -5,9 +5,11 @@ from tests.reliability.ledger import accepted_count, make_factory, read, seed, s
 from tests.support import deliver, rows
 
 
-def test_token_endpoint_down(engine, sandbox, oauth_case) -> None:
+def test_token_endpoint_down(engine, sandbox, oauth_case, monkeypatch) -> None:
     """Down (a hang, then 503s) for the whole first run: nothing is sent, every row is parked `retrying` with the
-    reason, and the run after the endpoint is back delivers everything."""
+    reason, and the run after the endpoint is back delivers everything. The circuit breaker is off: this counts the
+    retry policy's token requests (with it on, the failures open it: test_circuit_breaker.py)."""
+    monkeypatch.setenv("IMPACTIN_CIRCUIT_FAILURES", "0")
     fake = sandbox.providers[oauth_case.provider]
     n = 4
     seed(engine, oauth_case, n, sandbox=sandbox)
