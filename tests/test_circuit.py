@@ -3,6 +3,7 @@
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import sqlalchemy as sa
 
 from impactin_pipelines.connectors.circuit import (
     Admission,
@@ -12,10 +13,14 @@ from impactin_pipelines.connectors.circuit import (
     provider_state,
     verdict,
 )
+from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.domain.statuses import AttemptOutcome
+from impactin_pipelines.providers.env import ProviderEnv
+from impactin_pipelines.services.extract import extract
 from impactin_pipelines.services.health import circuit_finding
 from impactin_pipelines.settings import CircuitSettings
 from impactin_pipelines.store.circuits import CircuitStore
+from tests.support import add_events, add_integration, deliver, events, factory_for
 
 T = datetime(2026, 1, 1, tzinfo=UTC)
 S = CircuitSettings(failures=3, cooldown_s=10, max_cooldown_s=35)
@@ -112,3 +117,25 @@ def test_the_store_changes_state_under_a_lock_and_pauses_by_scope(engine) -> Non
     store.resume("goodera", None)
     assert store.reset("benevity", "credential:k")
     assert circuit_finding(store.load(), T).passed
+
+
+def test_a_run_of_successful_sends_reads_the_breakers_once_and_writes_nothing(engine, sandbox) -> None:
+    """The send path pays no query per send: the state is read once per refresh interval, written on change only."""
+    add_integration(engine, "acme", "benevity")
+    add_events(engine, events("acme", 40))
+    extract(engine, "acme", Provider.BENEVITY, env=ProviderEnv.from_env(sandbox.env()))
+    statements: list[str] = []
+
+    def count(_conn, _cursor, statement, *_args) -> None:
+        if "impactin_circuits" in statement:
+            statements.append(statement.split()[0].upper())
+
+    sa.event.listen(engine, "before_cursor_execute", count)
+    try:
+        factory = factory_for(engine, sandbox, circuit=CircuitSettings(refresh_s=3600))
+        report = deliver(engine, factory, "benevity")
+        factory.close()
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count)
+    assert report.totals.outcomes["success"] == 40
+    assert statements == ["SELECT"], statements
