@@ -277,19 +277,21 @@ class ProviderSandbox:
         body = self.callback_body(record, kind, reason)
         statuses = []
         first_headers: dict[str, str] | None = None
-        for _ in range(1 + max(0, knobs.duplicates)):
-            headers = self._callback_headers(body, knobs)
+        for repeat in range(1 + max(0, knobs.duplicates)):
+            headers = self._callback_headers(body, knobs, later_s=repeat)
             first_headers = first_headers or headers
             statuses.append(self._post_callback(knobs.url, body, headers, record, kind))
         if knobs.replay and first_headers is not None:
             statuses.append(self._post_callback(knobs.url, body, first_headers, record, kind, replay=True))
         return statuses
 
-    def _callback_headers(self, body: bytes, knobs: CallbackKnobs) -> dict[str, str]:
+    def _callback_headers(self, body: bytes, knobs: CallbackKnobs, later_s: int = 0) -> dict[str, str]:
+        """Signed now (a repeat as if sent `later_s` seconds later, as a provider's retry would be: a new signature,
+        not a byte-exact replay)."""
         headers = {"Content-Type": "application/json"}
         if knobs.unsigned:
             return headers
-        timestamp = int(time.time() - knobs.stale_s)
+        timestamp = int(time.time() - knobs.stale_s) + later_s
         secret = knobs.secret + ("-wrong" if knobs.bad_signature else "")
         headers[SIGNATURE_HEADER] = sign(body, secret, timestamp)
         return headers
