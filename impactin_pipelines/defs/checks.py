@@ -83,3 +83,14 @@ def no_retrying_past_cap(warehouse: WarehouseResource, delivery: DeliveryResourc
 
 
 delivery_checks = [no_stuck_deliveries, delivery_failure_rate, delivery_ledger_balances, no_retrying_past_cap]
+
+
+@dg.asset_check(
+    asset=impact_deliveries,
+    description="Provider confirmations agree with the log: no success the provider rejected, no unmatched callback.",
+)
+def delivery_confirmations_agree(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    return result(health.confirmation_ledger(warehouse.engine, datetime.now(UTC)), {})
+
+
+delivery_checks.append(delivery_confirmations_agree)

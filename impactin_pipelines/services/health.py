@@ -18,6 +18,7 @@ from impactin_pipelines.settings import CheckSettings
 from impactin_pipelines.store.engine import read_connection
 from impactin_pipelines.store.schema import company_integrations as ci
 from impactin_pipelines.store.schema import impact_deliveries as d
+from impactin_pipelines.store.schema import impact_delivery_callbacks as cb
 from impactin_pipelines.store.schema import impact_events as e
 
 SAMPLE_ROWS = 50
@@ -175,3 +176,51 @@ def retrying_past_cap(engine: Engine, max_run_attempts: int, now: datetime) -> F
     if not n:
         return Finding(True, f"no retrying row has had {max_run_attempts} runs", metrics=metrics)
     return Finding(False, f"{n} retrying row(s) already had {max_run_attempts} runs", WARN, metrics, rows)
+
+
+def confirmation_ledger(engine: Engine, now: datetime) -> Finding:
+    """The providers' verdicts agree with the log: no row is `success` while its provider rejected it (ERROR: a
+    rejection should have turned it failed/rejected), and every callback matched a delivery of ours (WARN: an
+    unmatched one is kept in impact_delivery_callbacks, to be looked at). Confirmed, deleted and unconfirmed
+    success rows are counted."""
+    success = d.c.status == DeliveryStatus.SUCCESS.value
+    contradicted = [success, d.c.confirmation == "rejected"]
+    with read_connection(engine) as conn:
+        counts = {
+            "success_but_rejected": _count(conn, contradicted),
+            "confirmed": _count(conn, [success, d.c.confirmation == "confirmed"]),
+            "deleted_at_provider": _count(conn, [d.c.confirmation == "deleted"]),
+            "unconfirmed_success": _count(conn, [success, d.c.confirmation.is_(None)]),
+            "unmatched_callbacks": conn.execute(
+                sa.select(sa.func.count()).select_from(cb).where(cb.c.delivery_id.is_(None))
+            ).scalar_one(),
+        }
+        rows = _rows(
+            conn,
+            sa.select(*ROW_COLUMNS, d.c.confirmed_at).where(*contradicted).order_by(d.c.id),
+            problem="success, but the provider rejected it",
+        )
+        unmatched = [
+            {**dict(r._mapping), "problem": "callback for no delivery of ours"}
+            for r in conn.execute(
+                sa.select(
+                    cb.c.id,
+                    cb.c.provider,
+                    cb.c.callback_id,
+                    cb.c.kind,
+                    cb.c.idempotency_key,
+                    cb.c.event_id,
+                    cb.c.received_at,
+                )
+                .where(cb.c.delivery_id.is_(None))
+                .order_by(cb.c.received_at.desc())
+                .limit(SAMPLE_ROWS)
+            ).all()
+        ]
+    if counts["success_but_rejected"]:
+        description = f"{counts['success_but_rejected']} row(s) are success although their provider rejected them"
+        return Finding(False, description, ERROR, counts, (rows + unmatched)[:SAMPLE_ROWS])
+    if counts["unmatched_callbacks"]:
+        description = f"{counts['unmatched_callbacks']} provider callback(s) matched no delivery of ours"
+        return Finding(False, description, WARN, counts, unmatched)
+    return Finding(True, "the providers' confirmations agree with the delivery log", metrics=counts)
