@@ -102,6 +102,5 @@ def reconciliation_agrees(warehouse: WarehouseResource) -> dg.AssetCheckResult:
 delivery_reconciliation_job = dg.define_asset_job(
     "delivery_reconciliation_job",
     selection=dg.AssetSelection.assets(delivery_reconciliation) | dg.AssetSelection.checks(reconciliation_agrees),
-    partitions_def=delivery_partitions,
     description="Ask the providers what they hold and compare with the delivery log (config: lookback, repair).",
 )
