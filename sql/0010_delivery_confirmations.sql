@@ -1,8 +1,9 @@
 -- 0010: what the providers say after the send. A provider's webhook callback (confirmed, rejected, deleted) is
 -- recorded on the delivery (`confirmation`, `confirmed_at`: when the latest verdict arrived) and kept, whatever it
--- matched, in impact_delivery_callbacks: one row per distinct callback, never updated, so a repeated callback is
--- recognised by (provider, callback_id) and changes nothing. `delivery_id` is NULL for a callback that matched no
--- delivery of ours: kept and reported, never dropped. Portable DDL (PostgreSQL and SQLite).
+-- matched, in impact_delivery_callbacks: one row per distinct callback, written in the transaction that applies it,
+-- so a repeated callback is recognised by (provider, callback_id) and changes nothing. `delivery_id` is NULL for a
+-- callback that matched no delivery of ours: kept and reported, never dropped. No foreign key: an audit row outlives
+-- whatever happens to the delivery. Portable DDL (PostgreSQL and SQLite).
 
 ALTER TABLE impact_deliveries ADD COLUMN confirmed_at TIMESTAMP WITH TIME ZONE;
 
@@ -13,7 +14,7 @@ CREATE TABLE impact_delivery_callbacks (
     provider          TEXT NOT NULL,
     callback_id       TEXT NOT NULL,
     kind              TEXT NOT NULL,
-    delivery_id       TEXT REFERENCES impact_deliveries (delivery_id) ON DELETE CASCADE,
+    delivery_id       TEXT,
     company_id        TEXT,
     idempotency_key   TEXT,
     event_id          TEXT,
