@@ -207,6 +207,7 @@ class Outbox:
                 updated_at=now,
                 # a failed row claimed again is being replayed: the provider's earlier verdict was about the old send
                 confirmation=sa.case((d.c.status == DeliveryStatus.FAILED.value, None), else_=d.c.confirmation),
+                confirmed_at=sa.case((d.c.status == DeliveryStatus.FAILED.value, None), else_=d.c.confirmed_at),
             )
             .returning(
                 d.c.id,

@@ -79,6 +79,7 @@ def test_a_rejection_after_the_2xx_turns_the_row_failed_rejected_for_stats_and_r
     assert [(r.success, r.new_status) for r in results] == [(True, "success")]
     [again] = [r for r in rows(api.engine) if r["event_id"] == "evt_acme_benevity_001"]
     assert again["status"] == "success" and again["confirmation"] is None  # the old verdict was about the old send
+    assert again["confirmed_at"] is None and len(callbacks(api.engine)) == 2  # the audit rows stay
 
 
 def test_a_rejection_that_beats_our_own_settlement_still_fails_the_row(api):
