@@ -1,4 +1,5 @@
-"""Authentication, tenant scope and rate limiting, in front of every route but the health probes.
+"""Authentication, tenant scope and rate limiting, in front of every route but the health probes and the provider
+webhooks (signed instead: api/routes/webhooks).
 
 A middleware rather than a per-route decorator so that a new route is protected by default. It answers 401
 (no key, or a wrong, malformed or revoked key), 429 with Retry-After, or hands the route the caller's ApiKey.
