@@ -3,6 +3,11 @@
 import dagster as dg
 
 from impactin_pipelines.defs.assets.delivery import impact_deliveries, impact_outbox
+from impactin_pipelines.defs.assets.reconciliation import (
+    delivery_reconciliation,
+    delivery_reconciliation_job,
+    reconciliation_agrees,
+)
 from impactin_pipelines.defs.assets.stats import delivery_stats
 from impactin_pipelines.defs.checks import delivery_checks
 from impactin_pipelines.defs.jobs import delivery_stats_job, impact_delivery_job
@@ -26,9 +31,15 @@ from impactin_pipelines.defs.sensors import company_partitions_sensor, stats_aft
 
 def build_defs() -> dg.Definitions:
     return dg.Definitions(
-        assets=[impact_outbox, impact_deliveries, delivery_stats, provider_integrations],
-        asset_checks=[providers_can_authenticate, *delivery_checks],
-        jobs=[impact_delivery_job, delivery_stats_job, impact_replay_job, provider_health_job],
+        assets=[impact_outbox, impact_deliveries, delivery_stats, provider_integrations, delivery_reconciliation],
+        asset_checks=[providers_can_authenticate, *delivery_checks, reconciliation_agrees],
+        jobs=[
+            impact_delivery_job,
+            delivery_stats_job,
+            impact_replay_job,
+            provider_health_job,
+            delivery_reconciliation_job,
+        ],
         schedules=[nightly_delivery_schedule(), provider_health_schedule],
         sensors=[company_partitions_sensor, stats_after_delivery_sensor, impact_rerun_sensor],
         resources={

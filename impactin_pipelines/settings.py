@@ -291,6 +291,8 @@ class ApiSettings(ImpactinSettings):
     max_body_bytes: int = Field(256 * 1024, ge=1024)  # an event may carry 64 KiB of metadata and 64 KiB of scores
     max_query_bytes: int = Field(2048, ge=1)
     max_auth_header_chars: int = Field(256, ge=1)
+    # How far a webhook callback's signed timestamp may be from our clock (either side) before it is refused as stale.
+    webhook_tolerance_s: float = Field(300.0, gt=0, le=3600)
     # Peers (addresses or networks) whose X-Forwarded-For names the client; from anyone else it is ignored, so a
     # client cannot pick the address its failed logins are counted against. Comma-separated in the environment.
     trusted_proxies: Annotated[tuple[str, ...], NoDecode] = ()

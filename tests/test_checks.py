@@ -199,6 +199,7 @@ def test_checks_run_with_the_delivery_job_and_carry_the_rows(engine, sandbox) ->
         "delivery_ledger_balances",
         "no_retrying_past_cap",
         "circuits_closed",
+        "delivery_confirmations_agree",
     }
     rate = evaluations["delivery_failure_rate"]
     assert not rate.passed and rate.severity == dg.AssetCheckSeverity.ERROR  # 2 of 4 rejected

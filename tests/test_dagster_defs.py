@@ -34,7 +34,7 @@ def test_provider_resource_carries_every_spec_variable() -> None:
     from impactin_pipelines.providers import all_variables
 
     assert set(all_variables()) == set(ProvidersResource.model_fields)
-    assert len(ProvidersResource.model_fields) == 19  # the variable names are the contract: none lost, none added
+    assert len(ProvidersResource.model_fields) == 22  # the variable names are the contract (+3 webhook secrets)
 
 
 def test_secrets_are_wired_as_env_vars_not_values(monkeypatch) -> None:

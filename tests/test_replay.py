@@ -254,7 +254,7 @@ def test_dry_run_masks_the_secrets_of_every_provider(engine, factory, sandbox, m
         assert plan["endpoint"].startswith(f"POST {sandbox.url}/{name}")
     text = json.dumps(plans)
     secrets = [v for k, v in sandbox.env().items() if any(w in k for w in ("SECRET", "PASSWORD", "API_KEY"))]
-    assert len(secrets) == 5 and not [s for s in secrets if s in text]
+    assert len(secrets) == 8 and not [s for s in secrets if s in text]
     assert plans["goodera"]["request"]["headers"]["Authorization"] == "***"  # masked (and never fetched)
     for provider in sandbox.providers.values():
         assert provider.snapshot()["requests"] == []  # nothing sent, not even a token request

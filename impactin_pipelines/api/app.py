@@ -22,7 +22,7 @@ from impactin_pipelines.api.auth import AuthMiddleware
 from impactin_pipelines.api.errors import EXCEPTION_HANDLERS
 from impactin_pipelines.api.limits import RequestLimitsMiddleware
 from impactin_pipelines.api.ratelimit import KeyedRateLimiter
-from impactin_pipelines.api.routes import deliver, deliveries, health, metrics, replay, stats
+from impactin_pipelines.api.routes import deliver, deliveries, health, metrics, replay, stats, webhooks
 from impactin_pipelines.api.routes.context import ApiContext
 from impactin_pipelines.connectors.registry import ConnectorFactory
 from impactin_pipelines.settings import ApiSettings
@@ -40,6 +40,7 @@ ROUTES = [
     *stats.ROUTES,
     *health.ROUTES,
     *metrics.ROUTES,
+    *webhooks.ROUTES,
     Route("/openapi.json", openapi_route, methods=["GET"]),
 ]
 

@@ -1,4 +1,5 @@
-"""Authentication, tenant scope and rate limiting, in front of every route but the health probes.
+"""Authentication, tenant scope and rate limiting, in front of every route but the health probes and the provider
+webhooks (signed instead: api/routes/webhooks).
 
 A middleware rather than a per-route decorator so that a new route is protected by default. It answers 401
 (no key, or a wrong, malformed or revoked key), 429 with Retry-After, or hands the route the caller's ApiKey.
@@ -14,6 +15,8 @@ from impactin_pipelines.api.ratelimit import KeyedRateLimiter
 from impactin_pipelines.store.api_keys import ApiKey, ApiKeyStore
 
 PUBLIC_PATHS = frozenset({"/health", "/health/liveness", "/health/readiness"})
+# Provider webhooks carry no API key: each callback is authenticated by its HMAC signature (api/routes/webhooks).
+PUBLIC_PREFIXES = ("/v1/impact-in/webhooks/",)
 _UNAUTHORIZED = "a valid API key is required: send 'Authorization: Bearer <key>'"
 
 
@@ -24,7 +27,7 @@ class AuthMiddleware:
         self.app, self.keys, self.limiter, self.max_header_chars = app, keys, limiter, max_header_chars
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS or scope["path"].startswith(PUBLIC_PREFIXES):
             await self.app(scope, receive, send)
             return
         request = Request(scope)

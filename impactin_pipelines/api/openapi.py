@@ -26,6 +26,34 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
 _TIME = {"type": "string", "format": "date-time", "example": "2025-11-14T10:05:00Z"}
 _ANY_JSON = {"description": "The stored document: JSON when it is JSON, else the text (SOAP XML)."}
 
+WEBHOOK_SCHEMAS: dict[str, Any] = {
+    "WebhookCallback": {
+        "type": "object",
+        "required": ["id", "type"],
+        "description": "Names the delivery by `idempotencyKey` (our deliveryId) or `eventId`; at least one.",
+        "properties": {
+            "id": {"type": "string", "maxLength": 256, "description": "The provider's callback id (deduplication)."},
+            "type": {"type": "string", "enum": ["delivery.confirmed", "delivery.rejected", "delivery.deleted"]},
+            "idempotencyKey": {"type": "string", "maxLength": 256},
+            "eventId": {"type": "string", "maxLength": 256},
+            "providerReference": {"type": "string", "maxLength": 256},
+            "reason": {"type": "string", "maxLength": 1000},
+        },
+    },
+    "WebhookReceived": {
+        "type": "object",
+        "required": ["received", "effect", "deliveryId"],
+        "properties": {
+            "received": {"type": "boolean"},
+            "effect": {
+                "type": "string",
+                "enum": ["confirmed", "rejected", "rejected_unsettled", "deleted", "ignored", "duplicate", "unmatched"],
+            },
+            "deliveryId": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+        },
+    },
+}
+
 RESPONSE_SCHEMAS: dict[str, Any] = {
     "FieldError": {
         "type": "object",
@@ -346,6 +374,38 @@ def _paths() -> dict[str, Any]:
                 },
             }
         },
+        "/v1/impact-in/webhooks/{provider}": {
+            "post": {
+                "operationId": "providerWebhook",
+                "summary": "A provider confirms, rejects or deletes a delivery (signed callback, no API key).",
+                "description": (
+                    "Authenticated by `X-Impactin-Signature: t=<unix seconds>,v1=<hex>`: HMAC-SHA256 with the "
+                    "provider's webhook secret (`<PROVIDER>_WEBHOOK_SECRET`, or the company's own) over `<t>.` and "
+                    "the raw body. `t` must be within `IMPACTIN_API_WEBHOOK_TOLERANCE_S` (300) of our clock. The "
+                    "same callback `id` again with a new signature changes nothing (`duplicate`); with the same "
+                    "signature it is a replay (401). A rejection of a delivered row turns it `failed/rejected`."
+                ),
+                "security": public,
+                "parameters": [
+                    {
+                        "name": "provider",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "enum": list(PROVIDERS)},
+                    }
+                ],
+                "requestBody": _body("WebhookCallback"),
+                "responses": {
+                    "200": _json(
+                        "WebhookReceived", "Recorded (or recognised as a repeat); `effect` says what changed."
+                    ),
+                    "400": _json("Error", "Authentic, but the body is not a callback we can read."),
+                    "401": _json("Error", "Unsigned, mis-signed, stale or replayed: nothing was recorded."),
+                    "404": _json("Error", "No such provider."),
+                    "503": _ERRORS["503"],
+                },
+            }
+        },
         "/openapi.json": {
             "get": {
                 "operationId": "openapi",
@@ -422,6 +482,6 @@ def document() -> dict[str, Any]:
         "paths": _paths(),
         "components": {
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
-            "schemas": {**request_schemas.get("$defs", {}), **RESPONSE_SCHEMAS},
+            "schemas": {**request_schemas.get("$defs", {}), **RESPONSE_SCHEMAS, **WEBHOOK_SCHEMAS},
         },
     }

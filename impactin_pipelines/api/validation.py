@@ -224,5 +224,8 @@ async def _read_capped(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
+read_capped = _read_capped  # the raw bytes, for routes that verify a signature over them (webhooks)
+
+
 def _reject_constant(token: str) -> Any:
     raise ValueError(f"{token} is not allowed in JSON")

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "api-keys": ("impactin_pipelines.cli.api:api_keys", "Create, list and revoke per-company API keys."),
     "providers": ("impactin_pipelines.cli.providers:providers", "Provider connectivity, circuit breakers, pauses."),
     "keys": ("impactin_pipelines.cli.keys:keys", "Encryption keys: generate, encrypt a secret, rotate."),
+    "reconcile": ("impactin_pipelines.cli.reconcile:reconcile", "Compare what providers hold with our deliveries."),
 }
 
 

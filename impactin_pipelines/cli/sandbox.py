@@ -14,13 +14,21 @@ DEFAULT_PORT = 8765
 @click.option("--host", default="127.0.0.1", show_default=True, help="Loopback address to bind.")
 @click.option("--port", type=int, default=DEFAULT_PORT, show_default=True)
 @click.option("--env", "print_env", is_flag=True, help="Only print the environment for this address, then exit.")
-def sandbox(host: str, port: int, print_env: bool) -> None:
+@click.option(
+    "--webhooks",
+    metavar="URL",
+    help="Send signed delivery callbacks to URL/<provider> (e.g. http://127.0.0.1:3007/v1/impact-in/webhooks).",
+)
+def sandbox(host: str, port: int, print_env: bool, webhooks: str | None) -> None:
     """Serve faithful fakes of Benevity, Goodera and Workday, and print the environment that points at them."""
     if print_env:
         for name, value in SandboxServer.env_for(f"http://{host}:{port}").items():
             click.echo(f"export {name}={shlex.quote(value)}")
         return
     server = SandboxServer(host, port)
+    if webhooks:
+        for name, fake in server.providers.items():
+            fake.configure({"callbacks": {"url": f"{webhooks.rstrip('/')}/{name}"}})
     click.echo(f"sandbox listening on {server.url}; faults: POST {server.url}/_sandbox/<provider>/faults", err=True)
     for name, value in server.env().items():
         click.echo(f"export {name}={shlex.quote(value)}")

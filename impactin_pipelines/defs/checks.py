@@ -92,10 +92,19 @@ def circuits_closed(warehouse: WarehouseResource) -> dg.AssetCheckResult:
     return result(circuit_finding(snapshot(warehouse.engine), datetime.now(UTC)), {})
 
 
+@dg.asset_check(
+    asset=impact_deliveries,
+    description="Provider confirmations agree with the log: no success the provider rejected, no unmatched callback.",
+)
+def delivery_confirmations_agree(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    return result(health.confirmation_ledger(warehouse.engine, datetime.now(UTC)), {})
+
+
 delivery_checks = [
     no_stuck_deliveries,
     delivery_failure_rate,
     delivery_ledger_balances,
     no_retrying_past_cap,
     circuits_closed,
+    delivery_confirmations_agree,
 ]

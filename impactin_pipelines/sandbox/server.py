@@ -74,7 +74,13 @@ def default_providers() -> list[ProviderSandbox]:
 
 
 def provider_env(provider: ProviderSandbox, base_url: str) -> dict[str, str]:
-    return provider.env(base_url)
+    """The fake's variables, plus the webhook secret its callbacks are signed with when the provider declares one."""
+    env = provider.env(base_url)
+    spec = next((s for s in specs() if s.name == provider.name), None)
+    variable = spec.variables().get("webhook_secret") if spec else None
+    if variable:
+        env.setdefault(variable, provider.webhook_secret)
+    return env
 
 
 class _Server(ThreadingHTTPServer):
@@ -212,4 +218,21 @@ def _control(server: SandboxServer, path: str, method: str, body: bytes) -> Resp
             return Response.json(200, {"configured": True})
         if parts[1] == "requests" and method == "GET":
             return Response.json(200, provider.snapshot())
+        if parts[1] == "callback" and method == "POST":
+            return _send_callback(provider, body)
     return Response.json(404, {"error": "unknown sandbox control path"})
+
+
+def _send_callback(provider: ProviderSandbox, body: bytes) -> Response:
+    """`POST /_sandbox/{p}/callback` {"event_id", "type": "confirmed|rejected|deleted", "reason"?}: send one callback
+    about a record the fake holds now, signed as the knobs say; answers the statuses our API gave."""
+    try:
+        spec = json.loads(body or b"{}")
+        with provider.lock:
+            record = next(r for r in provider.accepted.values() if r.get("event_id") == spec.get("event_id"))
+        statuses = provider.send_callback(record, str(spec.get("type", "confirmed")), reason=spec.get("reason"))
+    except StopIteration:
+        return Response.json(404, {"error": "the sandbox holds no such event"})
+    except (ValueError, TypeError) as exc:
+        return Response.json(400, {"error": str(exc)})
+    return Response.json(200, {"statuses": statuses})

@@ -20,6 +20,7 @@ from impactin_pipelines.settings import CheckSettings
 from impactin_pipelines.store.engine import read_connection
 from impactin_pipelines.store.schema import company_integrations as ci
 from impactin_pipelines.store.schema import impact_deliveries as d
+from impactin_pipelines.store.schema import impact_delivery_callbacks as cb
 from impactin_pipelines.store.schema import impact_events as e
 
 SAMPLE_ROWS = 50
@@ -200,3 +201,51 @@ def circuit_finding(circuits: Sequence[Circuit], now: datetime) -> Finding:
     tripped = [x for x in not_closed if x.state is not CircuitState.PAUSED]
     names = ", ".join(sorted({f"{x.provider} ({x.state.value})" for x in not_closed}))
     return Finding(False, f"not sending: {names}", ERROR if tripped else WARN, metrics, rows[:SAMPLE_ROWS])
+
+
+def confirmation_ledger(engine: Engine, now: datetime) -> Finding:
+    """The providers' verdicts agree with the log: no row is `success` while its provider rejected it (ERROR: a
+    rejection should have turned it failed/rejected), and every callback matched a delivery of ours (WARN: an
+    unmatched one is kept in impact_delivery_callbacks, to be looked at). Confirmed, deleted and unconfirmed
+    success rows are counted."""
+    success = d.c.status == DeliveryStatus.SUCCESS.value
+    contradicted = [success, d.c.confirmation == "rejected"]
+    with read_connection(engine) as conn:
+        counts = {
+            "success_but_rejected": _count(conn, contradicted),
+            "confirmed": _count(conn, [success, d.c.confirmation == "confirmed"]),
+            "deleted_at_provider": _count(conn, [d.c.confirmation == "deleted"]),
+            "unconfirmed_success": _count(conn, [success, d.c.confirmation.is_(None)]),
+            "unmatched_callbacks": conn.execute(
+                sa.select(sa.func.count()).select_from(cb).where(cb.c.delivery_id.is_(None))
+            ).scalar_one(),
+        }
+        rows = _rows(
+            conn,
+            sa.select(*ROW_COLUMNS, d.c.confirmed_at).where(*contradicted).order_by(d.c.id),
+            problem="success, but the provider rejected it",
+        )
+        unmatched = [
+            {**dict(r._mapping), "problem": "callback for no delivery of ours"}
+            for r in conn.execute(
+                sa.select(
+                    cb.c.id,
+                    cb.c.provider,
+                    cb.c.callback_id,
+                    cb.c.kind,
+                    cb.c.idempotency_key,
+                    cb.c.event_id,
+                    cb.c.received_at,
+                )
+                .where(cb.c.delivery_id.is_(None))
+                .order_by(cb.c.received_at.desc())
+                .limit(SAMPLE_ROWS)
+            ).all()
+        ]
+    if counts["success_but_rejected"]:
+        description = f"{counts['success_but_rejected']} row(s) are success although their provider rejected them"
+        return Finding(False, description, ERROR, counts, (rows + unmatched)[:SAMPLE_ROWS])
+    if counts["unmatched_callbacks"]:
+        description = f"{counts['unmatched_callbacks']} provider callback(s) matched no delivery of ours"
+        return Finding(False, description, WARN, counts, unmatched)
+    return Finding(True, "the providers' confirmations agree with the delivery log", metrics=counts)

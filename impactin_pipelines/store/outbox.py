@@ -205,6 +205,9 @@ class Outbox:
                 run_count=d.c.run_count + 1,
                 claim_version=d.c.claim_version + 1,
                 updated_at=now,
+                # a failed row claimed again is being replayed: the provider's earlier verdict was about the old send
+                confirmation=sa.case((d.c.status == DeliveryStatus.FAILED.value, None), else_=d.c.confirmation),
+                confirmed_at=sa.case((d.c.status == DeliveryStatus.FAILED.value, None), else_=d.c.confirmed_at),
             )
             .returning(
                 d.c.id,
@@ -345,6 +348,7 @@ class Outbox:
                 values["provider_response"] = settlement.provider_response
             if settlement.status is DeliveryStatus.SUCCESS:
                 values["delivered_at"] = now
+                values.update(_unless_rejected_meanwhile())
             if settlement.release:
                 values.update(claimed_by=None, lease_expires_at=None)
             moved = conn.execute(
@@ -359,6 +363,17 @@ class Outbox:
                 .returning(d.c.attempt_count)
             ).first()
         return (moved.attempt_count if moved else -1), moved is not None
+
+
+def _unless_rejected_meanwhile() -> dict[str, sa.ColumnElement[Any]]:
+    """A success settlement of a row the provider has meanwhile rejected by webhook (its callback raced our
+    bookkeeping: store/confirmations) settles it failed/rejected instead, keeping the provider's reason."""
+    rejected = d.c.confirmation == "rejected"
+    return {
+        "status": sa.case((rejected, DeliveryStatus.FAILED.value), else_=DeliveryStatus.SUCCESS.value),
+        "error_kind": sa.case((rejected, ErrorKind.REJECTED.value), else_=sa.null()),
+        "last_error": sa.case((rejected, d.c.last_error), else_=sa.null()),
+    }
 
 
 def status_in(statuses: Sequence[str]) -> sa.ColumnElement[bool]:

@@ -100,6 +100,8 @@ impact_deliveries = sa.Table(
     sa.Column("delivered_at", UTCDateTime),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("confirmed_at", UTCDateTime),
+    sa.Column("confirmation", sa.Text),
     sa.UniqueConstraint("company_id", "provider", "event_id", name="uq_impact_deliveries_event"),
 )
 
@@ -117,6 +119,53 @@ impact_delivery_attempts = sa.Table(
     sa.Column("error", sa.Text),
     sa.Column("response_excerpt", sa.Text),
     sa.Column("request_body", sa.Text),
+)
+
+impact_delivery_callbacks = sa.Table(
+    "impact_delivery_callbacks",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("provider", sa.Text, nullable=False),
+    sa.Column("callback_id", sa.Text, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("delivery_id", sa.Text),
+    sa.Column("company_id", sa.Text),
+    sa.Column("idempotency_key", sa.Text),
+    sa.Column("event_id", sa.Text),
+    sa.Column("provider_reference", sa.Text),
+    sa.Column("reason", sa.Text),
+    sa.Column("effect", sa.Text, nullable=False),
+    sa.Column("signed_at", UTCDateTime, nullable=False),
+    sa.Column("received_at", UTCDateTime, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.UniqueConstraint("provider", "callback_id", name="uq_impact_delivery_callbacks_callback"),
+)
+
+impact_reconciliations = sa.Table(
+    "impact_reconciliations",
+    metadata,
+    sa.Column("company_id", sa.Text, primary_key=True),
+    sa.Column("provider", sa.Text, primary_key=True),
+    sa.Column("period_start", UTCDateTime, nullable=False),
+    sa.Column("period_end", UTCDateTime, nullable=False),
+    sa.Column("ours", sa.Integer, nullable=False),
+    sa.Column("held", sa.Integer, nullable=False),
+    sa.Column("differences", sa.Integer, nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Column("reconciled_at", UTCDateTime, nullable=False),
+)
+
+impact_reconciliation_differences = sa.Table(
+    "impact_reconciliation_differences",
+    metadata,
+    sa.Column("company_id", sa.Text, primary_key=True),
+    sa.Column("provider", sa.Text, primary_key=True),
+    sa.Column("problem", sa.Text, primary_key=True),
+    sa.Column("ref", sa.Text, primary_key=True),
+    sa.Column("row_id", sa.Text),
+    sa.Column("event_id", sa.Text),
+    sa.Column("detail", sa.Text),
+    sa.Column("found_at", UTCDateTime, nullable=False),
 )
 
 impact_provider_tokens = sa.Table(

@@ -15,6 +15,7 @@ from impactin_pipelines.connectors.base import (
 )
 from impactin_pipelines.connectors.config import ConfigResolver
 from impactin_pipelines.connectors.http import exchange, require_secure_url
+from impactin_pipelines.connectors.readback import HeldRecord, Period, fetch_held
 from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.security.redaction import Redactor
 
@@ -80,6 +81,12 @@ class BenevityConnector:
     def send(self, delivery: OutboundDelivery) -> AttemptResult:
         result, _ = exchange(self.session, self.prepare(delivery), timeout=self.timeout, redactor=self.redactor)
         return result
+
+    def read_back(self, period: Period) -> list[HeldRecord]:
+        """What Benevity holds for the period (connectors/readback: the guide documents no list endpoint)."""
+        headers = {"X-API-Key": self.config.api_key}
+        url = self.config.api_url + ENDPOINT
+        return fetch_held(self.session, url, headers, period, timeout=self.timeout, redactor=self.redactor)
 
     def check(self) -> ConnectivityResult:
         """Benevity has no token endpoint: an authenticated request with an empty body must be refused for

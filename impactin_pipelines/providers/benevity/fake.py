@@ -47,6 +47,10 @@ class BenevitySandbox(ProviderSandbox):
         }
 
     def route(self, request: Request) -> Response:
+        if request.method == "GET" and request.path == "/api/v1/impact-events":  # read-back (reconciliation)
+            if request.header("X-API-Key") != self.api_key:
+                return Response.json(401, {"error": "invalid_api_key"})
+            return self.read_back_response(request)
         if request.method != "POST" or request.path != "/api/v1/impact-events":
             return Response.json(404, {"error": "not_found"})
         if request.header("X-API-Key") != self.api_key:

@@ -10,3 +10,4 @@ class BenevitySettings(BaseSettings):
     api_url: str | None = None
     api_key: SecretStr | None = None
     signature_secret: SecretStr | None = None
+    webhook_secret: SecretStr | None = None  # verifies the provider's delivery callbacks (api/routes/webhooks)

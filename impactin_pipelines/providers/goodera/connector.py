@@ -37,6 +37,7 @@ from impactin_pipelines.connectors.ratelimit import (
     parse_rate_limit,
     shared_limiter,
 )
+from impactin_pipelines.connectors.readback import HeldRecord, Period, ReadBackError, fetch_held
 from impactin_pipelines.domain.errors import ConfigError
 from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.domain.statuses import AttemptOutcome
@@ -175,6 +176,18 @@ class GooderaConnector:
     ) -> AttemptResult:
         """An attempt that ended before any request reached the API."""
         return AttemptResult(outcome, started, _now(), error=self.redactor.scrub(error), retry_after_s=retry_after_s)
+
+    def read_back(self, period: Period) -> list[HeldRecord]:
+        """What the provider holds for the period (connectors/readback: the guide documents no list endpoint)."""
+        try:
+            token = self.oauth.token()
+        except (TokenEndpointUnavailable, ConfigError) as exc:
+            raise ReadBackError(self.redactor.scrub(f"no token for the read-back: {exc}") or "no token") from None
+        headers = {"Authorization": f"Bearer {token.access_token}"}
+        redactor = self.redactor.with_secrets([token.access_token])
+        return fetch_held(
+            self.session, self.config.api_url + ENDPOINT, headers, period, timeout=self.timeout, redactor=redactor
+        )
 
     def check(self) -> ConnectivityResult:
         """Fetch a new token: proves the token URL and the credentials work. Sends no impact data and spends no

@@ -135,6 +135,8 @@ class GooderaSandbox(ProviderSandbox):
     def route(self, request: Request) -> Response:
         if request.path == TOKEN_PATH:
             return self.oauth.token_response(request)
+        if request.method == "GET" and request.path == ENDPOINT:  # read-back (reconciliation), outside the quota
+            return self.oauth.refuse_bearer(request) or self.read_back_response(request)
         if request.method != "POST" or request.path != ENDPOINT:
             return Response.json(404, {"error": "not_found"})
         refused = self.oauth.refuse_bearer(request)

@@ -13,3 +13,4 @@ class GooderaSettings(BaseSettings):
     client_secret: SecretStr | None = None
     rate_limit: str | None = None
     token_auth_method: str | None = None
+    webhook_secret: SecretStr | None = None  # verifies the provider's delivery callbacks (api/routes/webhooks)

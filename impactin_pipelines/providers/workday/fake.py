@@ -300,6 +300,10 @@ class WorkdaySandbox(ProviderSandbox):
         rest = _REST_PATH.match(request.path)
         if rest and request.method == "POST":
             return self._rest(request, rest["tenant"])
+        if rest and request.method == "GET":  # read-back (reconciliation) of both protocols' reports
+            if rest["tenant"] not in self.tenants:
+                return Response.json(404, {"error": "unknown_tenant", "tenant": rest["tenant"]})
+            return self.oauth.refuse_bearer(request) or self.read_back_response(request)
         return Response.json(404, {"error": "not_found"})
 
     # -- REST ------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from impactin_pipelines.connectors.base import (
 )
 from impactin_pipelines.connectors.http import exchange
 from impactin_pipelines.connectors.oauth import OAuthClientCredentials, TokenEndpointUnavailable, refusal_result
+from impactin_pipelines.connectors.readback import HeldRecord, Period, ReadBackError, fetch_held
 from impactin_pipelines.domain.errors import ConfigError
 from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.domain.statuses import AttemptOutcome
@@ -133,6 +134,16 @@ class WorkdayRestConnector:
         return ConnectivityResult(
             self.provider.value, self.company_id, True, f"access token obtained ({self.oauth.auth_method})", extra
         )
+
+    def read_back(self, period: Period) -> list[HeldRecord]:
+        """What the provider holds for the period (connectors/readback: the guide documents no list endpoint)."""
+        try:
+            token = self.oauth.token()
+        except (TokenEndpointUnavailable, ConfigError) as exc:
+            raise ReadBackError(self.redactor.scrub(f"no token for the read-back: {exc}") or "no token") from None
+        headers = {"Authorization": f"Bearer {token.access_token}"}
+        redactor = self.redactor.with_secrets([token.access_token])
+        return fetch_held(self.session, self.url, headers, period, timeout=self.timeout, redactor=redactor)
 
     def close(self) -> None:
         return None  # the session belongs to the factory

@@ -17,3 +17,4 @@ class WorkdaySettings(BaseSettings):
     client_secret: SecretStr | None = None
     token_url: str | None = None
     token_auth_method: str | None = None
+    webhook_secret: SecretStr | None = None  # verifies the provider's delivery callbacks (api/routes/webhooks)
