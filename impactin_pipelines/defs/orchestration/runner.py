@@ -1,7 +1,7 @@
 """Run the delivery job now, in-process, through Dagster: what `impactin run` and the demo do.
 
-Same job and same assets as the schedule; runs are recorded in the instance at DAGSTER_HOME, so the Dagster UI
-shows them next to scheduled ones.
+Same job, assets and tags as the schedule; runs are recorded in the instance at DAGSTER_HOME, so the Dagster UI
+shows them next to scheduled ones, and the statistics are recomputed after them (`delivery_stats_job`).
 """
 
 import contextlib
@@ -15,7 +15,7 @@ import dagster as dg
 from sqlalchemy.engine import Engine
 
 from impactin_pipelines.defs.orchestration.partitions import COMPANY_PARTITIONS
-from impactin_pipelines.defs.orchestration.planning import PartitionRange, plan_ranges
+from impactin_pipelines.defs.orchestration.planning import TRIGGER_TAG, PartitionRange, plan_ranges
 from impactin_pipelines.domain.companies import is_valid_company_id
 from impactin_pipelines.domain.providers import PROVIDERS, Provider
 from impactin_pipelines.observability import log_format
@@ -24,6 +24,7 @@ from impactin_pipelines.settings import state_dir
 from impactin_pipelines.store.source import integrations
 
 DELIVERY_JOB = "impact_delivery_job"
+STATS_JOB = "delivery_stats_job"
 # The repository's dagster.yaml, linked into the package so an installed wheel carries it too.
 INSTANCE_YAML = Path(__file__).parents[2] / "embedded_dagster.yaml"
 
@@ -87,7 +88,9 @@ def run_delivery_job(
     # Each run's extraction does this too; here it also happens when no run is planned (say, only such companies).
     quarantine_unpartitionable(engine, [Provider(p) for p in providers])
     home = ensure_dagster_home()
-    job = build_defs().resolve_job_def(DELIVERY_JOB)
+    defs = build_defs()
+    job = defs.resolve_job_def(DELIVERY_JOB)
+    console = {"loggers": {"console": {"config": {"log_level": _console_level(log_level)}}}}
     outcomes = []
     with _open_instance(home) as instance:
         known = _ensure_company_partitions(instance, companies)
@@ -96,7 +99,7 @@ def run_delivery_job(
                 instance=instance,
                 tags=rng.tags(trigger),
                 raise_on_error=False,
-                run_config={"loggers": {"console": {"config": {"log_level": _console_level(log_level)}}}},
+                run_config=console,
             )
             error = None
             if not result.success:
@@ -109,6 +112,11 @@ def run_delivery_job(
                     or "run failed"
                 )
             outcomes.append(RunOutcome(result.run_id, result.success, rng, error))
+        if outcomes:
+            # As the stats sensor does after runs the daemon sees: statistics follow every delivery run.
+            defs.resolve_job_def(STATS_JOB).execute_in_process(
+                instance=instance, tags={TRIGGER_TAG: trigger}, raise_on_error=False, run_config=console
+            )
     return outcomes
 
 
@@ -132,13 +140,15 @@ def _open_instance(home: Path) -> dg.DagsterInstance:
 def _ensure_company_partitions(instance: dg.DagsterInstance, companies: Sequence[str]) -> Sequence[str]:
     """Add missing company partitions (the sensor does this too; a concurrent adder may win the race)."""
     known = instance.get_dynamic_partitions(COMPANY_PARTITIONS)
-    missing = [c for c in companies if c not in set(known)]
+    present = set(known)
+    missing = [c for c in companies if c not in present]
     if missing:
         # Another process may add some of them first; what matters is that they exist afterwards.
         with contextlib.suppress(Exception):
             instance.add_dynamic_partitions(COMPANY_PARTITIONS, missing)
         known = instance.get_dynamic_partitions(COMPANY_PARTITIONS)
-        still_missing = [c for c in missing if c not in set(known)]
+        present = set(known)
+        still_missing = [c for c in missing if c not in present]
         if still_missing:
             raise RuntimeError(f"could not add company partitions: {', '.join(still_missing)}")
     return known
