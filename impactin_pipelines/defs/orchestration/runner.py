@@ -6,8 +6,9 @@ shows them next to scheduled ones, and the statistics are recomputed after them 
 
 import contextlib
 import fcntl
+import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,11 +21,12 @@ from impactin_pipelines.domain.companies import is_valid_company_id
 from impactin_pipelines.domain.providers import PROVIDERS, Provider
 from impactin_pipelines.observability import log_format
 from impactin_pipelines.services.extract import quarantine_unpartitionable
-from impactin_pipelines.settings import state_dir
+from impactin_pipelines.settings import LogSettings, state_dir
 from impactin_pipelines.store.source import integrations
 
 DELIVERY_JOB = "impact_delivery_job"
 STATS_JOB = "delivery_stats_job"
+DELIVERY_LOGGER = "impactin.delivery"  # observability.run_delivery_logger's default name
 # The repository's dagster.yaml, linked into the package so an installed wheel carries it too.
 INSTANCE_YAML = Path(__file__).parents[2] / "embedded_dagster.yaml"
 
@@ -92,7 +94,7 @@ def run_delivery_job(
     job = defs.resolve_job_def(DELIVERY_JOB)
     console = {"loggers": {"console": {"config": {"log_level": _console_level(log_level)}}}}
     outcomes = []
-    with _open_instance(home) as instance:
+    with _open_instance(home) as instance, _one_line_per_record(instance):
         known = _ensure_company_partitions(instance, companies)
         for rng in plan_ranges(known, companies, providers):
             result = job.execute_in_process(
@@ -124,6 +126,42 @@ def _console_level(log_level: str) -> str:
     """The level of Dagster's own console logger in these runs. It writes text; with IMPACTIN_LOG_FORMAT=json the
     CLI's handler writes the run's `impactin` lines as JSON, so Dagster's console stays quiet (CRITICAL)."""
     return "CRITICAL" if log_format() == "json" else log_level
+
+
+class _ShownByDagster(logging.Filter):
+    """Drops `impactin` records that reach Dagster's run log: its console logger prints those already."""
+
+    def __init__(self, run_log_level: int, python_log_level: int) -> None:
+        super().__init__()
+        self.run_log_level = run_log_level  # delivery lines enter the run log from here (IMPACTIN_RUN_LOG_LEVEL)
+        self.python_log_level = python_log_level  # other `impactin` lines, from here (the instance's python_logs)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name != "impactin" and not record.name.startswith("impactin."):
+            return True
+        threshold = self.run_log_level if record.name == DELIVERY_LOGGER else self.python_log_level
+        return record.levelno < threshold
+
+
+@contextlib.contextmanager
+def _one_line_per_record(instance: dg.DagsterInstance) -> Iterator[None]:
+    """In text format both the CLI's stderr handler and Dagster's console logger would print each `impactin`
+    line that enters the run log; while the runs execute, the stderr handler leaves those to Dagster."""
+    if log_format() == "json" or "impactin" not in instance.managed_python_loggers:
+        yield
+        return
+    levels = logging.getLevelNamesMapping()
+    gate = _ShownByDagster(
+        levels[LogSettings.from_env().run_log_level], levels.get((instance.python_log_level or "INFO").upper(), 0)
+    )
+    handlers = list(logging.getLogger().handlers)
+    for handler in handlers:
+        handler.addFilter(gate)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(gate)
 
 
 def _open_instance(home: Path) -> dg.DagsterInstance:
