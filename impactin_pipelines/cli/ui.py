@@ -11,8 +11,9 @@ import click
 from impactin_pipelines.settings import state_dir
 
 LOCATION = "impactin"  # the code location's name, as in workspace.yaml and deploy/
-# `dagster dev` says it is superseded by `dg dev`, which needs a dg project; the rest of its output stays.
-QUIET_DEV = "ignore:The `dagster dev` command:dagster.SupersessionWarning"
+# `dagster dev` warns that `dg dev` supersedes it (`dg dev` needs a dg project, and a user can do nothing about
+# it). A -W message is a literal, case-insensitive prefix; no category, as -W is parsed before dagster is importable.
+QUIET_DEV = "ignore:Function `dev_command` is superseded"
 
 
 def workspace_file(folder: Path) -> Path:
@@ -64,6 +65,9 @@ def ui(host: str, port: int, sandbox_port: int, no_sandbox: bool) -> None:
     if sandbox is not None:
         env.update(sandbox.env())
         click.echo(f"sandbox providers on {sandbox.url}")
+    # Started in the background by a non-interactive shell, this process (and so its child) would ignore SIGINT:
+    # take it back, so Ctrl-C, `kill -INT` and the SIGTERM below stop dagster dev, which stops its own children.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     # Run from DAGSTER_HOME: a dagster.yaml in the working folder that is not DAGSTER_HOME's only earns a warning.
     child = subprocess.Popen(dev_command(workspace_file(home), host, port), cwd=home, env=env)  # noqa: S603 (our own argv)
     click.echo(f"Dagster UI on http://{host}:{port} (DAGSTER_HOME={home}); Ctrl-C stops it and the sandbox")

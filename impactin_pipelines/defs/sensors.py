@@ -6,6 +6,7 @@ from impactin_pipelines.defs.assets.delivery import impact_deliveries
 from impactin_pipelines.defs.assets.stats import delivery_stats
 from impactin_pipelines.defs.jobs import delivery_stats_job
 from impactin_pipelines.defs.orchestration.partitions import COMPANY_PARTITIONS, company_partitions
+from impactin_pipelines.defs.rerun import IN_PROGRESS, delivery_run_records
 from impactin_pipelines.defs.resources import WarehouseResource
 from impactin_pipelines.domain.companies import is_valid_company_id
 from impactin_pipelines.store.source import integrations
@@ -57,4 +58,10 @@ def stats_after_delivery_sensor(context: dg.SensorEvaluationContext) -> dg.RunRe
     stats = _latest_materialization(context.instance, delivery_stats.key)
     if stats is not None and stats > deliveries:
         return dg.SkipReason("delivery_stats is newer than the latest deliveries")
+    # Once after a batch of runs (a night, a backfill of many partitions), not once per run that ends.
+    if delivery_run_records(context.instance, IN_PROGRESS, limit=1):
+        return dg.SkipReason("delivery runs are in progress: statistics follow when they end")
+    stats_runs = dg.RunsFilter(job_name=delivery_stats_job.name, statuses=IN_PROGRESS)
+    if context.instance.get_run_records(filters=stats_runs, limit=1):
+        return dg.SkipReason("a delivery_stats run is in progress")
     return dg.RunRequest(run_key=f"stats-after-{deliveries}")
