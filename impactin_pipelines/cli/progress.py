@@ -1,11 +1,14 @@
 """Per-provider progress of long CLI work (delivered / total, rate, ETA), sampled from the warehouse by a thread.
 
-On a terminal one line per provider is redrawn in place every second; otherwise a plain line per provider is
+On a terminal one status line (every provider, cut to the terminal's width) is redrawn in place every second, and
+a line per provider is left at the end; the cursor stays on the status line, so a log line written meanwhile
+starts after it and is never overdrawn. Otherwise a plain line per provider is
 written when it changed, at most every `plain_every` seconds, and once at the end if any was written (work shorter
 than that stays quiet: the summary says it all). The work being watched is
 not touched: the sampler reads the warehouse (`store.progress`), so progress costs one query per interval.
 """
 
+import os
 import sys
 import threading
 import time
@@ -27,18 +30,28 @@ def _duration(seconds: float) -> str:
     return f"{whole}s"
 
 
+def _rate_and_eta(progress: ProviderProgress, elapsed: float) -> tuple[float, str]:
+    rate = progress.done / elapsed if elapsed > 0 else 0.0
+    if progress.remaining == 0:
+        return rate, "done"
+    return rate, f"ETA {_duration(progress.remaining / rate)}" if rate > 0 else "ETA -"
+
+
 def progress_line(provider: str, progress: ProviderProgress, elapsed: float) -> str:
     """`benevity  120/300 (40%)  118 delivered  35.2/s  ETA 5s`."""
     total = progress.total
     share = f" ({progress.done * 100 // total}%)" if total else ""
-    rate = progress.done / elapsed if elapsed > 0 else 0.0
-    if progress.remaining == 0:
-        eta = "done"
-    elif rate > 0:
-        eta = f"ETA {_duration(progress.remaining / rate)}"
-    else:
-        eta = "ETA -"
+    rate, eta = _rate_and_eta(progress, elapsed)
     return f"{provider:<10} {progress.done}/{total}{share}  {progress.delivered} delivered  {rate:.1f}/s  {eta}"
+
+
+def status_line(sample: Mapping[str, ProviderProgress], elapsed: float) -> str:
+    """`benevity 120/300 35.2/s ETA 5s | goodera 8/8 done`: every provider on one line."""
+    parts = []
+    for provider, progress in sample.items():
+        rate, eta = _rate_and_eta(progress, elapsed)
+        parts.append(f"{provider} {progress.done}/{progress.total} {rate:.1f}/s {eta}")
+    return " | ".join(parts)
 
 
 class Progress:
@@ -61,7 +74,6 @@ class Progress:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="impactin-progress", daemon=True)
         self._started = time.monotonic()
-        self._drawn = 0  # lines drawn on the terminal last time
         self._last_plain: dict[str, ProviderProgress] = {}
         self._last_plain_at = 0.0
 
@@ -87,9 +99,10 @@ class Progress:
             if final:
                 self._stream.write(f"progress unavailable: {type(exc).__name__}\n")
         elapsed = time.monotonic() - self._started
-        lines = [progress_line(p, s, elapsed) for p, s in sample.items() if s.total]
+        shown = {p: s for p, s in sample.items() if s.total}
+        lines = [progress_line(p, s, elapsed) for p, s in shown.items()]
         if self._terminal:
-            self._redraw(lines)
+            self._redraw(status_line(shown, elapsed), lines, final=final)
         elif lines and ((final and self._last_plain) or elapsed - self._last_plain_at >= self._plain_every):
             changed = {p: s for p, s in sample.items() if s.total and self._last_plain.get(p) != s}
             for provider, progress in changed.items():
@@ -98,7 +111,14 @@ class Progress:
             self._last_plain_at = elapsed
         self._stream.flush()
 
-    def _redraw(self, lines: list[str]) -> None:
-        up = f"\x1b[{self._drawn}F" if self._drawn else ""  # back to the first line drawn last time
-        self._stream.write(up + "".join(f"\x1b[2K{line}\n" for line in lines))
-        self._drawn = len(lines)
+    def _redraw(self, status: str, lines: list[str], *, final: bool) -> None:
+        if final:
+            self._stream.write("\r\x1b[2K" + "".join(f"{line}\n" for line in lines))
+        elif status:
+            self._stream.write("\r\x1b[2K" + status[: self._width() - 1])  # a wrapped line cannot be redrawn
+
+    def _width(self) -> int:
+        try:
+            return os.get_terminal_size(self._stream.fileno()).columns
+        except (OSError, ValueError, AttributeError):
+            return 80
