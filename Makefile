@@ -30,8 +30,9 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 
+# The Dagster UI and the sandbox providers on .impactin (what `make demo` left there); Ctrl-C stops both.
 ui: $(STAMP)
-	DAGSTER_HOME=$(CURDIR)/.impactin/dagster_home $(BIN)/dagster dev -w workspace.yaml
+	$(BIN)/impactin ui
 
 # The production deployment on this machine: PostgreSQL storage (deploy/dagster.yaml), a gRPC code server, the
 # webserver and the daemon as separate processes on 127.0.0.1 (see deploy/loopback.py for ports and variables).

@@ -397,3 +397,22 @@ def test_the_images_entry_points_name_commands_and_modules_that_exist() -> None:
         "port": int(code_server[code_server.index("-p") + 1]),
         "location_name": code_server[code_server.index("--location-name") + 1],
     }
+
+
+def test_every_instance_limits_backfill_runs_per_provider_as_it_limits_ours() -> None:
+    """Runs we launch carry impactin/provider; runs Dagster builds for an asset-page backfill (one partition each)
+    carry dagster/partition/provider: each instance limits both alike, and every workspace names the location."""
+    queue = _yaml(HELM_VALUES)["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
+    instances = {
+        "embedded": _yaml(ROOT / "dagster.yaml")["concurrency"]["runs"]["tag_concurrency_limits"],
+        "deploy": _yaml(DEPLOY / "dagster.yaml")["concurrency"]["runs"]["tag_concurrency_limits"],
+        "docker": _yaml(DOCKER_INSTANCE)["concurrency"]["runs"]["tag_concurrency_limits"],
+        "helm": queue["tagConcurrencyLimits"],
+    }
+    for name, limits in instances.items():
+        per_value = {e["key"]: e["limit"] for e in limits if e.get("value") == {"applyLimitPerUniqueValue": True}}
+        assert set(per_value) >= {PROVIDER_TAG, "dagster/partition/provider"}, name
+        assert per_value[PROVIDER_TAG] == per_value["dagster/partition/provider"], name
+    for workspace in (ROOT / "workspace.yaml", DEPLOY / "docker" / "workspace.yaml"):
+        [entry] = _yaml(workspace)["load_from"]
+        assert next(iter(entry.values()))["location_name"] == "impactin", workspace

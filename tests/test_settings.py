@@ -157,25 +157,11 @@ def test_a_check_takes_its_threshold_from_the_checks_resource(engine) -> None:
     assert lenient.passed and lenient.metadata["stuck_pending_hours"].value == 48.0
 
 
-@dg.op
-def _noop() -> None:
-    pass
-
-
-@dg.job
-def _tiny_job() -> None:
-    _noop()
-
-
-def test_the_stats_sensor_requests_statistics_once_per_delivery_run_without_run_config() -> None:
+def test_the_stats_sensor_requests_statistics_once_per_delivery_without_run_config() -> None:
     with dg.instance_for_test() as instance:
-        result = _tiny_job.execute_in_process(instance=instance)
-        context = dg.build_run_status_sensor_context(
-            sensor_name=stats_after_delivery_sensor.name,
-            dagster_instance=instance,
-            dagster_run=result.dagster_run,
-            dagster_event=result.get_run_success_event(),
-        )
-        request = stats_after_delivery_sensor(context)
+        instance.report_runless_asset_event(dg.AssetMaterialization("impact_deliveries"))
+        [delivered] = instance.fetch_materializations(dg.AssetKey("impact_deliveries"), limit=1).records
+        with dg.build_sensor_context(instance=instance) as context:
+            request = stats_after_delivery_sensor(context)
     assert isinstance(request, dg.RunRequest)
-    assert request.run_config == {} and request.run_key == f"stats-after-{result.run_id}"
+    assert request.run_config == {} and request.run_key == f"stats-after-{delivered.storage_id}"

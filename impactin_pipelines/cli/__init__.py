@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "deliveries": ("impactin_pipelines.cli.deliveries:deliveries", "List and show rows of the delivery log."),
     "stats": ("impactin_pipelines.cli.stats:stats", "Delivery statistics by provider, status and error kind."),
     "replay": ("impactin_pipelines.cli.replay:replay", "Send failed or chosen deliveries again, same idempotency key."),
+    "ui": ("impactin_pipelines.cli.ui:ui", "The Dagster UI and the sandbox providers on the local state."),
     "api": ("impactin_pipelines.cli.api:api", "Serve the /v1/impact-in HTTP API."),
     "api-keys": ("impactin_pipelines.cli.api:api_keys", "Create, list and revoke per-company API keys."),
     "providers": ("impactin_pipelines.cli.providers:providers", "Provider connectivity, circuit breakers, pauses."),

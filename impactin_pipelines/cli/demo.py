@@ -3,8 +3,10 @@
 import logging
 import os
 import shutil
+import sys
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -21,6 +23,18 @@ if TYPE_CHECKING:
 
 # Files of the embedded default that the demo owns and recreates each time.
 DEMO_STATE = ("warehouse.db", "warehouse.db-wal", "warehouse.db-shm", "dagster_home", "ratelimit.db")
+
+
+def command_path() -> str:
+    """How to type `impactin` from here without an activated virtual environment: the script next to this
+    interpreter, relative to the working folder when inside it (`.venv/bin/impactin` from a checkout)."""
+    script = Path(sys.executable).parent / "impactin"
+    if not script.exists():
+        return "impactin"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
 
 
 @click.command()
@@ -74,9 +88,10 @@ def demo(events_per_company: int) -> None:
     click.echo(table(["sandbox provider", "accepted events", "requests received", "confirmations"], accepted))
     click.echo()
     click.echo(table(["company", "provider", "delivered", "held (whole list)", "differences", "read-back"], checked))
+    impactin = command_path()
     click.echo(
-        "\nnext: `impactin deliveries list --status failed` shows the quarantined events;\n"
-        f"      `DAGSTER_HOME={state / 'dagster_home'} dagster dev` opens the Dagster UI on this state."
+        f"\nnext: `{impactin} deliveries list --status failed` shows the quarantined events;\n"
+        f"      `{impactin} ui` (`make ui` in a checkout) opens the Dagster UI on this state, sandbox included."
     )
     if not summary["ok"]:
         raise SystemExit(1)

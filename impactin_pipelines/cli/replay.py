@@ -2,11 +2,13 @@
 
 import json
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import click
 
 from impactin_pipelines.cli.common import ProviderChoice, engine
 from impactin_pipelines.cli.output import echo_json, table
+from impactin_pipelines.cli.progress import Progress
 from impactin_pipelines.connectors.registry import ConnectorFactory
 from impactin_pipelines.services.replay import (
     MAX_BULK_IDS,
@@ -16,6 +18,7 @@ from impactin_pipelines.services.replay import (
     replay_many,
     selection_problems,
 )
+from impactin_pipelines.store.progress import ProviderProgress, failed_counts, replay_progress
 
 USAGE = {
     SelectionProblem.IDS_XOR_ALL_FAILED: "give delivery IDs, or --all-failed --company C (not both)",
@@ -35,7 +38,8 @@ USAGE = {
 def replay(
     ids: tuple[str, ...], all_failed: bool, company: str | None, provider: str | None, dry_run: bool, as_json: bool
 ) -> None:
-    """Send deliveries again now, with their original idempotency key (row id or delivery id accepted).
+    """Send deliveries again now, with their original idempotency key (row id or delivery id accepted). With
+    --all-failed, progress per provider goes to stderr (redrawn on a terminal, plain lines every 10 s otherwise).
 
     A delivered row is refused; a row being delivered right now is refused, not sent twice. Exits 1 when any
     replay did not end in `success` (or, with --dry-run, could not be prepared).
@@ -48,7 +52,14 @@ def replay(
     try:
         if all_failed:
             assert company is not None
-            results = replay_all_failed(eng, factory, company_id=company, provider=provider, dry_run=dry_run)
+            started = datetime.now(UTC)
+            failed = {} if dry_run else failed_counts(eng, company_id=company, provider=provider)
+
+            def sample() -> dict[str, ProviderProgress]:
+                return replay_progress(eng, started, failed, company_id=company, provider=provider)
+
+            with Progress(sample):
+                results = replay_all_failed(eng, factory, company_id=company, provider=provider, dry_run=dry_run)
         else:
             results = []
             for start in range(0, len(ids), MAX_BULK_IDS):

@@ -1,13 +1,16 @@
 """`impactin run`: the delivery job, now, in-process, through Dagster."""
 
 import logging
+from datetime import UTC, datetime
 
 import click
 from sqlalchemy.engine import Engine
 
 from impactin_pipelines.cli.common import ProviderChoice, engine, require_encryption_key
 from impactin_pipelines.cli.output import echo_json, table
-from impactin_pipelines.store.delivery_log import attempts_in_runs, status_counts
+from impactin_pipelines.cli.progress import Progress
+from impactin_pipelines.store.delivery_log import attempts_in_runs, config_failures_since, status_counts
+from impactin_pipelines.store.progress import ProviderProgress, delivery_progress
 
 LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
 
@@ -24,9 +27,11 @@ LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def run(companies: tuple[str, ...], providers: tuple[str, ...], log_level: str, as_json: bool) -> None:
-    """Extract and deliver pending events now (the job the nightly schedule runs), then summarise.
+    """Extract and deliver pending events now (the job the nightly schedule runs), then summarise. Progress per
+    provider (done / total, rate, ETA) goes to stderr: redrawn on a terminal, plain lines every 10 s otherwise.
 
-    Exits 0 unless a run crashed; row-level failures are data, shown in the summary.
+    Exits 1 when a run crashed or rows failed for configuration (credentials or settings missing: nothing could
+    be sent); other row-level failures are data, shown in the summary.
     """
     from impactin_pipelines.cli import configure_logging
 
@@ -50,7 +55,14 @@ def execute(
     chosen, wanted, problems = selected_partitions(eng, companies or None, providers or None)
     for problem in problems:
         click.echo(f"warning: {problem}", err=True)
-    outcomes = run_delivery_job(eng, companies=chosen, providers=wanted, trigger=trigger, log_level=log_level)
+    started = datetime.now(UTC)
+
+    def sample() -> dict[str, ProviderProgress]:
+        return delivery_progress(eng, started, datetime.now(UTC), company_ids=chosen, providers=wanted)
+
+    with Progress(sample):
+        outcomes = run_delivery_job(eng, companies=chosen, providers=wanted, trigger=trigger, log_level=log_level)
+    config_failed = config_failures_since(eng, started, company_ids=chosen, providers=wanted)
     run_ids = [o.run_id for o in outcomes]
     made = attempts_in_runs(eng, run_ids)
     state = status_counts(eng, company_ids=chosen, providers=wanted)
@@ -71,7 +83,11 @@ def execute(
             }
         )
     return {
-        "ok": all(o.success for o in outcomes),
+        "ok": all(o.success for o in outcomes) and not config_failed,
+        "configFailures": [
+            {"company": company, "provider": provider, "rows": n}
+            for (company, provider), n in sorted(config_failed.items())
+        ],
         "runs": [
             {
                 "runId": o.run_id,
@@ -99,3 +115,14 @@ def print_summary(summary: dict) -> None:
     totals = ["total", "", *(sum(r[k] for r in rows) for k in keys[2:])]
     click.echo()
     click.echo(table(headers, [[r[k] for k in keys] for r in rows] + [totals]))
+    failures = summary["configFailures"]
+    if failures:
+        click.echo()
+        click.echo(
+            f"{sum(f['rows'] for f in failures)} row(s) failed for configuration (nothing was sent): "
+            + ", ".join(f"{f['company']}/{f['provider']} {f['rows']}" for f in failures)
+        )
+        click.echo(
+            "set the providers' variables or the companies' settings (`impactin providers check` tells which), "
+            "then send them again: `impactin replay --all-failed --company C`"
+        )

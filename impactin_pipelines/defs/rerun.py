@@ -1,7 +1,8 @@
 """The rerun sensor: heals transient trouble by itself, and stops when it should.
 
 Two sources of work, both re-run as range runs of `impact_delivery_job` (one per provider):
-- failed runs of the job: their partitions that still have work are re-run after a growing pause
+- failed delivery runs (of the job, or of the implicit asset job when a delivery asset was launched from the UI):
+  their partitions that still have work are re-run after a growing pause
   (`RetryPolicy.next_run_delay`), as attempt N+1 of the same chain (`impactin/rerun_of`, `impactin/rerun_attempt`),
   `run_key` = chain + attempt + provider. At `max_run_attempts` the chain stops (logged). Runs Dagster will
   retry itself (`dagster/will_retry`) are left to Dagster.
@@ -24,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 
 from impactin_pipelines.connectors.retry import RetryPolicy
+from impactin_pipelines.defs.assets.delivery import impact_deliveries, impact_outbox
 from impactin_pipelines.defs.jobs import impact_delivery_job
 from impactin_pipelines.defs.orchestration.partitions import COMPANY_PARTITIONS, split_key
 from impactin_pipelines.defs.orchestration.planning import RANGE_END_TAG, RANGE_START_TAG, covering_range, run_request
@@ -37,6 +39,8 @@ ATTEMPT_TAG = "impactin/rerun_attempt"
 WILL_RETRY_TAG = "dagster/will_retry"
 PARTITION_TAG = "dagster/partition"
 TRIGGER = "rerun"
+ASSET_JOB = "__ASSET_JOB"  # the implicit job Dagster runs asset backfills and asset-page launches as
+DELIVERY_ASSETS = {impact_outbox.key, impact_deliveries.key}
 LOOKBACK = timedelta(days=2)  # failed runs older than this are no longer the sensor's business
 MAX_FAILED_RUNS = 500  # per tick; the cursor lets the next tick see the rest
 IN_PROGRESS = [
@@ -93,12 +97,26 @@ def _add(target: Partitions, provider: str, companies: set[str]) -> None:
     target.setdefault(provider, set()).update(companies)
 
 
+def delivery_run_records(
+    instance: dg.DagsterInstance,
+    statuses: Sequence[dg.DagsterRunStatus],
+    updated_after: datetime | None = None,
+    limit: int = MAX_FAILED_RUNS,
+) -> list[dg.RunRecord]:
+    """Runs that deliver, whoever launched them: `impact_delivery_job`, and the implicit asset job's runs (a
+    backfill from an asset page, `dagster asset materialize`) whose selection holds a delivery asset."""
+    records: list[dg.RunRecord] = []
+    for job in (impact_delivery_job.name, ASSET_JOB):
+        found = instance.get_run_records(
+            filters=dg.RunsFilter(job_name=job, statuses=list(statuses), updated_after=updated_after), limit=limit
+        )
+        records += [r for r in found if job != ASSET_JOB or (r.dagster_run.asset_selection or set()) & DELIVERY_ASSETS]
+    return records
+
+
 def _busy(instance: dg.DagsterInstance, known: Sequence[str]) -> Partitions:
     busy: Partitions = {}
-    records = instance.get_run_records(
-        filters=dg.RunsFilter(job_name=impact_delivery_job.name, statuses=IN_PROGRESS), limit=MAX_FAILED_RUNS
-    )
-    for record in records:
+    for record in delivery_run_records(instance, IN_PROGRESS):
         for provider, companies in run_partitions(record.dagster_run.tags, known).items():
             _add(busy, provider, companies)
     return busy
@@ -129,12 +147,7 @@ def impact_rerun_sensor(
     planned: Partitions = {}
     notes: list[str] = []
 
-    failed = context.instance.get_run_records(
-        filters=dg.RunsFilter(
-            job_name=impact_delivery_job.name, statuses=[dg.DagsterRunStatus.FAILURE], updated_after=now - LOOKBACK
-        ),
-        limit=MAX_FAILED_RUNS,
-    )
+    failed = delivery_run_records(context.instance, [dg.DagsterRunStatus.FAILURE], updated_after=now - LOOKBACK)
     for record in sorted(failed, key=lambda r: r.storage_id):
         run = record.dagster_run
         if run.run_id in cursor.handled:

@@ -131,3 +131,18 @@ def attempts_in_runs(engine: Engine, run_ids: Sequence[str]) -> dict[tuple[str, 
         for company, provider, outcome, n in conn.execute(stmt).all():
             counts.setdefault((company, provider), {})[outcome] = n
     return counts
+
+
+def config_failures_since(
+    engine: Engine, since: datetime, *, company_ids: Sequence[str] | None = None, providers: Sequence[str] | None = None
+) -> dict[tuple[str, str], int]:
+    """(company, provider) -> rows settled failed/config at or after `since` (a run's start): credentials or
+    settings are missing, so nothing was sent."""
+    flt = DeliveryFilter(company_ids=company_ids, providers=providers, statuses=["failed"])
+    stmt = (
+        sa.select(d.c.company_id, d.c.provider, sa.func.count())
+        .where(*flt.where(), d.c.error_kind == "config", d.c.updated_at >= since)
+        .group_by(d.c.company_id, d.c.provider)
+    )
+    with read_connection(engine) as conn:
+        return {(company, provider): n for company, provider, n in conn.execute(stmt).all()}

@@ -30,7 +30,6 @@ def _companies_by_provider(context: dg.AssetExecutionContext) -> dict[Provider, 
 
 @dg.asset(
     partitions_def=delivery_partitions,
-    backfill_policy=dg.BackfillPolicy.single_run(),
     group_name=GROUP,
     kinds={"sql"},
     description="Outbox rows: one per (event, enabled provider), with the exact payload to send. "
@@ -107,7 +106,6 @@ def _delivery_logger(context: dg.AssetExecutionContext, run_log_level: str) -> l
 
 @dg.asset(
     partitions_def=delivery_partitions,
-    backfill_policy=dg.BackfillPolicy.single_run(),
     deps=[impact_outbox],
     group_name=GROUP,
     kinds={"python", "sql"},
