@@ -27,7 +27,6 @@ class ReconciliationConfig(dg.Config):
 
 @dg.asset(
     partitions_def=delivery_partitions,
-    backfill_policy=dg.BackfillPolicy.single_run(),
     deps=[impact_deliveries],
     group_name=GROUP,
     kinds={"python", "sql"},
