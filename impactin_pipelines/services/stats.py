@@ -1,12 +1,16 @@
 """Delivery statistics: the `/stats` contract's shape (overall by status; by provider x status with average
-attempts), filtered by company and period, and the analyst's fuller view (`full_stats`) that the stats asset
-writes to `impact_delivery_stats`. One query path for the CLI, the API and the stats asset."""
+attempts), filtered by company and period, and the analyst's tables, computed with pandas from one read of the
+delivery rows: by day x provider x status, by company, by error kind, latency percentiles (`stats_tables`).
+`full_stats` is those tables in the JSON shape the CLI prints and the stats asset stores in
+`impact_delivery_stats`. The API's `/stats` reads only the GROUP BY it needs (`delivery_stats`); both agree."""
 
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -20,6 +24,41 @@ _OVERALL_NAMES = {
     DeliveryStatus.FAILED.value: "failed",
     DeliveryStatus.PENDING.value: "pending",
     DeliveryStatus.RETRYING.value: "retrying",
+}
+COUNT_NAME_OF_STATUS: Mapping[str, str] = _OVERALL_NAMES  # "success" -> "successful", ...
+STATUS_NAMES = tuple(_OVERALL_NAMES.values())  # successful, failed, pending, retrying
+PERCENTILES = {"p50Seconds": 0.50, "p95Seconds": 0.95}
+ALL_PROVIDERS = "all"  # the latency table's row over every provider
+
+# The analyst's tables: name -> (column, description). `impactin stats --csv` writes one file per table with
+# these columns in this order; the stats asset shows them with this schema.
+TABLE_COLUMNS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "by_day_provider_status": (
+        ("day", "string", "UTC day of created_at, YYYY-MM-DD"),
+        ("provider", "string", "Provider"),
+        ("status", "string", "Delivery status"),
+        ("count", "int", "Deliveries"),
+        ("avg_attempts", "float", "Average attempts per delivery (2 decimals)"),
+    ),
+    "by_company": (
+        ("company_id", "string", "Company"),
+        ("total", "int", "Deliveries"),
+        ("successful", "int", "Status success"),
+        ("failed", "int", "Status failed"),
+        ("pending", "int", "Status pending"),
+        ("retrying", "int", "Status retrying"),
+        ("success_rate", "float", "successful / (successful + failed); empty when nothing settled"),
+    ),
+    "by_error_kind": (
+        ("error_kind", "string", "Why the row is not (yet) delivered"),
+        ("count", "int", "Deliveries"),
+    ),
+    "latency": (
+        ("provider", "string", f"Provider, or '{ALL_PROVIDERS}' for every provider"),
+        ("samples", "int", "Delivered rows measured"),
+        ("p50_s", "float", "Median created -> delivered, seconds (linear interpolation)"),
+        ("p95_s", "float", "95th percentile created -> delivered, seconds (linear interpolation)"),
+    ),
 }
 
 
@@ -41,6 +80,7 @@ class StatsFilter:
 
 
 def delivery_stats(engine: Engine, flt: StatsFilter = StatsFilter()) -> dict[str, Any]:
+    """The `/stats` contract from one GROUP BY: an API call reads a handful of aggregates, never the rows."""
     stmt = (
         sa.select(d.c.provider, d.c.status, sa.func.count(), sa.func.avg(d.c.attempt_count))
         .where(*flt.where())
@@ -60,12 +100,6 @@ def delivery_stats(engine: Engine, flt: StatsFilter = StatsFilter()) -> dict[str
     return {"overall": overall, "byProvider": by_provider}
 
 
-# -- the analyst's view: by company, by day, by error kind, success rate, latency -------------------------------
-COUNT_NAME_OF_STATUS: Mapping[str, str] = _OVERALL_NAMES  # "success" -> "successful", ...
-STATUS_NAMES = tuple(_OVERALL_NAMES.values())  # successful, failed, pending, retrying
-PERCENTILES = {"p50Seconds": 0.50, "p95Seconds": 0.95}
-
-
 def success_rate(counts: Mapping[str, int]) -> float | None:
     """Delivered among settled rows (success + failed); None when nothing has settled yet. Rows still pending
     or retrying are neither success nor failure."""
@@ -73,6 +107,7 @@ def success_rate(counts: Mapping[str, int]) -> float | None:
     return round(counts.get("successful", 0) / settled, 4) if settled else None
 
 
+# -- the one read ---------------------------------------------------------------------------------------------------
 def _utc_day(engine: Engine, column: Any) -> Any:
     if engine.dialect.name == "postgresql":
         return sa.func.to_char(sa.func.timezone("UTC", column), "YYYY-MM-DD")
@@ -80,65 +115,177 @@ def _utc_day(engine: Engine, column: Any) -> Any:
 
 
 def _latency_s(engine: Engine) -> Any:
+    """created_at -> delivered_at in seconds for delivered rows, NULL for the others."""
     if engine.dialect.name == "postgresql":
-        return sa.extract("epoch", d.c.delivered_at - d.c.created_at)
-    return (sa.func.julianday(d.c.delivered_at) - sa.func.julianday(d.c.created_at)) * 86400.0
+        seconds = sa.extract("epoch", d.c.delivered_at - d.c.created_at)
+    else:
+        seconds = (sa.func.julianday(d.c.delivered_at) - sa.func.julianday(d.c.created_at)) * 86400.0
+    return sa.case((d.c.status == DeliveryStatus.SUCCESS.value, sa.cast(seconds, sa.Float)), else_=None)
 
 
-def _counts_by(engine: Engine, flt: StatsFilter, key: Any) -> dict[str, dict[str, int]]:
-    stmt = sa.select(key.label("k"), d.c.status, sa.func.count()).where(*flt.where()).group_by(key, d.c.status)
-    grouped: dict[str, dict[str, int]] = {}
+def read_rows(engine: Engine, flt: StatsFilter = StatsFilter()) -> pd.DataFrame:
+    """Every delivery in the filter, one row each, with only what the tables need (day and latency computed by
+    the database, so no timestamp is parsed in Python): one SELECT, no ORDER BY."""
+    stmt = sa.select(
+        _utc_day(engine, d.c.created_at).label("day"),
+        d.c.provider,
+        d.c.company_id,
+        d.c.status,
+        d.c.error_kind,
+        d.c.attempt_count,
+        _latency_s(engine).label("latency_s"),
+    ).where(*flt.where())
     with read_connection(engine) as conn:
-        for k, status, n in conn.execute(stmt).all():
-            counts = grouped.setdefault(str(k), dict.fromkeys(("total", *STATUS_NAMES), 0))
-            counts["total"] += n
-            counts[_OVERALL_NAMES[status]] += n
-    return grouped
+        result = conn.execute(stmt)
+        frame = pd.DataFrame(result.all(), columns=list(result.keys()))
+    categories = ("day", "provider", "company_id", "status", "error_kind")
+    return frame.astype({c: "category" for c in categories} | {"attempt_count": "int64", "latency_s": "float64"})
 
 
-def latency_percentiles(engine: Engine, flt: StatsFilter = StatsFilter()) -> dict[str, Any]:
-    """created_at -> delivered_at of delivered rows, in seconds: p50 and p95 by linear interpolation between
-    the two nearest ranks (what PostgreSQL's percentile_cont gives), computed with ORDER BY/OFFSET so it runs
-    the same on SQLite, which has no percentile function, and reads at most two rows per percentile."""
-    latency = _latency_s(engine)
-    delivered = [*flt.where(), d.c.status == DeliveryStatus.SUCCESS.value, d.c.delivered_at.is_not(None)]
-    result: dict[str, Any] = dict.fromkeys(PERCENTILES)
-    with read_connection(engine) as conn:
-        n = conn.execute(sa.select(sa.func.count()).select_from(d).where(*delivered)).scalar_one()
-        result["samples"] = n
-        for name, p in PERCENTILES.items():
-            if not n:
-                continue
-            rank = p * (n - 1)
-            low = int(rank)
-            pair = conn.execute(
-                sa.select(latency.label("s")).where(*delivered).order_by(latency).offset(low).limit(2)
-            ).scalars()
-            values = [float(v) for v in pair]
-            upper = values[1] if len(values) > 1 else values[0]
-            result[name] = round(values[0] + (upper - values[0]) * (rank - low), 3)
-    return result
+# -- the tables -----------------------------------------------------------------------------------------------------
+def _status_counts(frame: pd.DataFrame, key: str) -> pd.DataFrame:
+    """key -> total and one count column per status name (0 when absent), plus success_rate."""
+    counts = (
+        frame.groupby([key, "status"], observed=True).size().unstack("status", fill_value=0)
+        if len(frame)
+        else pd.DataFrame()
+    )
+    counts = counts.rename(columns=_OVERALL_NAMES).reindex(columns=list(STATUS_NAMES), fill_value=0).astype("int64")
+    counts.insert(0, "total", counts.sum(axis=1).astype("int64"))
+    settled = counts["successful"] + counts["failed"]
+    counts["success_rate"] = (counts["successful"] / settled.where(settled > 0)).round(4)
+    counts.index = counts.index.astype(str)
+    counts.index.name = key
+    return counts.sort_index().reset_index()
+
+
+def _latency(frame: pd.DataFrame) -> pd.DataFrame:
+    delivered = frame.loc[frame["latency_s"].notna(), ["provider", "latency_s"]]
+    rows = [(ALL_PROVIDERS, delivered["latency_s"])]
+    rows += [(str(p), group) for p, group in delivered.groupby("provider", observed=True)["latency_s"]]
+    table = [
+        {
+            "provider": name,
+            "samples": len(values),
+            "p50_s": round(float(values.quantile(0.50)), 3) if len(values) else None,
+            "p95_s": round(float(values.quantile(0.95)), 3) if len(values) else None,
+        }
+        for name, values in rows
+    ]
+    return pd.DataFrame(table, columns=[c for c, _, _ in TABLE_COLUMNS["latency"]]).astype(
+        {"samples": "int64", "p50_s": "float64", "p95_s": "float64"}
+    )
+
+
+def stats_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The analyst's tables from `read_rows`' frame, columns as in `TABLE_COLUMNS`, sorted by their keys."""
+    keys = ["day", "provider", "status"]
+    by_dps = (
+        frame.groupby(keys, observed=True)
+        .agg(count=("attempt_count", "size"), avg_attempts=("attempt_count", "mean"))
+        .reset_index()
+    )
+    by_dps = by_dps.astype({k: str for k in keys} | {"count": "int64"}).sort_values(keys, ignore_index=True)
+    by_dps["avg_attempts"] = by_dps["avg_attempts"].round(2)
+    kinds = frame["error_kind"].dropna()
+    by_kind = (
+        kinds.astype(str)
+        .value_counts()
+        .rename_axis("error_kind")
+        .reset_index(name="count")
+        .sort_values("error_kind", ignore_index=True)
+    )
+    tables = {
+        "by_day_provider_status": by_dps,
+        "by_company": _status_counts(frame, "company_id"),
+        "by_error_kind": by_kind.astype({"count": "int64"}),
+        "latency": _latency(frame),
+    }
+    return {name: tables[name][[c for c, _, _ in TABLE_COLUMNS[name]]] for name in TABLE_COLUMNS}
+
+
+def _none_if_nan(value: Any) -> Any:
+    """A plain Python value (int, float, str) or None for NaN: what JSON and Dagster metadata take."""
+    if pd.isna(value):
+        return None
+    return value.item() if hasattr(value, "item") else value
+
+
+def records(table: pd.DataFrame) -> list[dict[str, Any]]:
+    """The table's rows as dicts of plain Python values (None where undefined)."""
+    return [{k: _none_if_nan(v) for k, v in row.items()} for row in table.to_dict("records")]
+
+
+@dataclass(frozen=True)
+class Analysis:
+    tables: dict[str, pd.DataFrame]  # as in TABLE_COLUMNS
+    stats: dict[str, Any]  # full_stats' shape
+
+
+def analyse(engine: Engine, flt: StatsFilter = StatsFilter()) -> Analysis:
+    """The tables and their JSON summary, from one read of the rows."""
+    frame = read_rows(engine, flt)
+    tables = stats_tables(frame)
+    return Analysis(tables, _stats_json(frame, tables))
 
 
 def full_stats(engine: Engine, flt: StatsFilter = StatsFilter()) -> dict[str, Any]:
     """The `/stats` contract's shape plus success rate, by company, by day (UTC, of created_at), by error kind,
     and latency percentiles."""
-    stats = delivery_stats(engine, flt)
-    by_kind = sa.select(d.c.error_kind, sa.func.count()).where(*flt.where(), d.c.error_kind.is_not(None))
-    with read_connection(engine) as conn:
-        kinds = conn.execute(by_kind.group_by(d.c.error_kind).order_by(d.c.error_kind)).all()
-    companies = _counts_by(engine, flt, d.c.company_id)
-    days = _counts_by(engine, flt, _utc_day(engine, d.c.created_at))
+    return analyse(engine, flt).stats
+
+
+def _stats_json(frame: pd.DataFrame, tables: Mapping[str, pd.DataFrame]) -> dict[str, Any]:
+    by_dps = tables["by_day_provider_status"]
+    by_provider = []
+    if len(by_dps):
+        grouped = frame.groupby(["provider", "status"], observed=True)["attempt_count"].agg(["size", "mean"])
+        for (provider, status), row in grouped.sort_index().iterrows():
+            by_provider.append(
+                {
+                    "provider": str(provider),
+                    "status": str(status),
+                    "count": int(row["size"]),
+                    "avgAttempts": round(float(row["mean"]), 2),
+                }
+            )
+    overall = dict.fromkeys(("total", *STATUS_NAMES), 0)
+    for r in by_provider:
+        overall["total"] += r["count"]
+        overall[_OVERALL_NAMES[r["status"]]] += r["count"]
+    companies = records(tables["by_company"].rename(columns={"company_id": "companyId", "success_rate": "successRate"}))
+    days = _status_counts(frame, "day").rename(columns={"success_rate": "successRate"})
+    latency = tables["latency"].iloc[0]
     return {
-        **stats,
-        "successRate": success_rate(stats["overall"]),
-        "byCompany": [
-            {"companyId": c, **counts, "successRate": success_rate(counts)} for c, counts in sorted(companies.items())
-        ],
-        "byDay": [{"day": day, **counts, "successRate": success_rate(counts)} for day, counts in sorted(days.items())],
-        "byErrorKind": [{"errorKind": kind, "count": n} for kind, n in kinds],
-        "latency": latency_percentiles(engine, flt),
+        "overall": overall,
+        "byProvider": by_provider,
+        "successRate": success_rate(overall),
+        "byCompany": companies,
+        "byDay": records(days),
+        "byErrorKind": [{"errorKind": r["error_kind"], "count": r["count"]} for r in records(tables["by_error_kind"])],
+        "latency": {
+            "p50Seconds": _none_if_nan(latency["p50_s"]),
+            "p95Seconds": _none_if_nan(latency["p95_s"]),
+            "samples": int(latency["samples"]),
+        },
     }
+
+
+def latency_percentiles(engine: Engine, flt: StatsFilter = StatsFilter()) -> dict[str, Any]:
+    """created_at -> delivered_at of delivered rows, in seconds: p50 and p95 by linear interpolation between
+    the two nearest ranks (what PostgreSQL's percentile_cont gives), on both backends."""
+    return full_stats(engine, flt)["latency"]
+
+
+def write_csv(tables: Mapping[str, pd.DataFrame], directory: Path) -> list[Path]:
+    """One `<table>.csv` per table (UTF-8, header row, columns as in `TABLE_COLUMNS`, empty cell for undefined)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, table in tables.items():
+        path = directory / f"{name}.csv"
+        table.to_csv(path, index=False)
+        written.append(path)
+    return written
 
 
 def snapshot_rows(stats: Mapping[str, Any]) -> list[StatRow]:
