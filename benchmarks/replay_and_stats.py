@@ -4,7 +4,7 @@ Replay: N failed Benevity rows replayed with `replay_all_failed` (pages of 100, 
 attempts recorded), against the same stored payloads sent one request at a time by the same connector with
 nothing recorded. The sandbox adds latency, so the ratio shows what claimed, concurrent pages buy.
 
-Stats: the analyst's tables on pandas (`services.stats.analyse`: one read of the rows, every table, p50/p95) over
+Stats: the analyst's tables on pandas (`services.analytics.analyse`: one read of the rows, every table, p50/p95) over
 100,000 deliveries on SQLite and on PostgreSQL, against one `SELECT status, count(*) ... GROUP BY status` over the
 same rows (the cheapest full pass the database can make) and the spec's `/stats` query (`delivery_stats`). Goal:
 the analyst's tables in under a second.
@@ -24,9 +24,10 @@ from benchmarks.pg import scratch_postgres, vacuum
 from impactin_pipelines.connectors.registry import ConnectorFactory
 from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.providers.env import ProviderEnv
+from impactin_pipelines.services.analytics import analyse
 from impactin_pipelines.services.extract import extract
 from impactin_pipelines.services.replay import replay_all_failed
-from impactin_pipelines.services.stats import analyse, delivery_stats
+from impactin_pipelines.services.stats import delivery_stats
 from impactin_pipelines.settings import DeliverySettings
 from impactin_pipelines.store.schema import impact_deliveries as d
 

@@ -16,17 +16,16 @@ from impactin_pipelines.defs.assets.stats import delivery_stats as delivery_stat
 from impactin_pipelines.defs.assets.stats import stats_metadata
 from impactin_pipelines.defs.resources import WarehouseResource
 from impactin_pipelines.domain.identity import delivery_id_for
-from impactin_pipelines.services.stats import (
+from impactin_pipelines.services.analytics import (
     ALL_PROVIDERS,
     TABLE_COLUMNS,
-    StatsFilter,
     analyse,
-    delivery_stats,
     full_stats,
     latency_percentiles,
     records,
     snapshot_rows,
 )
+from impactin_pipelines.services.stats import StatsFilter, delivery_stats
 from impactin_pipelines.store.outbox import NewDelivery, Outbox
 from impactin_pipelines.store.schema import impact_deliveries as d
 from impactin_pipelines.store.stats_snapshots import (
@@ -295,13 +294,16 @@ def test_asset_shows_the_tables(ledger) -> None:
         )
         [mat] = result.asset_materializations_for_node("delivery_stats")
     schema = mat.metadata["dagster/column_schema"].value
+    assert isinstance(schema, dg.TableSchema)
     assert [c.name for c in schema.columns] == [c for c, _, _ in SNAPSHOT_COLUMNS]
     assert mat.metadata["dagster/row_count"].value == len(latest_snapshot(ledger))
-    company = mat.metadata["table_by_company"]
+    company, latency = mat.metadata["table_by_company"], mat.metadata["table_latency"]
+    assert isinstance(company, dg.TableMetadataValue) and isinstance(latency, dg.TableMetadataValue)
+    assert company.schema is not None
     assert [c.name for c in company.schema.columns] == [c for c, _, _ in TABLE_COLUMNS["by_company"]]
     assert [r.data["company_id"] for r in company.records] == ["acme", "globex"]
     assert mat.metadata["table_by_company_rows"].value == 2
-    assert mat.metadata["table_latency"].records[0].data == {
+    assert latency.records[0].data == {
         "provider": "all",
         "samples": 5,
         "p50_s": 30.0,

@@ -6,7 +6,7 @@ import click
 
 from impactin_pipelines.cli.common import bound, engine
 from impactin_pipelines.cli.output import echo_json, table
-from impactin_pipelines.services.stats import STATUS_NAMES, StatsFilter, analyse, delivery_stats, write_csv
+from impactin_pipelines.services.stats import STATUS_NAMES, StatsFilter, delivery_stats
 
 
 @click.command()
@@ -37,6 +37,8 @@ def stats(
         company_ids=tuple(companies) or None, since=bound(since, "--since"), until=bound(until, "--until", end=True)
     )
     if detail or csv_dir is not None:
+        from impactin_pipelines.services.analytics import analyse, write_csv  # pandas: only when asked for
+
         analysis = analyse(engine(), flt)
         result = analysis.stats if detail else {k: analysis.stats[k] for k in ("overall", "byProvider")}
         if csv_dir is not None:

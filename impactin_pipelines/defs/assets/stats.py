@@ -13,16 +13,8 @@ from impactin_pipelines.defs.assets.delivery import GROUP, impact_deliveries
 from impactin_pipelines.defs.resources import WarehouseResource
 from impactin_pipelines.domain.providers import PROVIDERS
 from impactin_pipelines.domain.statuses import ErrorKind
-from impactin_pipelines.services.stats import (
-    COUNT_NAME_OF_STATUS,
-    STATUS_NAMES,
-    TABLE_COLUMNS,
-    StatsFilter,
-    analyse,
-    records,
-    snapshot_rows,
-    success_rate,
-)
+from impactin_pipelines.services.analytics import TABLE_COLUMNS, analyse, records, snapshot_rows
+from impactin_pipelines.services.stats import COUNT_NAME_OF_STATUS, STATUS_NAMES, StatsFilter, success_rate
 from impactin_pipelines.store.stats_snapshots import SNAPSHOT_COLUMNS, write_snapshot
 
 MARKDOWN_ROWS = 20  # companies / days shown in the markdown; the table in SQL has all of them
