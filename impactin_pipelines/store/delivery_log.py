@@ -3,6 +3,7 @@
 
 import base64
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -55,7 +56,8 @@ def _typed(value: str) -> Any:
         number = json.loads(value)
     except ValueError:
         return value
-    return number if isinstance(number, int | float) and not isinstance(number, bool) else value
+    is_number = isinstance(number, int | float) and not isinstance(number, bool) and math.isfinite(number)
+    return number if is_number else value  # NaN and Infinity are no JSON values: matched as text
 
 
 def _metadata_matches(dialect: str, key: str, value: str) -> Any:

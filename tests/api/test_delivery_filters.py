@@ -90,6 +90,7 @@ def test_each_filter(api):
     assert event_ids(api, **{"metadata.program": "buddy_mentoring", "metadata.cohort": "2025"}) == ["e4", "e1"]
     assert event_ids(api, **{"metadata.program": "nothing"}) == []
     assert event_ids(api, **{"metadata.not": "json"}) == []
+    assert event_ids(api, **{"metadata.cohort": "NaN"}) == [] and event_ids(api, **{"metadata.cohort": "1e999"}) == []
     # together, and with the guide's filters
     assert event_ids(api, errorKind="rejected", companyId="acme") == ["e1"]
     assert event_ids(api, userId="u2", status="success") == ["e5"]
