@@ -18,10 +18,10 @@ CREATE INDEX ix_impact_deliveries_event ON impact_deliveries (event_id);
 CREATE INDEX ix_impact_events_user ON impact_events (user_id);
 -- metadata.KEY=VALUE on PostgreSQL: a GIN index over the events' metadata as jsonb. The column is landing text that
 -- may hold malformed JSON, so the cast goes through a function that answers NULL instead of failing (an index
--- expression that raised would refuse the malformed rows the gate must quarantine). PARALLEL RESTRICTED: the
--- exception block is a subtransaction, which a parallel worker may not start. SQLite reads json_extract.
+-- expression that raised would refuse the malformed rows the gate must quarantine). PARALLEL UNSAFE: the
+-- exception block is a subtransaction, which no process may start in parallel mode (not even the leader). SQLite reads json_extract.
 -- postgresql:
-CREATE FUNCTION impactin_jsonb_or_null(doc text) RETURNS jsonb LANGUAGE plpgsql IMMUTABLE PARALLEL RESTRICTED AS $$ BEGIN RETURN doc::jsonb; EXCEPTION WHEN others THEN RETURN NULL; END $$;
+CREATE FUNCTION impactin_jsonb_or_null(doc text) RETURNS jsonb LANGUAGE plpgsql IMMUTABLE PARALLEL UNSAFE AS $$ BEGIN RETURN doc::jsonb; EXCEPTION WHEN others THEN RETURN NULL; END $$;
 -- postgresql:
 CREATE INDEX ix_impact_events_metadata ON impact_events USING gin (impactin_jsonb_or_null(metadata) jsonb_path_ops);
 -- Free text in last_error on PostgreSQL: a trigram index serves ILIKE '%text%' when the server has pg_trgm. The

@@ -273,3 +273,16 @@ def test_cli_filters_and_cursor(engine):
     ):
         bad = _cli(["deliveries", "list", *args], url)
         assert bad.returncode == 2 and hint in bad.stderr, (args, bad.stderr)
+
+
+def test_metadata_filter_runs_in_a_parallel_plan(pg_engine):
+    """Over a million events PostgreSQL plans the metadata match in parallel: the jsonb function must allow it."""
+    seed_filters(pg_engine)
+    where = DeliveryFilter(metadata={"program": "buddy_mentoring"}).where("postgresql")
+    with pg_engine.connect() as conn:
+        for setting in ("parallel_setup_cost = 0", "parallel_tuple_cost = 0", "min_parallel_table_scan_size = 0"):
+            conn.exec_driver_sql(f"SET {setting}")
+        version = conn.exec_driver_sql("SHOW server_version_num").scalar_one()
+        conn.exec_driver_sql(f"SET {'debug_parallel_query' if int(version) >= 160000 else 'force_parallel_mode'} = on")
+        count = conn.execute(sa.select(sa.func.count()).select_from(d).where(*where)).scalar_one()
+    assert count == 3
