@@ -3,6 +3,7 @@
 from benchmarks import (
     benevity_throughput,
     claims,
+    deep_pages,
     goodera_quota,
     metrics_scrape,
     partition_fanout,
@@ -10,7 +11,16 @@ from benchmarks import (
     staging,
 )
 
-BENCHMARKS = [benevity_throughput, partition_fanout, goodera_quota, replay_and_stats, staging, claims, metrics_scrape]
+BENCHMARKS = [
+    benevity_throughput,
+    partition_fanout,
+    goodera_quota,
+    replay_and_stats,
+    staging,
+    claims,
+    metrics_scrape,
+    deep_pages,
+]
 
 
 def main() -> None:

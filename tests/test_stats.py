@@ -1,5 +1,6 @@
 """Delivery statistics on both backends: every section, portable percentiles, the SQL table and the asset."""
 
+import csv
 import json
 import os
 import subprocess
@@ -15,16 +16,24 @@ from impactin_pipelines.defs.assets.stats import delivery_stats as delivery_stat
 from impactin_pipelines.defs.assets.stats import stats_metadata
 from impactin_pipelines.defs.resources import WarehouseResource
 from impactin_pipelines.domain.identity import delivery_id_for
-from impactin_pipelines.services.stats import (
-    StatsFilter,
-    delivery_stats,
+from impactin_pipelines.services.analytics import (
+    ALL_PROVIDERS,
+    TABLE_COLUMNS,
+    analyse,
     full_stats,
     latency_percentiles,
+    records,
     snapshot_rows,
 )
+from impactin_pipelines.services.stats import StatsFilter, delivery_stats
 from impactin_pipelines.store.outbox import NewDelivery, Outbox
 from impactin_pipelines.store.schema import impact_deliveries as d
-from impactin_pipelines.store.stats_snapshots import impact_delivery_stats, latest_snapshot, write_snapshot
+from impactin_pipelines.store.stats_snapshots import (
+    SNAPSHOT_COLUMNS,
+    impact_delivery_stats,
+    latest_snapshot,
+    write_snapshot,
+)
 
 DAY1 = datetime(2026, 3, 1, 23, 30, tzinfo=UTC)  # late on the 1st (UTC)
 DAY2 = datetime(2026, 3, 2, 0, 30, tzinfo=UTC)  # an hour later, but the 2nd
@@ -233,3 +242,96 @@ def test_cli_stats_detail(ledger) -> None:
     assert text.returncode == 0, text.stderr
     assert "success rate (of settled): 62.50%" in text.stdout and "p95 88.0 s (5 delivered)" in text.stdout
     assert "2026-03-02" in text.stdout and "invalid_event" in text.stdout
+
+
+def test_tables_from_one_read(ledger) -> None:
+    analysis = analyse(ledger)
+    tables = analysis.tables
+    assert list(tables) == list(TABLE_COLUMNS)
+    for name, table in tables.items():
+        assert list(table.columns) == [c for c, _, _ in TABLE_COLUMNS[name]]
+    by_dps = records(tables["by_day_provider_status"])
+    assert by_dps == [
+        {"day": "2026-03-01", "provider": "benevity", "status": "failed", "count": 2, "avg_attempts": 5.0},
+        {"day": "2026-03-01", "provider": "benevity", "status": "pending", "count": 1, "avg_attempts": 0.0},
+        {"day": "2026-03-01", "provider": "benevity", "status": "success", "count": 5, "avg_attempts": 1.4},
+        {"day": "2026-03-01", "provider": "goodera", "status": "retrying", "count": 1, "avg_attempts": 1.0},
+        {"day": "2026-03-02", "provider": "benevity", "status": "failed", "count": 1, "avg_attempts": 0.0},
+    ]
+    assert records(tables["by_company"])[1] == {
+        "company_id": "globex",
+        "total": 3,
+        "successful": 0,
+        "failed": 2,
+        "pending": 0,
+        "retrying": 1,
+        "success_rate": 0.0,
+    }
+    assert records(tables["latency"]) == [
+        {"provider": ALL_PROVIDERS, "samples": 5, "p50_s": 30.0, "p95_s": 88.0},
+        {"provider": "benevity", "samples": 5, "p50_s": 30.0, "p95_s": 88.0},
+    ]
+    # the analyst's view and the API's GROUP BY agree on the contract's part
+    contract = delivery_stats(ledger)
+    assert {k: analysis.stats[k] for k in contract} == contract
+
+
+def test_tables_when_nothing_matches(ledger) -> None:
+    analysis = analyse(ledger, StatsFilter(company_ids=("nobody",)))
+    assert all(table.empty for name, table in analysis.tables.items() if name != "latency")
+    assert records(analysis.tables["latency"]) == [{"provider": "all", "samples": 0, "p50_s": None, "p95_s": None}]
+    assert analysis.stats["overall"]["total"] == 0 and analysis.stats["byProvider"] == []
+
+
+def test_asset_shows_the_tables(ledger) -> None:
+    url = ledger.url.render_as_string(hide_password=False)
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [delivery_stats_asset],
+            instance=instance,
+            resources={"warehouse": WarehouseResource(url=url)},
+            run_config={"ops": {"delivery_stats": {"config": {"period_days": 0}}}},
+        )
+        [mat] = result.asset_materializations_for_node("delivery_stats")
+    schema = mat.metadata["dagster/column_schema"].value
+    assert isinstance(schema, dg.TableSchema)
+    assert [c.name for c in schema.columns] == [c for c, _, _ in SNAPSHOT_COLUMNS]
+    assert mat.metadata["dagster/row_count"].value == len(latest_snapshot(ledger))
+    company, latency = mat.metadata["table_by_company"], mat.metadata["table_latency"]
+    assert isinstance(company, dg.TableMetadataValue) and isinstance(latency, dg.TableMetadataValue)
+    assert company.schema is not None
+    assert [c.name for c in company.schema.columns] == [c for c, _, _ in TABLE_COLUMNS["by_company"]]
+    assert [r.data["company_id"] for r in company.records] == ["acme", "globex"]
+    assert mat.metadata["table_by_company_rows"].value == 2
+    assert latency.records[0].data == {
+        "provider": "all",
+        "samples": 5,
+        "p50_s": 30.0,
+        "p95_s": 88.0,
+    }
+
+
+def test_cli_stats_csv(ledger, tmp_path) -> None:
+    url = ledger.url.render_as_string(hide_password=False)
+    out = tmp_path / "stats"
+    result = _cli(["stats", "--csv", str(out), "--company", "acme"], url)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{name}.csv" for name in TABLE_COLUMNS)
+    for name, columns in TABLE_COLUMNS.items():
+        with (out / f"{name}.csv").open(newline="") as f:
+            assert next(csv.reader(f)) == [c for c, _, _ in columns]
+    with (out / "by_company.csv").open(newline="") as f:
+        assert list(csv.DictReader(f)) == [
+            {
+                "company_id": "acme",
+                "total": "7",
+                "successful": "5",
+                "failed": "1",
+                "pending": "1",
+                "retrying": "0",
+                "success_rate": "0.8333",
+            }
+        ]
+    with (out / "by_error_kind.csv").open(newline="") as f:
+        assert list(csv.DictReader(f)) == [{"error_kind": "rejected", "count": "1"}]
+    assert f"wrote {out / 'latency.csv'}" in result.stdout

@@ -7,12 +7,20 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 from impactin_pipelines.api import validation
+from impactin_pipelines.domain.events import MAX_TEXT_CHARS
 from impactin_pipelines.domain.providers import PROVIDERS
-from impactin_pipelines.domain.statuses import DeliveryStatus
+from impactin_pipelines.domain.statuses import DeliveryStatus, ErrorKind
+from impactin_pipelines.store.delivery_log import (
+    MAX_METADATA_VALUE_CHARS,
+    MAX_SEARCH_CHARS,
+    METADATA_KEY,
+    MIN_SEARCH_CHARS,
+)
 
 VERSION = "1.0.0"
 _REF = "#/components/schemas/{model}"
 STATUSES = [s.value for s in DeliveryStatus]
+ERROR_KINDS = [k.value for k in ErrorKind]
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -130,10 +138,25 @@ RESPONSE_SCHEMAS: dict[str, Any] = {
             "hasPrev": {"type": "boolean"},
         },
     },
+    "CursorPagination": {
+        "type": "object",
+        "description": "A page asked for with `cursor`: no total (counting every match would cost what the cursor "
+        "saves); pass `nextCursor` as `cursor` for the next page.",
+        "required": ["limit", "hasNext", "hasPrev", "nextCursor"],
+        "properties": {
+            "limit": {"type": "integer", "minimum": 1, "maximum": validation.MAX_LIMIT},
+            "hasNext": {"type": "boolean"},
+            "hasPrev": {"type": "boolean"},
+            "nextCursor": _nullable({"type": "string", "description": "Opaque; null on the last page."}),
+        },
+    },
     "DeliveryList": {
         "type": "object",
         "required": ["data", "pagination"],
-        "properties": {"data": {"type": "array", "items": _ref("DeliverySummary")}, "pagination": _ref("Pagination")},
+        "properties": {
+            "data": {"type": "array", "items": _ref("DeliverySummary")},
+            "pagination": {"oneOf": [_ref("Pagination"), _ref("CursorPagination")]},
+        },
     },
     "DeliveryResponse": {"type": "object", "required": ["data"], "properties": {"data": _ref("DeliveryDetail")}},
     "Stats": {
@@ -295,7 +318,53 @@ def _paths() -> dict[str, Any]:
                     _query("provider", "Only this provider.", {"type": "string", "enum": list(PROVIDERS)}),
                     _query("status", "Only this status.", {"type": "string", "enum": STATUSES}),
                     *_PERIOD,
-                    _query("page", "1-based page.", {"type": "integer", "minimum": 1, "maximum": validation.MAX_PAGE}),
+                    _query(
+                        "errorKind",
+                        "Only rows failed or retrying for this reason.",
+                        {"type": "string", "enum": ERROR_KINDS},
+                    ),
+                    _query(
+                        "eventId",
+                        "Only this event's deliveries (a company key: its own submissions' eventId too).",
+                        {"type": "string", "maxLength": MAX_TEXT_CHARS},
+                    ),
+                    _query(
+                        "userId",
+                        "Only deliveries of this user's events.",
+                        {"type": "string", "maxLength": MAX_TEXT_CHARS},
+                    ),
+                    _query(
+                        "search",
+                        "Case-insensitive text inside the last error (`%` and `_` are plain characters).",
+                        {"type": "string", "minLength": MIN_SEARCH_CHARS, "maxLength": MAX_SEARCH_CHARS},
+                    ),
+                    {
+                        "name": "metadata",
+                        "in": "query",
+                        "required": False,
+                        "description": "Written `metadata.KEY=VALUE` (e.g. `metadata.program=buddy_mentoring`), "
+                        "repeatable with different keys, all must match: the event's metadata has KEY (top level) "
+                        "equal to VALUE as text, or as the number or boolean VALUE spells.",
+                        "style": "deepObject",
+                        "explode": True,
+                        "schema": {
+                            "type": "object",
+                            "propertyNames": {"pattern": METADATA_KEY.pattern},
+                            "additionalProperties": {"type": "string", "maxLength": MAX_METADATA_VALUE_CHARS},
+                        },
+                    },
+                    _query(
+                        "page",
+                        "1-based page (the guide's pagination, with `total`). Not with `cursor`.",
+                        {"type": "integer", "minimum": 1, "maximum": validation.MAX_PAGE},
+                    ),
+                    _query(
+                        "cursor",
+                        "Keyset pagination: `nextCursor` of the previous page, or empty for the first page. The "
+                        "answer's pagination is then `CursorPagination`; a deep page costs what the first does. "
+                        "Not with `page`.",
+                        {"type": "string", "maxLength": validation.MAX_CURSOR_CHARS},
+                    ),
                     _query(
                         "limit",
                         "Rows per page.",

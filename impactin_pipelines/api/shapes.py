@@ -53,11 +53,19 @@ def delivery_detail(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def pagination(page: Page) -> dict[str, Any]:
+    """The guide's shape for a page asked by number; for a cursor page: limit, hasNext, hasPrev, nextCursor."""
+    if page.page is None:
+        return {
+            "limit": page.limit,
+            "hasNext": page.next_cursor is not None,
+            "hasPrev": page.after_cursor,
+            "nextCursor": page.next_cursor,
+        }
     total_pages = page.total_pages
     return {
         "page": page.page,
         "limit": page.limit,
-        "total": page.total,
+        "total": page.total or 0,
         "totalPages": total_pages,
         "hasNext": page.page < total_pages,
         "hasPrev": page.page > 1,

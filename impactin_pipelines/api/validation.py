@@ -18,11 +18,20 @@ from impactin_pipelines.domain.errors import InvalidEvent
 from impactin_pipelines.domain.events import MAX_TEXT_CHARS, DuplicateKey, unique_keys
 from impactin_pipelines.domain.periods import BoundOutOfRange, out_of_range_reason, parse_bound
 from impactin_pipelines.domain.providers import Provider
-from impactin_pipelines.domain.statuses import DeliveryStatus
+from impactin_pipelines.domain.statuses import DeliveryStatus, ErrorKind
 from impactin_pipelines.services.replay import MAX_BULK_IDS
+from impactin_pipelines.store.delivery_log import (
+    MAX_METADATA_VALUE_CHARS,
+    MAX_SEARCH_CHARS,
+    METADATA_KEY,
+    MIN_SEARCH_CHARS,
+    decode_cursor,
+)
 
 MAX_PAGE = 1_000_000
 MAX_LIMIT = 100
+MAX_CURSOR_CHARS = 200
+METADATA_PREFIX = "metadata."
 
 _MAX_BOUND_CHARS = 40
 
@@ -98,8 +107,46 @@ class ListQuery(PeriodQuery):
     companyId: CompanyId | None = None
     provider: Provider | None = None
     status: DeliveryStatus | None = None
+    errorKind: ErrorKind | None = None
+    eventId: Text | None = None
+    userId: Text | None = None
+    search: str | None = Field(None, min_length=MIN_SEARCH_CHARS, max_length=MAX_SEARCH_CHARS)
     page: int = Field(1, ge=1, le=MAX_PAGE)
+    cursor: str | None = Field(None, max_length=MAX_CURSOR_CHARS)
     limit: int = Field(20, ge=1, le=MAX_LIMIT)
+    metadata: dict[str, str] = Field(default_factory=dict)  # from `metadata.KEY=VALUE` parameters
+
+    @field_validator("cursor")
+    @classmethod
+    def _cursor(cls, value: str | None) -> str | None:
+        if value:
+            decode_cursor(value)  # ValueError names what is wrong
+        return value
+
+
+def list_query(request: Request) -> ListQuery:
+    """The list's query string: `metadata.KEY=VALUE` parameters become `metadata`; `page` and `cursor` exclude
+    each other (a cursor already says where the page starts)."""
+    params = request.query_params
+    problems = []
+    metadata: dict[str, str] = {}
+    for name in params:
+        if not name.startswith(METADATA_PREFIX):
+            continue
+        key, value = name[len(METADATA_PREFIX) :], params[name]
+        if not METADATA_KEY.match(key):
+            problems.append(field_error(name, "names a metadata key: 1 to 64 letters, digits, '_' or '-'", key))
+        elif not 1 <= len(value) <= MAX_METADATA_VALUE_CHARS:
+            problems.append(field_error(name, f"must be 1 to {MAX_METADATA_VALUE_CHARS} characters", value))
+        else:
+            metadata[key] = value
+    if "metadata" in params:
+        problems.append(field_error("metadata", "is given as metadata.KEY=VALUE", params["metadata"]))
+    if "cursor" in params and "page" in params:
+        problems.append(field_error("cursor", "cannot be combined with page", params["cursor"]))
+    if problems:
+        raise bad_request(problems)
+    return query(request, ListQuery, extra={"metadata": metadata}, skip_prefix=METADATA_PREFIX)
 
 
 class DeliveryPath(_Strict):
@@ -151,13 +198,17 @@ class DeliverBody(_Strict):
 
 
 # -- readers -------------------------------------------------------------------------------------------------------
-def query(request: Request, model: type[Model]) -> Model:
-    """A query string as the model; a parameter given twice is an error, not a silent pick."""
+def query(
+    request: Request, model: type[Model], *, extra: dict[str, Any] | None = None, skip_prefix: str | None = None
+) -> Model:
+    """A query string as the model; a parameter given twice is an error, not a silent pick. Parameters starting
+    with `skip_prefix` were read by the caller, which passes what it made of them in `extra`."""
     params = request.query_params
     repeated = sorted({k for k in params if len(params.getlist(k)) > 1})
     if repeated:
         raise bad_request([field_error(k, "is given more than once", params.getlist(k)[0]) for k in repeated])
-    return model.model_validate(dict(params))
+    fields = {k: v for k, v in params.items() if skip_prefix is None or not k.startswith(skip_prefix)}
+    return model.model_validate({**fields, **(extra or {})})
 
 
 def path(request: Request, model: type[Model]) -> Model:

@@ -1,10 +1,12 @@
 """`impactin stats`."""
 
+from pathlib import Path
+
 import click
 
 from impactin_pipelines.cli.common import bound, engine
 from impactin_pipelines.cli.output import echo_json, table
-from impactin_pipelines.services.stats import STATUS_NAMES, StatsFilter, delivery_stats, full_stats
+from impactin_pipelines.services.stats import STATUS_NAMES, StatsFilter, delivery_stats
 
 
 @click.command()
@@ -13,12 +15,37 @@ from impactin_pipelines.services.stats import STATUS_NAMES, StatsFilter, deliver
 @click.option("--until", help="Created before (a date includes that whole day).")
 @click.option("--detail", is_flag=True, help="Also: success rate, latency, by company, by day, by error kind.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (the API's /stats shape).")
-def stats(companies: tuple[str, ...], since: str | None, until: str | None, detail: bool, as_json: bool) -> None:
-    """Delivery statistics: totals by status, and by provider x status with average attempts."""
+@click.option(
+    "--csv",
+    "csv_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also write the analyst's tables as CSV files into this folder (one per table).",
+)
+def stats(
+    companies: tuple[str, ...],
+    since: str | None,
+    until: str | None,
+    detail: bool,
+    as_json: bool,
+    csv_dir: Path | None,
+) -> None:
+    """Delivery statistics: totals by status, and by provider x status with average attempts.
+
+    --csv DIR writes by_day_provider_status.csv, by_company.csv, by_error_kind.csv and latency.csv (columns in
+    docs/operations.md), for spreadsheets."""
     flt = StatsFilter(
         company_ids=tuple(companies) or None, since=bound(since, "--since"), until=bound(until, "--until", end=True)
     )
-    result = full_stats(engine(), flt) if detail else delivery_stats(engine(), flt)
+    if detail or csv_dir is not None:
+        from impactin_pipelines.services.analytics import analyse, write_csv  # pandas: only when asked for
+
+        analysis = analyse(engine(), flt)
+        result = analysis.stats if detail else {k: analysis.stats[k] for k in ("overall", "byProvider")}
+        if csv_dir is not None:
+            for path in write_csv(analysis.tables, csv_dir):
+                click.echo(f"wrote {path}", err=as_json)
+    else:
+        result = delivery_stats(engine(), flt)
     if as_json:
         echo_json({"data": result})
         return

@@ -16,6 +16,7 @@ from impactin_pipelines.store.schema import UTCDateTime
 
 SQL_DIR = Path(__file__).parent.parent / "sql"
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_ONLY = re.compile(r"^--\s*(postgresql|sqlite):\s*$")
 
 schema_migrations = sa.Table(
     "impactin_schema_migrations",
@@ -32,10 +33,27 @@ class Migration:
     name: str
     path: Path
 
-    def statements(self) -> list[str]:
-        """Split on `;` at end of line; our DDL has no procedural bodies."""
-        lines = [line for line in self.path.read_text().splitlines() if not line.strip().startswith("--")]
-        return [stmt.strip() for stmt in re.split(r";\s*$", "\n".join(lines), flags=re.M) if stmt.strip()]
+    def statements(self, dialect: str | None = None) -> list[str]:
+        """Split on `;` at end of line (a procedural body keeps its `;` inside the line). A statement right after
+        a `-- postgresql:` or `-- sqlite:` line is for that backend only: left out for another `dialect`."""
+        found: list[str] = []
+        lines: list[str] = []
+        only: str | None = None
+        for line in self.path.read_text().splitlines():
+            marker = _ONLY.match(line.strip())
+            if marker:
+                only = marker.group(1)
+            elif not line.strip().startswith("--"):
+                lines.append(line)
+                if re.search(r";\s*$", line):
+                    statement = re.sub(r";\s*$", "", "\n".join(lines)).strip()
+                    if statement and (dialect is None or only in (None, dialect)):
+                        found.append(statement)
+                    lines, only = [], None
+        rest = "\n".join(lines).strip()
+        if rest and (dialect is None or only in (None, dialect)):
+            found.append(rest)
+        return found
 
 
 def available(sql_dir: Path = SQL_DIR) -> list[Migration]:
@@ -76,7 +94,7 @@ def upgrade(engine: Engine, sql_dir: Path = SQL_DIR) -> list[Migration]:
             ).first()
             if done:
                 continue
-            for statement in migration.statements():
+            for statement in migration.statements(conn.dialect.name):
                 conn.exec_driver_sql(statement)
             conn.execute(
                 schema_migrations.insert().values(

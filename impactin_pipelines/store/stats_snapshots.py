@@ -22,6 +22,18 @@ impact_delivery_stats = sa.Table(
 )
 
 
+# (column, type, description) of `impact_delivery_stats`, for the stats asset's column schema
+SNAPSHOT_COLUMNS = (
+    ("computed_at", "timestamp", "When the snapshot was computed (UTC)"),
+    ("period_start", "timestamp", "created_at >= this; empty: unbounded"),
+    ("period_end", "timestamp", "created_at < this"),
+    ("dimension", "string", "overall | provider_status | company | day | error_kind"),
+    ("dimension_value", "string", "'' for overall; provider/status, company id, UTC day or error kind"),
+    ("metric", "string", "total, successful, failed, pending, retrying, success_rate, count, avg_attempts, ..."),
+    ("value", "float", "The metric's value"),
+)
+
+
 @dataclass(frozen=True)
 class StatRow:
     dimension: str

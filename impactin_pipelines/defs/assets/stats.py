@@ -1,28 +1,25 @@
 """Delivery statistics for analysts, recomputed after deliveries: written to `impact_delivery_stats` (SQL) and
-returned as materialization metadata with stable numeric keys (plotted by the UI over time) plus markdown."""
+returned as materialization metadata: stable numeric keys (plotted by the UI over time), the table's column schema
+and row count, each analyst table (pandas) as a table value, and a markdown summary."""
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dagster as dg
+import pandas as pd
 from pydantic import Field
 
 from impactin_pipelines.defs.assets.delivery import GROUP, impact_deliveries
 from impactin_pipelines.defs.resources import WarehouseResource
 from impactin_pipelines.domain.providers import PROVIDERS
 from impactin_pipelines.domain.statuses import ErrorKind
+from impactin_pipelines.services.analytics import TABLE_COLUMNS, analyse, records, snapshot_rows
 from impactin_pipelines.services.metrics import metrics_metadata
-from impactin_pipelines.services.stats import (
-    COUNT_NAME_OF_STATUS,
-    STATUS_NAMES,
-    StatsFilter,
-    full_stats,
-    snapshot_rows,
-    success_rate,
-)
-from impactin_pipelines.store.stats_snapshots import write_snapshot
+from impactin_pipelines.services.stats import COUNT_NAME_OF_STATUS, STATUS_NAMES, StatsFilter, success_rate
+from impactin_pipelines.store.stats_snapshots import SNAPSHOT_COLUMNS, write_snapshot
 
 MARKDOWN_ROWS = 20  # companies / days shown in the markdown; the table in SQL has all of them
+TABLE_ROWS = 100  # rows of each analyst table kept in the metadata (`impactin stats --csv` writes them all)
 
 
 class StatsConfig(dg.Config):
@@ -117,7 +114,26 @@ def stats_metadata(stats: dict) -> dict[str, float | int]:
     return values
 
 
-@dg.asset(deps=[impact_deliveries], group_name=GROUP, kinds={"sql"})
+def table_metadata(tables: dict[str, pd.DataFrame], snapshot_rows_written: int) -> dict[str, Any]:
+    """What the UI shows as tables: the schema and row count of this snapshot in `impact_delivery_stats` (the
+    asset's SQL table), and each analyst table (first TABLE_ROWS rows) under `table_<name>`."""
+    metadata: dict[str, Any] = {
+        "dagster/column_schema": dg.TableSchema(
+            columns=[dg.TableColumn(name, kind, description=text) for name, kind, text in SNAPSHOT_COLUMNS]
+        ),
+        "dagster/row_count": snapshot_rows_written,
+    }
+    for name, frame in tables.items():
+        schema = dg.TableSchema(
+            columns=[dg.TableColumn(c, kind, description=text) for c, kind, text in TABLE_COLUMNS[name]]
+        )
+        rows = [dg.TableRecord(r) for r in records(frame.head(TABLE_ROWS))]
+        metadata[f"table_{name}"] = dg.MetadataValue.table(rows, schema=schema)
+        metadata[f"table_{name}_rows"] = len(frame)
+    return metadata
+
+
+@dg.asset(deps=[impact_deliveries], group_name=GROUP, kinds={"sql", "pandas"})
 def delivery_stats(
     context: dg.AssetExecutionContext, config: StatsConfig, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
@@ -126,7 +142,8 @@ def delivery_stats(
     Each materialization appends a snapshot to `impact_delivery_stats`."""
     now = datetime.now(UTC)
     since = now - timedelta(days=config.period_days) if config.period_days else None
-    stats = full_stats(warehouse.engine, StatsFilter(since=since))
+    analysis = analyse(warehouse.engine, StatsFilter(since=since))
+    stats = analysis.stats
     written = write_snapshot(
         warehouse.engine,
         snapshot_rows(stats),
@@ -136,7 +153,7 @@ def delivery_stats(
         keep_days=config.keep_days,
     )
     context.log.info(f"delivery stats: {stats['overall']['total']} deliveries, {written} rows in impact_delivery_stats")
-    metadata: dict[str, Any] = dict(stats_metadata(stats))
+    metadata: dict[str, Any] = {**stats_metadata(stats), **table_metadata(analysis.tables, written)}
     metadata["by_provider"] = dg.MetadataValue.md(_provider_markdown(stats))
     metadata["summary"] = dg.MetadataValue.md(stats_markdown(stats))
     metadata["period_days"] = config.period_days
