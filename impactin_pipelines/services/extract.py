@@ -102,7 +102,9 @@ def outbox_row(raw: Mapping[str, Any], provider: Provider, *, build: PayloadBuil
             error_kind=ErrorKind.INVALID_EVENT,
             last_error=f"invalid event {event_id}: {exc}",
         )
-    return NewDelivery(company_id, provider.value, event_id, ident, body.decode("utf-8"), payload_hash(body))
+    return NewDelivery(
+        company_id, provider.value, event_id, ident, body.decode("utf-8"), payload_hash(body), priority=event.priority.rank
+    )
 
 
 def extract(

@@ -47,6 +47,7 @@ class NewDelivery:
     status: DeliveryStatus = DeliveryStatus.PENDING
     error_kind: ErrorKind | None = None
     last_error: str | None = None
+    priority: int = 0  # domain/events.Priority.rank: claims take the highest first
 
 
 @dataclass(frozen=True)
@@ -76,12 +77,12 @@ def _chunks(values: Sequence[str], size: int = _IN_CHUNK) -> Iterable[Sequence[s
 _INSERT_JSON = sa.text(
     """
     INSERT INTO impact_deliveries (id, company_id, provider, event_id, delivery_id, payload, payload_hash, status,
-                                   error_kind, last_error, attempt_count, run_count, created_at, updated_at)
+                                   error_kind, last_error, priority, attempt_count, run_count, created_at, updated_at)
     SELECT r.id, r.company_id, r.provider, r.event_id, r.delivery_id, r.payload, r.payload_hash, r.status,
-           r.error_kind, r.last_error, 0, 0, :now, :now
+           r.error_kind, r.last_error, r.priority, 0, 0, :now, :now
     FROM json_to_recordset(CAST(:rows AS JSON)) AS r(
         id TEXT, company_id TEXT, provider TEXT, event_id TEXT, delivery_id TEXT, payload TEXT, payload_hash TEXT,
-        status TEXT, error_kind TEXT, last_error TEXT)
+        status TEXT, error_kind TEXT, last_error TEXT, priority INTEGER)
     ON CONFLICT DO NOTHING
     """
 ).bindparams(sa.bindparam("now", type_=UTCDateTime()))
@@ -101,6 +102,7 @@ def _new_row(row: NewDelivery) -> dict[str, Any]:
         "status": row.status.value,
         "error_kind": row.error_kind.value if row.error_kind else None,
         "last_error": row.last_error,
+        "priority": row.priority,
     }
 
 
@@ -153,7 +155,8 @@ class Outbox:
         due_only: bool = True,
         dead: Sequence[str] = (),
     ) -> list[OutboundDelivery]:
-        """Take up to `limit` due rows, oldest first, that nobody (alive) holds. Each row goes to one claimant."""
+        """Take up to `limit` due rows, urgent before normal and oldest first, that nobody (alive) holds. Each row
+        goes to one claimant."""
         now = now or utcnow()
         claimed: list[OutboundDelivery] = []
         for chunk in _scope_chunks(company_ids):
@@ -192,7 +195,7 @@ class Outbox:
         candidates = (
             sa.select(d.c.id)
             .where(*conditions)
-            .order_by(d.c.created_at, d.c.id)
+            .order_by(d.c.priority.desc(), d.c.created_at, d.c.id)
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
