@@ -204,22 +204,35 @@ class Outbox:
         due_only: bool,
         dead: Sequence[str],
     ) -> list[OutboundDelivery]:
-        free = sa.or_(d.c.claimed_by.is_(None), d.c.lease_expires_at < now)
+        # Free rows are unclaimed ones (the claim indexes hold only those, so rows in flight cost a claim nothing)
+        # and held ones whose claim lapsed or whose claimant is dead (few, found through the lease index).
+        lapsed = d.c.lease_expires_at < now
         if dead:
-            free = sa.or_(free, d.c.claimed_by.in_(list(dead)))
-        conditions = [d.c.provider == provider, status_in(statuses), free]
+            lapsed = sa.or_(lapsed, d.c.claimed_by.in_(list(dead)))
+        free = sa.or_(d.c.claimed_by.is_(None), lapsed)
+        conditions = [d.c.provider == provider, status_in(statuses)]
         if due_only:
             conditions.append(sa.or_(d.c.next_attempt_at.is_(None), d.c.next_attempt_at <= now))
         if company_ids is not None:
             conditions.append(d.c.company_id.in_(list(company_ids)))
         if ids is not None:
             conditions.append(d.c.id.in_(list(ids)))
+        order = (d.c.priority.desc(), d.c.created_at, d.c.id)
+
+        def branch(*where: sa.ColumnElement[bool]) -> sa.Subquery:
+            return (
+                sa.select(d.c.id, d.c.priority, d.c.created_at)
+                .where(*conditions, *where)
+                .order_by(*order)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+                .subquery()
+            )
+
+        unclaimed, taken_back = branch(d.c.claimed_by.is_(None)), branch(d.c.claimed_by.is_not(None), lapsed)
+        either = sa.union_all(sa.select(unclaimed), sa.select(taken_back)).subquery()
         candidates = (
-            sa.select(d.c.id)
-            .where(*conditions)
-            .order_by(d.c.priority.desc(), d.c.created_at, d.c.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
+            sa.select(either.c.id).order_by(either.c.priority.desc(), either.c.created_at, either.c.id).limit(limit)
         )
         stmt = (
             sa.update(d)
