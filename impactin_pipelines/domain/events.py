@@ -51,6 +51,10 @@ class Priority(StrEnum):
         """The outbox column's value: claims take the highest first."""
         return 1 if self is Priority.URGENT else 0
 
+    @classmethod
+    def of_rank(cls, rank: int) -> "Priority":
+        return cls.URGENT if rank >= 1 else cls.NORMAL
+
 
 @dataclass(frozen=True)
 class ImpactEvent:
