@@ -1,8 +1,16 @@
 """Run every benchmark in turn (each measures its own baseline)."""
 
-from benchmarks import benevity_throughput, claims, goodera_quota, partition_fanout, replay_and_stats, staging
+from benchmarks import (
+    benevity_throughput,
+    claims,
+    goodera_quota,
+    partition_fanout,
+    priority,
+    replay_and_stats,
+    staging,
+)
 
-BENCHMARKS = [benevity_throughput, partition_fanout, goodera_quota, replay_and_stats, staging, claims]
+BENCHMARKS = [benevity_throughput, partition_fanout, goodera_quota, replay_and_stats, staging, claims, priority]
 
 
 def main() -> None:
