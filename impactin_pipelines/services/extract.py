@@ -122,8 +122,9 @@ def extract(
     batch_size: int = 5000,
     workers: int | None = None,
 ) -> ExtractReport:
-    """Stage the company's events without an outbox row. `workers`: processes that map and write pages when there
-    is more than one page on PostgreSQL (default: the machine's cores, at most MAX_WORKERS; 1 maps in-process)."""
+    """Stage the company's events without an outbox row. `workers`: processes that map and write pages when the
+    first page is full, on PostgreSQL (default: the machine's cores, at most MAX_WORKERS, for pages of at least
+    PARALLEL_MIN_PAGE events; 1 maps in-process)."""
     report = ExtractReport(company_id, provider.value)
     integration = source.integration(engine, company_id, provider.value)
     if integration is None or not integration.enabled:
@@ -139,7 +140,8 @@ def extract(
     if first is None:
         return report
     pages = itertools.chain([first], pages)
-    workers = workers if workers is not None else min(MAX_WORKERS, os.cpu_count() or 1)
+    if workers is None:  # processes pay for their start-up only over full pages of thousands
+        workers = min(MAX_WORKERS, os.cpu_count() or 1) if batch_size >= PARALLEL_MIN_PAGE else 1
     if workers > 1 and len(first) == batch_size and engine.dialect.name == "postgresql" and _picklable(build):
         _stage_in_processes(engine, provider, build, pages, workers, report)
     else:
@@ -148,6 +150,7 @@ def extract(
 
 
 MAX_WORKERS = 4
+PARALLEL_MIN_PAGE = 1000  # smaller pages are staged in-process unless workers are asked for
 
 
 def _stage_in_thread(
