@@ -7,6 +7,7 @@ from benchmarks import (
     goodera_quota,
     metrics_scrape,
     partition_fanout,
+    priority,
     replay_and_stats,
     staging,
 )
@@ -20,6 +21,7 @@ BENCHMARKS = [
     claims,
     metrics_scrape,
     deep_pages,
+    priority,
 ]
 
 

@@ -336,3 +336,18 @@ def test_the_delivery_loop_always_ends_and_its_waits_are_bounded(
     assert spent.burned <= s.max_attempts and spent.free_waits <= s.max_rate_limit_waits
     assert spent.auth_refreshes <= MAX_AUTH_REFRESHES
     assert waited <= (s.max_attempts + s.max_rate_limit_waits) * s.max_retry_after_s
+
+
+_UTF8_TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=40)
+
+
+@FAST
+@given(_UTF8_TEXT, _UTF8_TEXT, _UTF8_TEXT)
+def test_delivery_ids_are_the_uuid5_of_company_provider_and_event(company: str, provider: str, event: str) -> None:
+    """The idempotency key never changes: the fast path computes exactly `uuid.uuid5` of the joined names."""
+    import uuid
+
+    from impactin_pipelines.domain.identity import DELIVERY_NAMESPACE, delivery_id_for
+
+    expected = str(uuid.uuid5(DELIVERY_NAMESPACE, "\x1f".join((company, provider, event))))
+    assert delivery_id_for(company, provider, event) == expected

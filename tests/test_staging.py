@@ -26,7 +26,7 @@ def test_staging_writes_one_statement_per_page_of_thousands(engine) -> None:
 
     sa_event.listen(engine, "before_cursor_execute", count)
     try:
-        report = extract(engine, "acme", Provider.BENEVITY)
+        report = extract(engine, "acme", Provider.BENEVITY, workers=1)  # statements of this process only
     finally:
         sa_event.remove(engine, "before_cursor_execute", count)
     assert (report.new_rows, report.invalid) == (12_000, 0)
@@ -65,3 +65,30 @@ def test_stored_payloads_are_the_mapped_bytes_and_bad_events_are_quarantined(eng
         None,
     )
     assert "value" in quarantined["last_error"] and "-1" in quarantined["last_error"]
+
+
+def test_many_pages_are_mapped_and_written_by_worker_processes_with_the_same_bytes(pg_engine) -> None:
+    """More than one page on PostgreSQL: worker processes map and write pages; the rows are those `outbox_row`
+    builds in this process, bad events quarantined among them, priorities kept, and nothing is staged twice."""
+    add_integration(pg_engine, "acme", "benevity")
+    good = [event(f"evt_{i:04d}", metadata={"note": TRICKY, "n": i}) for i in range(230)]
+    urgent = [event(f"evt_urgent_{i}", metadata={"priority": "urgent"}) for i in range(5)]
+    bad = [event(f"evt_bad_{i}", value="-1") for i in range(7)]
+    add_events(pg_engine, good + urgent + bad)
+    report = extract(pg_engine, "acme", Provider.BENEVITY, batch_size=40, workers=2)
+    assert (report.new_rows, report.invalid) == (242, 7)
+    stored = {r["event_id"]: r for r in rows(pg_engine)}
+    assert len(stored) == 242
+    with pg_engine.connect() as conn:
+        sources = [dict(r._mapping) for r in conn.execute(sa.text("SELECT * FROM impact_events"))]
+    for source in sources:
+        expected = outbox_row(source, Provider.BENEVITY)
+        row = stored[source["event_id"]]
+        assert (row["payload"], row["payload_hash"], row["delivery_id"]) == (
+            expected.payload,
+            expected.payload_hash,
+            expected.delivery_id,
+        )
+        assert (row["status"], row["priority"]) == (expected.status.value, expected.priority)
+    assert sum(r["priority"] for r in stored.values()) == 5
+    assert extract(pg_engine, "acme", Provider.BENEVITY, batch_size=40, workers=2).new_rows == 0

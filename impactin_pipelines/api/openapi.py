@@ -107,6 +107,7 @@ RESPONSE_SCHEMAS: dict[str, Any] = {
             "payload",
             "status",
             "attemptCount",
+            "priority",
             "providerResponse",
             "deliveredAt",
             "createdAt",
@@ -120,6 +121,11 @@ RESPONSE_SCHEMAS: dict[str, Any] = {
             "payload": _ANY_JSON,
             "status": {"type": "string", "enum": STATUSES},
             "attemptCount": {"type": "integer", "minimum": 0},
+            "priority": {
+                "type": "string",
+                "enum": ["urgent", "normal"],
+                "description": "From the event's `metadata.priority`: urgent rows are claimed before normal ones.",
+            },
             "providerResponse": _ANY_JSON,
             "deliveredAt": _nullable(_TIME),
             "createdAt": _TIME,
@@ -296,7 +302,10 @@ def _paths() -> dict[str, Any]:
                 "description": (
                     "With a company key the event is stored, and sent, as `api/<companyId>/<eventId>`: the key can "
                     "neither take nor detect another company's event ids. With an admin key `eventId` is the "
-                    "warehouse's own id."
+                    "warehouse's own id. `event.metadata.priority` (`urgent` or `normal`, the default) is stored with "
+                    "the delivery; when a run under way claims the new delivery first (it takes urgent ones in its "
+                    "next batch), the answer waits a few seconds for that run to send it, so it is sent once and "
+                    "within the provider's shared quota."
                 ),
                 "requestBody": _body("DeliverBody"),
                 "responses": {

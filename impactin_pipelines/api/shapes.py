@@ -1,11 +1,11 @@
 """Delivery rows in the API contract's response shapes (camelCase, timestamps in UTC with 'Z'), and nothing more:
-the contract's fields, field for field."""
+the contract's fields, field for field, plus a delivery's `priority` (urgent or normal)."""
 
 import json
 from datetime import datetime
 from typing import Any
 
-from impactin_pipelines.domain.events import format_timestamp
+from impactin_pipelines.domain.events import Priority, format_timestamp
 from impactin_pipelines.store.delivery_log import Page
 
 
@@ -45,6 +45,7 @@ def delivery_detail(row: dict[str, Any]) -> dict[str, Any]:
         "payload": _json_or_text(row["payload"]),
         "status": row["status"],
         "attemptCount": row["attempt_count"],
+        "priority": Priority.of_rank(row["priority"]).value,
         "providerResponse": _json_or_text(row["provider_response"]),
         "deliveredAt": _time(row["delivered_at"]),
         "createdAt": _time(row["created_at"]),

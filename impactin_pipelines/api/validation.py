@@ -173,7 +173,13 @@ class EventBody(_Strict):
     value: Number
     unit: Text
     outcomeScores: dict[str, Any] | None = None
-    metadata: dict[str, Any] | None = None
+    metadata: Annotated[
+        dict[str, Any] | None,
+        Field(
+            description="Free-form, sent to the provider as it is. `priority`: `urgent` or `normal` (the default); "
+            "urgent deliveries are claimed before normal ones."
+        ),
+    ] = None
 
 
 class DeliverBody(_Strict):

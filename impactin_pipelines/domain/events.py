@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
+from enum import StrEnum
 from typing import Any
 
 from impactin_pipelines.domain.companies import validate_company_id
@@ -39,6 +40,22 @@ _INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp", "Mn", "Me"})
 _BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 
 
+class Priority(StrEnum):
+    """How soon an event should go out (`metadata.priority`): urgent rows are claimed before normal ones."""
+
+    NORMAL = "normal"
+    URGENT = "urgent"
+
+    @property
+    def rank(self) -> int:
+        """The outbox column's value: claims take the highest first."""
+        return 1 if self is Priority.URGENT else 0
+
+    @classmethod
+    def of_rank(cls, rank: int) -> "Priority":
+        return cls.URGENT if rank >= 1 else cls.NORMAL
+
+
 @dataclass(frozen=True)
 class ImpactEvent:
     event_id: str
@@ -50,6 +67,7 @@ class ImpactEvent:
     unit: str
     outcome_scores: Mapping[str, Any] = field(default_factory=dict)
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    priority: Priority = Priority.NORMAL  # read from metadata.priority, which the payload keeps as it is
 
     @property
     def timestamp(self) -> str:
@@ -207,6 +225,19 @@ def parse_json_object(value: Any, name: str) -> dict[str, Any]:
     return dict(value)
 
 
+_PRIORITIES = frozenset(p.value for p in Priority)
+
+
+def parse_priority(metadata: Mapping[str, Any]) -> Priority:
+    """`metadata.priority`: absent means normal; anything but "urgent" or "normal" is refused, not guessed."""
+    value = metadata.get("priority")
+    if value is None:
+        return Priority.NORMAL
+    if not isinstance(value, str) or value not in _PRIORITIES:
+        raise InvalidEvent("metadata.priority", value, "must be 'urgent' or 'normal'")
+    return Priority(value)
+
+
 def _reject_constant(token: str) -> Any:
     raise ValueError(f"{token} is not allowed")
 
@@ -244,7 +275,8 @@ def parse_event(raw: Mapping[str, Any]) -> ImpactEvent:
         value=parse_value(raw.get("value")),
         unit=_text(raw, "unit"),
         outcome_scores=parse_json_object(raw.get("outcome_scores"), "outcome_scores"),
-        metadata=parse_json_object(raw.get("metadata"), "metadata"),
+        metadata=(metadata := parse_json_object(raw.get("metadata"), "metadata")),
+        priority=parse_priority(metadata),
     )
 
 

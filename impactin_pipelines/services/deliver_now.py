@@ -14,6 +14,7 @@ warehouse's ids as they are.
 
 import dataclasses
 import logging
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from impactin_pipelines.domain.errors import ConfigError, InvalidEvent
 from impactin_pipelines.domain.events import MAX_TEXT_CHARS, ImpactEvent, parse_event
 from impactin_pipelines.domain.identity import scoped_event_id
 from impactin_pipelines.domain.providers import Provider
+from impactin_pipelines.domain.statuses import DeliveryStatus
 from impactin_pipelines.providers import PayloadBuilder
 from impactin_pipelines.services.deliver import DeliveryRun
 from impactin_pipelines.services.extract import integration_payload_builder, outbox_row
@@ -38,6 +40,7 @@ from impactin_pipelines.store.outbox import Outbox
 from impactin_pipelines.store.schema import impact_events as e
 
 LOG = logging.getLogger("impactin.deliver_now")
+HOLDER_WAIT_S = 10.0  # how long an answer waits for a run that claimed the row first
 
 
 class OutOfScope(PermissionError):
@@ -67,9 +70,11 @@ def deliver_now(
     company_ids: Sequence[str] | None = None,
     run_id: str | None = None,
     logger: logging.Logger = LOG,
+    wait_s: float = HOLDER_WAIT_S,
 ) -> DeliverNowResult:
     """`raw` is a snake_case event (as `parse_event` takes it). `company_ids` is the caller's tenant scope
     (None: any company, and event ids are the warehouse's own; otherwise they are stored with `scoped_event_id`).
+    When a run under way claims the new row first, the answer waits up to `wait_s` for that run to settle it.
     Raises InvalidEvent, OutOfScope, DeliverNowRefused or EventConflict."""
     event = parse_event(raw)
     if company_ids is not None and event.company_id not in company_ids:
@@ -87,7 +92,7 @@ def deliver_now(
     row = get_delivery(engine, new.delivery_id)
     assert row is not None, "the outbox row exists: it was just inserted or found"
     if created:
-        DeliveryRun(
+        report = DeliveryRun(
             engine,
             factory,
             provider=provider,
@@ -96,8 +101,22 @@ def deliver_now(
             logger=logger,
             only_ids=[row["id"]],
         ).run()
+        if report.totals.rows == 0:  # a run under way claimed it first (urgent rows go in its next batch)
+            row = _settled_by_its_holder(engine, new.delivery_id, wait_s)
         row = get_delivery(engine, new.delivery_id) or row
     return DeliverNowResult(row, created)
+
+
+def _settled_by_its_holder(engine: Engine, delivery_id: str, wait_s: float) -> dict[str, Any]:
+    """The row as it stands once the run holding it has settled it, or after `wait_s`: it is sent once, by
+    whoever claimed it, and through that run's share of the provider's quota."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        row = get_delivery(engine, delivery_id)
+        assert row is not None, "outbox rows are never deleted"
+        if row["status"] != DeliveryStatus.PENDING.value or time.monotonic() >= deadline:
+            return row
+        time.sleep(0.05)
 
 
 def _payload_builder(engine: Engine, factory: ConnectorFactory, company_id: str, provider: Provider) -> PayloadBuilder:

@@ -9,8 +9,12 @@ it: `quarantine_unpartitionable` gives its events their `failed/invalid_event` r
 so they show in the ledger, the statistics and `deliveries list` like any other bad event.
 """
 
+import itertools
+import multiprocessing
+import os
+import pickle
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +32,7 @@ from impactin_pipelines.mapping.payloads import payload_builder
 from impactin_pipelines.providers import PayloadBuilder
 from impactin_pipelines.providers.env import ProviderEnv
 from impactin_pipelines.store import source
+from impactin_pipelines.store.engine import make_engine
 from impactin_pipelines.store.outbox import NewDelivery, Outbox
 
 
@@ -102,12 +107,24 @@ def outbox_row(raw: Mapping[str, Any], provider: Provider, *, build: PayloadBuil
             error_kind=ErrorKind.INVALID_EVENT,
             last_error=f"invalid event {event_id}: {exc}",
         )
-    return NewDelivery(company_id, provider.value, event_id, ident, body.decode("utf-8"), payload_hash(body))
+    rank = event.priority.rank
+    return NewDelivery(
+        company_id, provider.value, event_id, ident, body.decode("utf-8"), payload_hash(body), priority=rank
+    )
 
 
 def extract(
-    engine: Engine, company_id: str, provider: Provider, *, env: ProviderEnv | None = None, batch_size: int = 5000
+    engine: Engine,
+    company_id: str,
+    provider: Provider,
+    *,
+    env: ProviderEnv | None = None,
+    batch_size: int = 5000,
+    workers: int | None = None,
 ) -> ExtractReport:
+    """Stage the company's events without an outbox row. `workers`: processes that map and write pages when the
+    first page is full, on PostgreSQL (default: the machine's cores, at most MAX_WORKERS, for pages of at least
+    PARALLEL_MIN_PAGE events; 1 maps in-process)."""
     report = ExtractReport(company_id, provider.value)
     integration = source.integration(engine, company_id, provider.value)
     if integration is None or not integration.enabled:
@@ -118,20 +135,101 @@ def extract(
     except ConfigError as exc:
         report.error = str(exc)  # delivery will mark the rows `config`; extraction cannot choose a format
         return report
-    outbox = Outbox(engine)
-    # Set-based in batches: the database hands over a page of events still without a row, they are mapped here,
-    # and the page's rows go back in one statement. Writing a page overlaps with mapping the next (the write
-    # waits on the database, the mapping on the CPU), and at most two pages are ever held.
+    pages = source.undelivered_events(engine, company_id, provider.value, batch_size=batch_size)
+    first = next(pages, None)
+    if first is None:
+        return report
+    pages = itertools.chain([first], pages)
+    if workers is None:  # processes pay for their start-up only over full pages of thousands
+        workers = min(MAX_WORKERS, os.cpu_count() or 1) if batch_size >= PARALLEL_MIN_PAGE else 1
+    if workers > 1 and len(first) == batch_size and engine.dialect.name == "postgresql" and _picklable(build):
+        _stage_in_processes(engine, provider, build, pages, workers, report)
+    else:
+        _stage_in_thread(Outbox(engine), provider, build, pages, report)
+    return report
+
+
+MAX_WORKERS = 4
+PARALLEL_MIN_PAGE = 1000  # smaller pages are staged in-process unless workers are asked for
+
+
+def _stage_in_thread(
+    outbox: Outbox,
+    provider: Provider,
+    build: PayloadBuilder,
+    pages: Iterator[list[Mapping[str, Any]]],
+    report: ExtractReport,
+) -> None:
+    """Set-based in batches: the database hands over a page of events still without a row, they are mapped here,
+    and the page's rows go back in one statement. Writing a page overlaps with mapping the next (the write waits on
+    the database, the mapping on the CPU), and at most two pages are ever held."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="impactin-stage") as writer:
         writing: Future[tuple[int, int]] | None = None
-        for batch in source.undelivered_events(engine, company_id, provider.value, batch_size=batch_size):
+        for batch in pages:
             rows = [outbox_row(raw, provider, build=build) for raw in batch]
             if writing is not None:
                 _count(report, writing.result())
             writing = writer.submit(_stage, outbox, rows)
         if writing is not None:
             _count(report, writing.result())
-    return report
+
+
+def _stage_in_processes(
+    engine: Engine,
+    provider: Provider,
+    build: PayloadBuilder,
+    pages: Iterator[list[Mapping[str, Any]]],
+    workers: int,
+    report: ExtractReport,
+) -> None:
+    """Many pages: mapping is pure CPU work in Python, so it runs in worker processes, each writing its own pages
+    over its own connection while this process reads the next ones. At most `workers + 1` pages are in flight, so
+    memory stays flat however many events there are. Pages are independent (a row exists or it is inserted), so
+    their order of arrival does not matter."""
+    url = engine.url.render_as_string(hide_password=False)
+    context = multiprocessing.get_context("spawn")  # never fork a process that may run threads (Dagster's)
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_start_worker, initargs=(url, provider.value, build)
+    ) as pool:
+        in_flight: set[Future[tuple[int, int]]] = set()
+        for batch in pages:
+            if len(in_flight) > workers:
+                done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in done:
+                    _count(report, future.result())
+            in_flight.add(pool.submit(_map_and_stage, batch))
+        for future in in_flight:
+            _count(report, future.result())
+
+
+@dataclass
+class _Worker:
+    outbox: Outbox
+    provider: Provider
+    build: PayloadBuilder
+
+
+_WORKER: _Worker | None = None
+
+
+def _start_worker(url: str, provider: str, build: PayloadBuilder) -> None:
+    global _WORKER
+    _WORKER = _Worker(Outbox(make_engine(url, pool_size=1)), Provider(provider), build)
+
+
+def _map_and_stage(batch: list[Mapping[str, Any]]) -> tuple[int, int]:
+    assert _WORKER is not None, "started by _start_worker"
+    return _stage(_WORKER.outbox, [outbox_row(raw, _WORKER.provider, build=_WORKER.build) for raw in batch])
+
+
+def _picklable(build: PayloadBuilder) -> bool:
+    """A builder can go to a worker process when it is a module-level function (every registered provider's is);
+    one defined at run time (a provider registered inside a test) is mapped in this process."""
+    try:
+        pickle.dumps(build)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        return False
+    return True
 
 
 def _stage(outbox: Outbox, rows: list[NewDelivery]) -> tuple[int, int]:

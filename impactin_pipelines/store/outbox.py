@@ -6,7 +6,6 @@ confirms it right before each request (`confirm`) and every settlement checks it
 that went out is a fact whoever holds the claim now.
 """
 
-import json
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -21,7 +20,6 @@ from impactin_pipelines.connectors.base import AttemptResult, OutboundDelivery
 from impactin_pipelines.domain.statuses import DeliveryStatus, ErrorKind
 from impactin_pipelines.store.claimants import is_provably_dead
 from impactin_pipelines.store.engine import read_connection
-from impactin_pipelines.store.schema import UTCDateTime
 from impactin_pipelines.store.schema import impact_deliveries as d
 from impactin_pipelines.store.schema import impact_delivery_attempts as a
 
@@ -47,6 +45,7 @@ class NewDelivery:
     status: DeliveryStatus = DeliveryStatus.PENDING
     error_kind: ErrorKind | None = None
     last_error: str | None = None
+    priority: int = 0  # domain/events.Priority.rank: claims take the highest first
 
 
 @dataclass(frozen=True)
@@ -70,21 +69,24 @@ def _chunks(values: Sequence[str], size: int = _IN_CHUNK) -> Iterable[Sequence[s
         yield values[start : start + size]
 
 
-# A batch of rows as one JSON array of objects, turned back into rows by the server: one statement and one
-# parameter however many rows, and the encoding is done by the json module's C encoder. JSON strings carry any text
-# exactly, so the stored payload is the mapped payload byte for byte.
-_INSERT_JSON = sa.text(
-    """
-    INSERT INTO impact_deliveries (id, company_id, provider, event_id, delivery_id, payload, payload_hash, status,
-                                   error_kind, last_error, attempt_count, run_count, created_at, updated_at)
-    SELECT r.id, r.company_id, r.provider, r.event_id, r.delivery_id, r.payload, r.payload_hash, r.status,
-           r.error_kind, r.last_error, 0, 0, :now, :now
-    FROM json_to_recordset(CAST(:rows AS JSON)) AS r(
-        id TEXT, company_id TEXT, provider TEXT, event_id TEXT, delivery_id TEXT, payload TEXT, payload_hash TEXT,
-        status TEXT, error_kind TEXT, last_error TEXT)
-    ON CONFLICT DO NOTHING
-    """
-).bindparams(sa.bindparam("now", type_=UTCDateTime()))
+# A batch of rows is copied (COPY, the server's bulk path; psycopg formats the rows in C) into a temporary table
+# and moved into the outbox by one INSERT … SELECT, which skips rows that exist already. COPY carries any text
+# exactly, so the stored payload is the mapped payload byte for byte. The row id is drawn by the server.
+_CREATE_STAGED = """
+CREATE TEMPORARY TABLE IF NOT EXISTS impactin_staged_deliveries (
+    company_id TEXT, provider TEXT, event_id TEXT, delivery_id TEXT, payload TEXT, payload_hash TEXT, status TEXT,
+    error_kind TEXT, last_error TEXT, priority INTEGER
+) ON COMMIT DELETE ROWS
+"""
+_COPY_STAGED = "COPY impactin_staged_deliveries FROM STDIN"
+_MOVE_STAGED = """
+INSERT INTO impact_deliveries (id, company_id, provider, event_id, delivery_id, payload, payload_hash, status,
+                               error_kind, last_error, priority, attempt_count, run_count, created_at, updated_at)
+SELECT gen_random_uuid()::text, company_id, provider, event_id, delivery_id, payload, payload_hash, status,
+       error_kind, last_error, priority, 0, 0, %(now)s, %(now)s
+FROM impactin_staged_deliveries
+ON CONFLICT DO NOTHING
+"""
 
 
 def _new_row(row: NewDelivery) -> dict[str, Any]:
@@ -101,6 +103,7 @@ def _new_row(row: NewDelivery) -> dict[str, Any]:
         "status": row.status.value,
         "error_kind": row.error_kind.value if row.error_kind else None,
         "last_error": row.last_error,
+        "priority": row.priority,
     }
 
 
@@ -110,23 +113,44 @@ class Outbox:
 
     # -- extract -------------------------------------------------------------------------------------------
     def add(self, rows: Sequence[NewDelivery], *, now: datetime | None = None) -> int:
-        """Insert rows that do not exist yet (by event and by delivery id); return how many were new. One
-        statement for all of them: on PostgreSQL the rows travel as one JSON document, unpacked by the server."""
+        """Insert rows that do not exist yet (by event and by delivery id); return how many were new. Set-based:
+        on PostgreSQL one COPY and one INSERT … SELECT, on SQLite one multi-row INSERT."""
         if not rows:
             return 0
         now = now or utcnow()
         if self.engine.dialect.name == "postgresql":
-            return self._add_json(rows, now)
+            return self._add_copy(rows, now)
         fresh = {"attempt_count": 0, "run_count": 0, "created_at": now, "updated_at": now}
         values = [{**_new_row(r), **fresh} for r in rows]
         stmt = _insert(self.engine)(d).on_conflict_do_nothing().returning(d.c.id)
         with self.engine.begin() as conn:
             return len(conn.execute(stmt, values).all())
 
-    def _add_json(self, rows: Sequence[NewDelivery], now: datetime) -> int:
-        batch = json.dumps([_new_row(r) for r in rows], ensure_ascii=False)
+    def _add_copy(self, rows: Sequence[NewDelivery], now: datetime) -> int:
         with self.engine.begin() as conn:
-            return conn.execute(_INSERT_JSON, {"rows": batch, "now": now}).rowcount
+            conn.exec_driver_sql(_CREATE_STAGED)
+            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]  # psycopg's, for COPY
+            try:
+                with cursor.copy(_COPY_STAGED) as copy:
+                    for r in rows:
+                        copy.write_row(
+                            (
+                                r.company_id,
+                                r.provider,
+                                r.event_id,
+                                r.delivery_id,
+                                r.payload,
+                                r.payload_hash,
+                                r.status.value,
+                                r.error_kind.value if r.error_kind else None,
+                                r.last_error,
+                                r.priority,
+                            )
+                        )
+            finally:
+                cursor.close()
+            moved = conn.execution_options(preserve_rowcount=True).exec_driver_sql(_MOVE_STAGED, {"now": now})
+            return moved.rowcount
 
     # -- claims --------------------------------------------------------------------------------------------
     def dead_claimants(self, provider: str, company_ids: Sequence[str] | None) -> list[str]:
@@ -153,7 +177,8 @@ class Outbox:
         due_only: bool = True,
         dead: Sequence[str] = (),
     ) -> list[OutboundDelivery]:
-        """Take up to `limit` due rows, oldest first, that nobody (alive) holds. Each row goes to one claimant."""
+        """Take up to `limit` due rows, urgent before normal and oldest first, that nobody (alive) holds. Each row
+        goes to one claimant."""
         now = now or utcnow()
         claimed: list[OutboundDelivery] = []
         for chunk in _scope_chunks(company_ids):
@@ -179,22 +204,35 @@ class Outbox:
         due_only: bool,
         dead: Sequence[str],
     ) -> list[OutboundDelivery]:
-        free = sa.or_(d.c.claimed_by.is_(None), d.c.lease_expires_at < now)
+        # Free rows are unclaimed ones (the claim indexes hold only those, so rows in flight cost a claim nothing)
+        # and held ones whose claim lapsed or whose claimant is dead (few, found through the lease index).
+        lapsed = d.c.lease_expires_at < now
         if dead:
-            free = sa.or_(free, d.c.claimed_by.in_(list(dead)))
-        conditions = [d.c.provider == provider, status_in(statuses), free]
+            lapsed = sa.or_(lapsed, d.c.claimed_by.in_(list(dead)))
+        free = sa.or_(d.c.claimed_by.is_(None), lapsed)
+        conditions = [d.c.provider == provider, status_in(statuses)]
         if due_only:
             conditions.append(sa.or_(d.c.next_attempt_at.is_(None), d.c.next_attempt_at <= now))
         if company_ids is not None:
             conditions.append(d.c.company_id.in_(list(company_ids)))
         if ids is not None:
             conditions.append(d.c.id.in_(list(ids)))
+        order = (d.c.priority.desc(), d.c.created_at, d.c.id)
+
+        def branch(*where: sa.ColumnElement[bool]) -> sa.Subquery:
+            return (
+                sa.select(d.c.id, d.c.priority, d.c.created_at)
+                .where(*conditions, *where)
+                .order_by(*order)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+                .subquery()
+            )
+
+        unclaimed, taken_back = branch(d.c.claimed_by.is_(None)), branch(d.c.claimed_by.is_not(None), lapsed)
+        either = sa.union_all(sa.select(unclaimed), sa.select(taken_back)).subquery()
         candidates = (
-            sa.select(d.c.id)
-            .where(*conditions)
-            .order_by(d.c.created_at, d.c.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
+            sa.select(either.c.id).order_by(either.c.priority.desc(), either.c.created_at, either.c.id).limit(limit)
         )
         stmt = (
             sa.update(d)

@@ -97,6 +97,7 @@ impact_deliveries = sa.Table(
     sa.Column("claimed_by", sa.Text),
     sa.Column("lease_expires_at", UTCDateTime),
     sa.Column("claim_version", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("priority", sa.Integer, nullable=False, server_default="0"),  # 1 urgent, 0 normal: claimed highest first
     sa.Column("delivered_at", UTCDateTime),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),

@@ -135,3 +135,44 @@ def test_no_enabled_integration_is_400_and_stores_nothing(api):
         assert response.json()["details"][0]["field"] == "provider"
         assert "no enabled benevity integration" in response.json()["message"]
     assert stored_events(api.engine) == [] and rows(api.engine) == [] and api.sent() == []
+
+
+def test_an_unknown_priority_is_a_400_naming_the_field_and_value(api):
+    add_integration(api.engine, "acme", "benevity")
+    response = api.post(DELIVER, body(metadata={"priority": "asap"}), key="acme")
+    assert response.status_code == 400, response.text
+    [detail] = response.json()["details"]
+    assert detail["field"] == "event.metadata.priority" and detail["value"] == "asap", detail
+    assert rows(api.engine) == [] and api.sent() == []
+
+
+def test_an_urgent_event_posted_during_a_night_is_sent_once_within_seconds(api):
+    """A night of 300 rows is being delivered when an urgent event arrives: whichever sender claims it (the night's
+    next batch, or the request's own run), it goes out once, and the answer carries the settled delivery."""
+    from impactin_pipelines.domain.providers import Provider
+    from impactin_pipelines.services.extract import extract
+    from tests.support import deliver, events, factory_for
+
+    add_integration(api.engine, "acme", "benevity")
+    add_events(api.engine, events("acme", 300))
+    extract(api.engine, "acme", Provider.BENEVITY)
+    fake = api.sandbox.providers["benevity"]
+    fake.configure({"latency_ms": 10})
+    night = threading.Thread(
+        target=deliver,
+        args=(api.engine, factory_for(api.engine, api.sandbox, claim_batch=20, concurrency=2), "benevity", ["acme"]),
+    )
+    night.start()
+    try:
+        while len(fake.snapshot()["accepted"]) < 20:
+            threading.Event().wait(0.01)
+        response = api.post(DELIVER, body("evt_urgent", metadata={"priority": "urgent"}))  # admin key: plain id
+        sent_so_far = len(fake.snapshot()["accepted"])
+    finally:
+        night.join()
+    assert response.status_code == 201, response.text
+    data = response.json()["data"]
+    assert (data["status"], data["priority"], data["attemptCount"]) == ("success", "urgent", 1)
+    assert sent_so_far < 300, "the night was still under way when the urgent event was answered"
+    keys = [r["idempotency_key"] for r in api.sent()]
+    assert keys.count(data["deliveryId"]) == 1 and len(keys) == 301

@@ -10,7 +10,7 @@ from tests.api.conftest import BASE, T0, seed
 from tests.support import add_integration, deliver, rows
 
 SUMMARY_KEYS = {"id", "companyId", "provider", "deliveryId", "status", "attemptCount", "deliveredAt", "createdAt"}
-DETAIL_KEYS = SUMMARY_KEYS | {"payload", "providerResponse", "updatedAt"}
+DETAIL_KEYS = SUMMARY_KEYS | {"payload", "priority", "providerResponse", "updatedAt"}
 PAGINATION_KEYS = {"page", "limit", "total", "totalPages", "hasNext", "hasPrev"}
 
 
