@@ -1,8 +1,26 @@
 """Run every benchmark in turn (each measures its own baseline)."""
 
-from benchmarks import benevity_throughput, claims, goodera_quota, partition_fanout, replay_and_stats, staging
+from benchmarks import (
+    benevity_throughput,
+    claims,
+    empty_night,
+    goodera_quota,
+    night,
+    partition_fanout,
+    replay_and_stats,
+    staging,
+)
 
-BENCHMARKS = [benevity_throughput, partition_fanout, goodera_quota, replay_and_stats, staging, claims]
+BENCHMARKS = [
+    benevity_throughput,
+    partition_fanout,
+    empty_night,
+    goodera_quota,
+    replay_and_stats,
+    staging,
+    claims,
+    night,
+]
 
 
 def main() -> None:
