@@ -69,7 +69,7 @@ def test_a_transient_failure_burns_one_attempt_and_a_retry_sends_the_row_again(e
     """Two 503s with max_attempts 3: the loop follows the decision's tally, so the third request succeeds."""
     _setup(engine, "acme", 1)
     sandbox.providers["benevity"].configure({"fail_next": {"status": 503, "count": 2}})
-    report = deliver(engine, factory_for(engine, sandbox), "benevity")
+    report = deliver(engine, factory_for(engine, sandbox), "benevity", keep_rows=True)
     [result] = report.rows.values()
     assert (result.status, result.error_kind, result.attempts) == (RowOutcome.SUCCESS, None, 3)
 
