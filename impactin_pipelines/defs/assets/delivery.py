@@ -4,6 +4,7 @@ costs a handful of process starts, not thousands."""
 
 import logging
 from collections import defaultdict
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
@@ -81,7 +82,7 @@ def impact_outbox(
     )
 
 
-def _add_attention_metadata(context: dg.AssetExecutionContext, attention: dict[str, dict[str, object]]) -> None:
+def _add_attention_metadata(context: dg.AssetExecutionContext, attention: Mapping[str, Mapping[str, object]]) -> None:
     """Metadata of their own for the partitions that need attention (the first ATTENTION_PARTITIONS_MAX)."""
     for key, metadata in list(attention.items())[:ATTENTION_PARTITIONS_MAX]:
         context.add_asset_metadata(metadata, partition_key=key)
@@ -95,7 +96,7 @@ def _log_unpartitionable(context: dg.AssetExecutionContext, report: ExtractRepor
         context.log.warning(f"{where}: {report.invalid} event(s) quarantined as failed/invalid_event")
 
 
-def _partition_metadata(counts: DeliveryCounts) -> dict[str, object]:
+def _partition_metadata(counts: DeliveryCounts) -> dict[str, int]:
     """One partition's materialization metadata; `internal_errors` are rows the warehouse kept us from recording."""
     return {
         "delivered": counts.outcomes[RowOutcome.SUCCESS],
@@ -205,7 +206,7 @@ def _unsettled(counts: DeliveryCounts) -> int:
 
 def _run_metadata(
     totals: DeliveryCounts, attention: list[tuple[str, DeliveryCounts]], partitions: int
-) -> dict[str, object]:
+) -> dict[str, int | dg.MetadataValue[str]]:
     """The run's summary. Dagster puts it on every partition the run materialises (so it says `run_`), and the
     partitions that need attention are named, worst first, with counts of their own in their own metadata."""
     listed = "\n".join(
