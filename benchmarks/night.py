@@ -262,6 +262,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--latency-ms", type=float, default=20)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--profile", type=Path, help="record each run with py-spy into this folder")
+    parser.add_argument(
+        "--event-batch-size", type=int, default=0, help="DAGSTER_EVENT_BATCH_SIZE for the runs (0: unset)"
+    )
     parser.add_argument("--evaluate-schedule", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--execute-run", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -299,6 +302,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             DAGSTER_HOME=str(home),
         )
         env.pop("IMPACTIN_RUN_LOG_LEVEL", None)  # the default level
+        if args.event_batch_size:
+            env["DAGSTER_EVENT_BATCH_SIZE"] = str(args.event_batch_size)
         companies = [f"co{c:05d}" for c in range(1, args.companies + 1)]
         subprocess.run([sys.executable, "-c", _ADD_PARTITIONS, json.dumps(companies)], env=env, check=True, timeout=600)
         if args.profile:
