@@ -4,8 +4,10 @@ from benchmarks import (
     benevity_throughput,
     claims,
     deep_pages,
+    empty_night,
     goodera_quota,
     metrics_scrape,
+    night,
     partition_fanout,
     priority,
     replay_and_stats,
@@ -15,6 +17,7 @@ from benchmarks import (
 BENCHMARKS = [
     benevity_throughput,
     partition_fanout,
+    empty_night,
     goodera_quota,
     replay_and_stats,
     staging,
@@ -22,6 +25,7 @@ BENCHMARKS = [
     metrics_scrape,
     deep_pages,
     priority,
+    night,
 ]
 
 

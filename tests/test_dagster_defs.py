@@ -76,19 +76,22 @@ def test_materialize_one_partition(engine, sandbox) -> None:
         assert result.success
         mats = result.asset_materializations_for_node("impact_deliveries")
         assert [m.partition for m in mats] == ["acme|benevity"]
-        assert mats[0].metadata["delivered"].value == 3
+        assert mats[0].metadata["run_delivered"].value == 3
+        assert mats[0].metadata["partitions_needing_attention"].value == 0
         outbox = result.asset_materializations_for_node("impact_outbox")[0]
-        assert outbox.metadata["new_rows"].value == 3
+        assert outbox.metadata["run_new_rows"].value == 3
     assert statuses(engine) == {"success": 3}
     assert {r["company_id"] for r in rows(engine)} == {"acme"}
 
 
-def test_a_range_run_covers_many_partitions_with_their_own_metadata(engine, sandbox) -> None:
-    companies = ["a1", "a2", "a3", "a4"]
+def test_a_range_run_gives_the_partitions_that_need_attention_metadata_of_their_own(engine, sandbox) -> None:
+    """Every partition of the range is materialised with the run's summary; the partitions with failed rows also
+    carry their own counts, and the summary names them: what an operator reads in the UI, from the instance."""
+    companies = ["a1", "a2", "a3", "a4", "a5"]
     for c in companies:
         add_integration(engine, c, "benevity")
-    add_events(engine, events("a1", 1) + events("a2", 2) + events("a4", 4))
-    sandbox.providers["benevity"].configure({"reject_events": ["evt_a4_00000"]})
+    add_events(engine, events("a1", 1) + events("a2", 2) + events("a4", 4) + events("a5", 2))
+    sandbox.providers["benevity"].configure({"reject_events": ["evt_a4_00000", "evt_a5_00000", "evt_a5_00001"]})
     defs = dg.Definitions(
         assets=[impact_outbox, impact_deliveries],
         resources=_resources(engine, sandbox),
@@ -98,14 +101,46 @@ def test_a_range_run_covers_many_partitions_with_their_own_metadata(engine, sand
         instance.add_dynamic_partitions("company", companies)
         result = defs.resolve_job_def("j").execute_in_process(
             instance=instance,
-            tags={RANGE_START_TAG: "a1|benevity", RANGE_END_TAG: "a4|benevity"},
+            tags={RANGE_START_TAG: "a1|benevity", RANGE_END_TAG: "a5|benevity"},
         )
         assert result.success
-        delivered = {m.partition: m.metadata for m in result.asset_materializations_for_node("impact_deliveries")}
-    assert set(delivered) == {f"{c}|benevity" for c in companies}
-    assert delivered["a2|benevity"]["delivered"].value == 2
-    assert delivered["a3|benevity"]["delivered"].value == 0
-    assert (delivered["a4|benevity"]["delivered"].value, delivered["a4|benevity"]["rejected"].value) == (3, 1)
+
+        def latest(partition: str) -> dict:
+            [record] = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=impact_deliveries.key, asset_partitions=[partition]), limit=1
+            ).records
+            assert record.asset_materialization is not None
+            return {k: getattr(v, "value", v) for k, v in record.asset_materialization.metadata.items()}
+
+        healthy, worst, bad = latest("a2|benevity"), latest("a5|benevity"), latest("a4|benevity")
+    assert "delivered" not in healthy and healthy["run_delivered"] == 6 and healthy["run_failed"] == 3
+    assert healthy["partitions_needing_attention"] == 2 and healthy["run_partitions"] == 5
+    listed = str(healthy["needing_attention"])
+    assert listed.index("a5|benevity") < listed.index("a4|benevity"), "worst first"
+    assert (bad["delivered"], bad["rejected"], bad["failed"]) == (3, 1, 1)
+    assert (worst["delivered"], worst["failed"]) == (0, 2)
+
+
+def test_partition_metadata_of_their_own_is_capped_per_run(engine, sandbox, monkeypatch) -> None:
+    """Dagster checks each partition's metadata against the whole range, so only the worst few get their own."""
+    from impactin_pipelines.defs.assets import delivery
+
+    monkeypatch.setattr(delivery, "ATTENTION_PARTITIONS_MAX", 1)
+    for c in ("b1", "b2"):
+        add_integration(engine, c, "benevity")
+    add_events(engine, events("b1", 1) + events("b2", 2))
+    sandbox.providers["benevity"].configure({"reject_events": ["evt_b1_00000", "evt_b2_00000", "evt_b2_00001"]})
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("company", ["b1", "b2"])
+        result = dg.materialize(
+            [impact_outbox, impact_deliveries],
+            instance=instance,
+            tags={RANGE_START_TAG: "b1|benevity", RANGE_END_TAG: "b2|benevity"},
+            resources=_resources(engine, sandbox),
+        )
+        mats = {m.partition: m.metadata for m in result.asset_materializations_for_node("impact_deliveries")}
+    assert mats["b2|benevity"]["failed"].value == 2
+    assert "failed" not in mats["b1|benevity"] and mats["b1|benevity"]["partitions_needing_attention"].value == 2
 
 
 def test_segments_and_ranges_cover_exactly_the_selection() -> None:

@@ -35,6 +35,9 @@ def test_a_pass_counts_outcomes_and_error_kinds_per_company_as_enums(engine, san
         assert counts.attempts == sum(r["attempt_count"] for r in stored)
     totals = report.totals
     assert totals.outcomes == {RowOutcome.SUCCESS: 3, RowOutcome.FAILED: 1} and totals.rows == 4
+    # memory stays flat: a run keeps counts for every row, a result only for the row that did not succeed
+    [kept] = report.rows.values()
+    assert kept.status is RowOutcome.FAILED and kept.row.payload == ""
     assert totals.error_kinds == {ErrorKind.REJECTED: 1} and totals.attempts == 5
     assert all(isinstance(k, RowOutcome) for k in totals.outcomes)
 
@@ -71,7 +74,7 @@ def test_a_transient_failure_burns_one_attempt_and_a_retry_sends_the_row_again(e
     """Two 503s with max_attempts 3: the loop follows the decision's tally, so the third request succeeds."""
     _setup(engine, "acme", 1)
     sandbox.providers["benevity"].configure({"fail_next": {"status": 503, "count": 2}})
-    report = deliver(engine, factory_for(engine, sandbox), "benevity")
+    report = deliver(engine, factory_for(engine, sandbox), "benevity", keep_rows=True)
     [result] = report.rows.values()
     assert (result.status, result.error_kind, result.attempts) == (RowOutcome.SUCCESS, None, 3)
 

@@ -51,6 +51,7 @@ _UNITS_S = {
 }
 _EPOCH_THRESHOLD_S = 1_000_000_000  # an X-RateLimit-Reset above this is a Unix time, below it a delay
 _MAX_PAUSE_S = 3600.0  # a provider header asking for more is capped: the retry policy parks the row anyway
+PAUSE_CACHE_S = 0.5  # how stale this process's view of another process's provider pause may be
 
 
 @dataclass(frozen=True)
@@ -149,12 +150,19 @@ _pauses = sa.Table(
 
 class PauseStore:
     """`until` per key, only ever moved forward. Kept beside the bucket (same file or same database), created on
-    first use like pyrate-limiter's own bucket tables."""
+    first use like pyrate-limiter's own bucket tables.
 
-    def __init__(self, engine: Engine) -> None:
+    Reads are cached per key for `cache_s` (a send checks the pause twice; without the cache each check is a
+    round trip): a pause this process records is seen at once, one another process records within `cache_s`.
+    Requests sent in between still take their slot from the shared bucket; at worst they meet the provider's own
+    429, which the retry policy handles."""
+
+    def __init__(self, engine: Engine, cache_s: float = PAUSE_CACHE_S) -> None:
         self.engine = engine
+        self.cache_s = cache_s
         self._ready = False
         self._lock = threading.Lock()
+        self._cached: dict[str, tuple[float, float]] = {}  # key -> (until_epoch, monotonic time read)
 
     def _ensure(self) -> None:
         if self._ready:
@@ -169,12 +177,23 @@ class PauseStore:
             self._ready = True
 
     def remaining_s(self, key: str, now: float | None = None) -> float:
-        self._ensure()
-        with self.engine.connect() as conn:
-            until = conn.execute(sa.select(_pauses.c.until_epoch).where(_pauses.c.limit_key == key)).scalar()
-        if until is None:
-            return 0.0
-        return max(0.0, float(until) - (now if now is not None else time.time()))
+        cached = self._cached.get(key)
+        if cached is not None and time.monotonic() - cached[1] < self.cache_s:
+            until = cached[0]
+        else:
+            self._ensure()
+            with self.engine.connect() as conn:
+                found = conn.execute(sa.select(_pauses.c.until_epoch).where(_pauses.c.limit_key == key)).scalar()
+            until = float(found) if found is not None else 0.0
+            self._remember(key, until)
+        return max(0.0, until - (now if now is not None else time.time()))
+
+    def _remember(self, key: str, until_epoch: float) -> None:
+        with self._lock:
+            previous = self._cached.get(key)
+            if previous is not None and time.monotonic() - previous[1] < self.cache_s:
+                until_epoch = max(until_epoch, previous[0])  # pauses only move forward
+            self._cached[key] = (until_epoch, time.monotonic())
 
     def extend(self, key: str, until_epoch: float) -> None:
         self._ensure()
@@ -186,6 +205,7 @@ class PauseStore:
         later = greater(stmt.excluded.until_epoch, _pauses.c.until_epoch)
         with self.engine.begin() as conn:
             conn.execute(stmt.on_conflict_do_update(index_elements=["limit_key"], set_={"until_epoch": later}))
+        self._remember(key, until_epoch)
 
 
 # -- buckets -------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -34,6 +34,7 @@ from impactin_pipelines.store.outbox import Outbox, Settlement, utcnow
 
 LOG = logging.getLogger("impactin.delivery")
 PROVIDER_RESPONSE_CHARS = 16 * 1024
+ROWS_KEPT = 1000  # per-row results a report keeps for rows that did not succeed (the counts cover every row)
 LOST_AT_SEND = "claim lost before sending (taken over or lapsed): not sent"
 LOST_AT_SETTLE = "claim lost before settling (another claimant holds it now): attempt recorded, row left to it"
 
@@ -76,16 +77,22 @@ class DeliveryCounts:
 
 @dataclass
 class DeliveryReport:
-    """What one delivery pass did, per company (the Dagster asset turns it into per-partition metadata)."""
+    """What one delivery pass did, per company (the Dagster asset turns it into per-partition metadata).
+
+    Memory stays flat in the number of rows: counts per company, and per-row results (payload dropped) only for
+    the rows that did not succeed, up to `ROWS_KEPT` of them, unless `keep_rows` (targeted runs: replay and
+    deliver-now answer per row, and are bounded by the ids they were given)."""
 
     provider: str
     by_company: dict[str, DeliveryCounts] = field(default_factory=lambda: defaultdict(DeliveryCounts))
     errors: list[str] = field(default_factory=list)  # rows left unsent or unrecorded because the warehouse failed
     seconds: float = 0.0
-    rows: dict[str, RowResult] = field(default_factory=dict)  # by row id: what happened to each row
+    rows: dict[str, RowResult] = field(default_factory=dict)  # by row id: what happened to the rows kept
+    keep_rows: bool = False
 
     def add(self, result: RowResult) -> None:
-        self.rows[result.row.id] = result
+        if self.keep_rows or (result.status is not RowOutcome.SUCCESS and len(self.rows) < ROWS_KEPT):
+            self.rows[result.row.id] = replace(result, row=replace(result.row, payload=""))
         self.by_company[result.row.company_id].add(result)
         if result.status in (RowOutcome.NOT_SENT, RowOutcome.UNRECORDED) and result.error:
             self.errors.append(f"{result.row.delivery_id}: {result.error}")
@@ -138,9 +145,11 @@ class DeliveryRun:
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
         only_ids: Sequence[str] | None = None,
+        keep_rows: bool | None = None,
     ) -> None:
         """`only_ids` targets given rows (replay, deliver-now): any status but success, due or not, and no waiting
-        for rows someone else holds (those are reported as not claimed)."""
+        for rows someone else holds (those are reported as not claimed). `keep_rows`: the report keeps every row's
+        result (default: only for targeted runs)."""
         self.engine = engine
         self.factory = factory
         self.provider = provider
@@ -155,7 +164,8 @@ class DeliveryRun:
         self.only_ids = list(only_ids) if only_ids is not None else None
         self._taken: set[str] = set()  # targeted rows claimed once already: a settled row is never re-claimed
         self.claimant = str(Claimant.new())
-        self.report = DeliveryReport(provider.value)
+        keep = self.only_ids is not None if keep_rows is None else keep_rows
+        self.report = DeliveryReport(provider.value, keep_rows=keep)
         self.circuits = CircuitGate(engine, provider.value, self.settings, logger=logger)  # held rows stay due
         # Set when the warehouse fails us (a delivery could not be recorded, or claiming failed): from then on this
         # run sends nothing more, since what it sent could not be recorded; its unsent rows come back when released

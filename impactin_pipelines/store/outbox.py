@@ -352,6 +352,8 @@ class Outbox:
         Returns the row's attempt count and whether the settlement was applied.
         """
         now = now or utcnow()
+        if self.engine.dialect.name == "postgresql":
+            return self._record_in_one_statement(claimant, claim_version, delivery_id, run_id, attempt, settlement, now)
         with self.engine.begin() as conn:
             if attempt is not None:
                 bumped = conn.execute(
@@ -401,6 +403,92 @@ class Outbox:
                 .returning(d.c.attempt_count)
             ).first()
         return (moved.attempt_count if moved else -1), moved is not None
+
+    def _record_in_one_statement(
+        self,
+        claimant: str,
+        claim_version: int,
+        delivery_id: str,
+        run_id: str | None,
+        attempt: AttemptResult | None,
+        settlement: Settlement,
+        now: datetime,
+    ) -> tuple[int, bool]:
+        """`record` as one statement and one round trip (PostgreSQL's data-modifying CTEs): lock the row, read
+        whether we still hold the claim, bump its attempt count, settle it only if we hold it, and insert the
+        attempt under the new count. Same effects as the three statements SQLite runs, in one transaction."""
+        old = (
+            sa.select(
+                d.c.id.label("id"),
+                sa.and_(
+                    d.c.claimed_by == claimant,
+                    d.c.claim_version == claim_version,
+                    d.c.status != DeliveryStatus.SUCCESS.value,
+                ).label("owned"),
+            )
+            .where(d.c.delivery_id == delivery_id)
+            .with_for_update()
+            .cte("old")
+        )
+        owned = old.c.owned
+
+        def settled(column: sa.Column[Any], value: object) -> sa.ColumnElement[Any]:
+            return sa.case((owned, sa.literal(value, column.type)), else_=column)
+
+        values: dict[str, object] = {
+            "status": settled(d.c.status, settlement.status.value),
+            "error_kind": settled(d.c.error_kind, settlement.error_kind.value if settlement.error_kind else None),
+            "last_error": settled(d.c.last_error, settlement.last_error),
+            "next_attempt_at": settled(d.c.next_attempt_at, settlement.next_attempt_at),
+        }
+        if attempt is not None:
+            values["attempt_count"] = d.c.attempt_count + 1
+            values["updated_at"] = sa.literal(now, d.c.updated_at.type)
+        else:
+            values["updated_at"] = settled(d.c.updated_at, now)
+        if settlement.provider_response is not None:
+            values["provider_response"] = settled(d.c.provider_response, settlement.provider_response)
+        if settlement.status is DeliveryStatus.SUCCESS:
+            values["delivered_at"] = settled(d.c.delivered_at, now)
+        if settlement.release:
+            values["claimed_by"] = settled(d.c.claimed_by, None)
+            values["lease_expires_at"] = settled(d.c.lease_expires_at, None)
+        moved = (
+            sa.update(d)
+            .where(d.c.id == old.c.id)
+            .values(**values)
+            .returning(d.c.delivery_id, d.c.attempt_count, owned.label("owned"))
+            .cte("moved")
+        )
+        query = sa.select(moved.c.attempt_count, moved.c.owned)
+        if attempt is not None:
+            columns = {
+                "delivery_id": moved.c.delivery_id,
+                "attempt_number": moved.c.attempt_count,
+                "run_id": run_id,
+                "started_at": attempt.started_at,
+                "finished_at": attempt.finished_at,
+                "duration_ms": _duration_ms(attempt),
+                "outcome": attempt.outcome.value,
+                "http_status": attempt.http_status,
+                "error": attempt.error,
+                "response_excerpt": (attempt.response_body or "")[:RESPONSE_EXCERPT_CHARS] or None,
+                "request_body": attempt.request_body,
+            }
+            select_attempt = sa.select(
+                *(
+                    value if isinstance(value, sa.ColumnElement) else sa.literal(value, a.c[name].type)
+                    for name, value in columns.items()
+                )
+            )
+            query = query.add_cte(a.insert().from_select(list(columns), select_attempt).cte("recorded"))
+        with self.engine.begin() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            if attempt is not None:  # as the three statements would: an attempt for a row that is not there
+                raise LookupError(f"no outbox row with delivery_id {delivery_id!r} to record an attempt for")
+            return -1, False
+        return (row.attempt_count if row.owned else -1), bool(row.owned)
 
 
 def _unless_rejected_meanwhile() -> dict[str, sa.ColumnElement[Any]]:

@@ -62,7 +62,8 @@ def _postgres_victim(warehouse_url: str) -> Iterator[Fault]:
 
     @event.listens_for(victim, "before_cursor_execute")
     def _terminate(conn, cursor, statement, parameters, context, executemany):
-        if not statement.lstrip().upper().startswith("INSERT INTO IMPACT_DELIVERY_ATTEMPTS"):
+        # the statement that records an attempt (on PostgreSQL one statement settles the row and inserts it)
+        if "INSERT INTO IMPACT_DELIVERY_ATTEMPTS" not in statement.upper():
             return
         with lock:
             recorded[0] += 1

@@ -4,6 +4,7 @@ costs a handful of process starts, not thousands."""
 
 import logging
 from collections import defaultdict
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
@@ -18,6 +19,12 @@ from impactin_pipelines.services.deliver import DeliveryCounts, DeliveryReport, 
 from impactin_pipelines.services.extract import ExtractReport, extract, quarantine_unpartitionable
 
 GROUP = "impact_in"
+# Partitions given metadata of their own in one run: only those that need attention (failed or retrying rows,
+# extraction errors), at most this many. Dagster checks each partition key against the run's whole range on every
+# `add_asset_metadata(partition_key=...)` (a storage read each), so metadata for every partition of a range would
+# cost O(partitions²); the counts of every partition stay in the warehouse.
+ATTENTION_PARTITIONS_MAX = 100
+ATTENTION_LISTED = 20  # partitions named in the run-level summary every materialization of the run carries
 
 
 def _companies_by_provider(context: dg.AssetExecutionContext) -> dict[Provider, list[str]]:
@@ -41,27 +48,43 @@ def impact_outbox(
 ) -> dg.MaterializeResult:
     env = providers.provider_env()
     totals = {"new_rows": 0, "invalid_events": 0}
+    attention: dict[str, dict[str, object]] = {}
     for provider, companies in _companies_by_provider(context).items():
         for company in companies:
             report = extract(warehouse.engine, company, provider, env=env)
             totals["new_rows"] += report.new_rows
             totals["invalid_events"] += report.invalid
-            metadata: dict[str, object] = {
-                "new_rows": report.new_rows,
-                "invalid_events": report.invalid,
-                "integration_enabled": report.enabled,
-            }
             if report.error:
-                metadata["error"] = report.error
                 context.log.error(f"{company}/{provider.value}: {report.error}")
-            context.add_asset_metadata(metadata, partition_key=partition_key(company, provider.value))
+            if report.error or report.invalid:
+                metadata: dict[str, object] = {
+                    "new_rows": report.new_rows,
+                    "invalid_events": report.invalid,
+                    "integration_enabled": report.enabled,
+                }
+                if report.error:
+                    metadata["error"] = report.error
+                attention[partition_key(company, provider.value)] = metadata
+    _add_attention_metadata(context, attention)
     # Companies that cannot be partitions are in no run's range: every run quarantines them for its providers.
     for report in quarantine_unpartitionable(warehouse.engine, _companies_by_provider(context), env=env):
         totals["new_rows"] += report.new_rows
         totals["invalid_events"] += report.invalid
         _log_unpartitionable(context, report)
     context.log.info(f"outbox: {totals['new_rows']} new rows, {totals['invalid_events']} quarantined")
-    return dg.MaterializeResult()
+    return dg.MaterializeResult(
+        metadata={
+            "run_new_rows": totals["new_rows"],
+            "run_invalid_events": totals["invalid_events"],
+            "partitions_needing_attention": len(attention),
+        }
+    )
+
+
+def _add_attention_metadata(context: dg.AssetExecutionContext, attention: Mapping[str, Mapping[str, object]]) -> None:
+    """Metadata of their own for the partitions that need attention (the first ATTENTION_PARTITIONS_MAX)."""
+    for key, metadata in list(attention.items())[:ATTENTION_PARTITIONS_MAX]:
+        context.add_asset_metadata(metadata, partition_key=key)
 
 
 def _log_unpartitionable(context: dg.AssetExecutionContext, report: ExtractReport) -> None:
@@ -72,7 +95,7 @@ def _log_unpartitionable(context: dg.AssetExecutionContext, report: ExtractRepor
         context.log.warning(f"{where}: {report.invalid} event(s) quarantined as failed/invalid_event")
 
 
-def _partition_metadata(counts: DeliveryCounts) -> dict[str, object]:
+def _partition_metadata(counts: DeliveryCounts) -> dict[str, int]:
     """One partition's materialization metadata; `internal_errors` are rows the warehouse kept us from recording."""
     return {
         "delivered": counts.outcomes[RowOutcome.SUCCESS],
@@ -142,15 +165,16 @@ def impact_deliveries(
         factory.close()
 
     internal_errors: list[str] = []
-    for provider, companies in grouped.items():
+    run_totals = DeliveryCounts()
+    attention: dict[str, DeliveryCounts] = {}
+    for provider in grouped:
         report = reports[provider]
         internal_errors.extend(report.errors)
-        for company in companies:
-            counts = report.by_company.get(company, DeliveryCounts())
-            context.add_asset_metadata(
-                _partition_metadata(counts), partition_key=partition_key(company, provider.value)
-            )
+        for company, counts in report.by_company.items():
+            if needs_attention(counts):
+                attention[partition_key(company, provider.value)] = counts
         totals = report.totals
+        run_totals.update(totals)
         context.log.info(
             f"{provider.value}: {totals.outcomes[RowOutcome.SUCCESS]} delivered, "
             f"{totals.outcomes[RowOutcome.RETRYING]} retrying, {totals.outcomes[RowOutcome.FAILED]} failed, "
@@ -164,4 +188,42 @@ def impact_deliveries(
             ),
             metadata={"examples": dg.MetadataValue.md("\n".join(f"- {e}" for e in internal_errors[:20]))},
         )
-    return dg.MaterializeResult()
+    worst = sorted(attention.items(), key=lambda kv: (-_unsettled(kv[1]), kv[0]))
+    _add_attention_metadata(context, {key: _partition_metadata(counts) for key, counts in worst})
+    return dg.MaterializeResult(metadata=_run_metadata(run_totals, worst, sum(len(c) for c in grouped.values())))
+
+
+def needs_attention(counts: DeliveryCounts) -> bool:
+    """A partition an operator should look at: rows failed, retrying, held by an open circuit or a pause, or left
+    unrecorded in this run."""
+    return _unsettled(counts) > 0
+
+
+def _unsettled(counts: DeliveryCounts) -> int:
+    o = counts.outcomes
+    return (
+        o[RowOutcome.FAILED]
+        + o[RowOutcome.RETRYING]
+        + o[RowOutcome.HELD]
+        + o[RowOutcome.NOT_SENT]
+        + o[RowOutcome.UNRECORDED]
+    )
+
+
+def _run_metadata(
+    totals: DeliveryCounts, attention: list[tuple[str, DeliveryCounts]], partitions: int
+) -> dict[str, int | dg.MetadataValue[str]]:
+    """The run's summary. Dagster puts it on every partition the run materialises (so it says `run_`), and the
+    partitions that need attention are named, worst first, with counts of their own in their own metadata."""
+    listed = "\n".join(
+        f"- `{key}`: {c.outcomes[RowOutcome.FAILED]} failed, {c.outcomes[RowOutcome.RETRYING]} retrying"
+        for key, c in attention[:ATTENTION_LISTED]
+    )
+    if len(attention) > ATTENTION_LISTED:
+        listed += f"\n- … and {len(attention) - ATTENTION_LISTED} more (`impactin deliveries list --status failed`)"
+    return {
+        **{f"run_{name}": value for name, value in _partition_metadata(totals).items()},
+        "run_partitions": partitions,
+        "partitions_needing_attention": len(attention),
+        "needing_attention": dg.MetadataValue.md(listed or "none"),
+    }
