@@ -75,7 +75,7 @@ def build_app(
             Middleware(
                 AuthMiddleware,
                 keys=ApiKeyStore(engine),
-                limiter=KeyedRateLimiter(settings.rate_limit_per_minute),
+                limiter=KeyedRateLimiter(engine, settings.rate_limit_per_minute),
                 max_header_chars=settings.max_auth_header_chars,
             ),
         ],

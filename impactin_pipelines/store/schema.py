@@ -132,3 +132,12 @@ impact_provider_tokens = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
 )
+
+impact_api_rate_hits = sa.Table(
+    "impact_api_rate_hits",
+    metadata,
+    sa.Column("caller", sa.Text, nullable=False),
+    sa.Column("at_ms", sa.BigInteger, nullable=False),
+    sa.Index("ix_impact_api_rate_hits_caller", "caller", "at_ms"),
+    sa.Index("ix_impact_api_rate_hits_at", "at_ms"),
+)
