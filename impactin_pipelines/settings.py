@@ -277,6 +277,10 @@ class ApiSettings(ImpactinSettings):
     max_body_bytes: int = Field(256 * 1024, ge=1024)  # an event may carry 64 KiB of metadata and 64 KiB of scores
     max_query_bytes: int = Field(2048, ge=1)
     max_auth_header_chars: int = Field(256, ge=1)
+    # `retry-all-failed` over more failed rows than this answers 202 with a job (GET /v1/impact-in/jobs/{id}) and runs
+    # on a worker thread of the API process; up to it, the request answers inline as before.
+    inline_replay_max: int = Field(100, ge=0)
+    job_workers: int = Field(1, ge=1)  # jobs of one API process run at once; more queue (state `queued`)
     # Peers (addresses or networks) whose X-Forwarded-For names the client; from anyone else it is ignored, so a
     # client cannot pick the address its failed logins are counted against. Comma-separated in the environment.
     trusted_proxies: Annotated[tuple[str, ...], NoDecode] = ()
