@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from impactin_pipelines.api import shapes
 from impactin_pipelines.connectors.registry import ConnectorFactory
 from impactin_pipelines.services import replay
 from impactin_pipelines.store import api_jobs
@@ -44,7 +45,7 @@ class Tally:
                 continue
             self.failed += 1
             if len(self.failures) < MAX_FAILURES_LISTED:
-                self.failures.append({"id": r.id, "newStatus": r.new_status, "error": r.error})
+                self.failures.append(shapes.replay_item(r.id, r.success, r.new_status, r.error))
 
     def summary(self) -> dict[str, Any]:
         return {"byNewStatus": dict(sorted(self.by_status.items())), "failures": self.failures}

@@ -5,7 +5,9 @@ import time
 from datetime import timedelta
 
 import pytest
+from jsonschema import Draft202012Validator
 
+from impactin_pipelines.api.openapi import document
 from impactin_pipelines.settings import ApiSettings
 from impactin_pipelines.store import api_jobs
 from impactin_pipelines.store.api_keys import ApiKeyStore
@@ -21,6 +23,12 @@ STILL_REJECTED = ("evt_acme_00002", "evt_acme_00005")
 @pytest.fixture
 def api_settings() -> ApiSettings:
     return ApiSettings(rate_limit_per_minute=100_000, inline_replay_max=INLINE_MAX)
+
+
+def _conforms(body: dict, schema: str) -> None:
+    """The response is what the OpenAPI document says it is."""
+    doc = document()
+    Draft202012Validator({"$ref": f"#/components/schemas/{schema}", "components": doc["components"]}).validate(body)
 
 
 def _wait_done(api, location: str, key: str) -> dict:
@@ -45,9 +53,11 @@ def test_a_large_retry_all_failed_runs_as_a_job_that_any_replica_reports(api):
     body = accepted.json()
     assert body["status"] == "queued" and body["total"] == ROWS
     assert accepted.headers["Location"] == body["location"] == f"{BASE}/jobs/{body['jobId']}"
+    _conforms(body, "JobAccepted")
 
     done = _wait_done(api, body["location"], key="acme")
     assert done["status"] == "succeeded" and done["error"] is None
+    _conforms({"data": done}, "JobResponse")
     assert done["progress"] == {"total": ROWS, "processed": ROWS}
     outcomes = done["outcomes"]
     assert (outcomes["succeeded"], outcomes["failed"]) == (ROWS - 2, 2)
