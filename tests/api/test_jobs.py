@@ -2,7 +2,7 @@
 which a worker of the API runs; `GET /v1/impact-in/jobs/{id}` reports it from any replica (SQLite and PostgreSQL)."""
 
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from jsonschema import Draft202012Validator
@@ -104,7 +104,7 @@ def test_a_job_whose_worker_stopped_reads_as_abandoned(engine):
     api_jobs.progress(engine, job_id, processed=2, succeeded=2, failed=0, summary={"byNewStatus": {"success": 2}})
     running = api_jobs.get(engine, job_id, company_ids=None)
     assert running is not None and running.status is api_jobs.JobStatus.RUNNING and running.processed == 2
-    later = running.created_at + api_jobs.ABANDONED_AFTER + timedelta(seconds=1)
+    later = datetime.now(UTC) + api_jobs.ABANDONED_AFTER + timedelta(seconds=1)  # past the last heartbeat
     stale = api_jobs.get(engine, job_id, company_ids=None, now=later)
     assert stale is not None and stale.status is api_jobs.JobStatus.ABANDONED
     assert api_jobs.get(engine, job_id, company_ids=("globex",)) is None
