@@ -3,7 +3,7 @@
 
 -- The API's own rate limit: one row per admitted request (a sliding log). A caller (`key:<key id>` or
 -- `addr:<client address>`) is admitted while it has fewer rows than the limit in the last window. Rows older than
--- the window are deleted as callers come back and by a periodic purge.
+-- the window are deleted by a periodic purge (each API process, once a minute).
 CREATE TABLE impact_api_rate_hits (
     caller  TEXT NOT NULL,
     at_ms   BIGINT NOT NULL

@@ -24,7 +24,7 @@ from impactin_pipelines.store.engine import is_sqlite
 from impactin_pipelines.store.schema import impact_api_rate_hits as hits
 
 WINDOW_S = 60.0
-PURGE_EVERY_S = 60.0  # rows of callers that never came back are deleted this often (per process)
+PURGE_EVERY_S = 60.0  # rows past the window are deleted this often (per process); a request only counts its window
 _LOCK_NAMESPACE = zlib.crc32(b"impact_api_rate_hits") & 0x7FFFFFFF  # first key of the two-int advisory lock
 
 
@@ -49,9 +49,10 @@ class KeyedRateLimiter:
         Blocking I/O: call it from a worker thread."""
         with self.engine.begin() as conn:
             now_ms = self._now_ms(conn, caller)
-            conn.execute(sa.delete(hits).where(hits.c.caller == caller, hits.c.at_ms <= now_ms - self.window_ms))
             count, oldest = conn.execute(
-                sa.select(sa.func.count(), sa.func.min(hits.c.at_ms)).where(hits.c.caller == caller)
+                sa.select(sa.func.count(), sa.func.min(hits.c.at_ms)).where(
+                    hits.c.caller == caller, hits.c.at_ms > now_ms - self.window_ms
+                )
             ).one()
             if count >= self.per_minute:
                 return float(max(1, math.ceil((int(oldest) + self.window_ms - now_ms) / 1000)))
@@ -62,11 +63,17 @@ class KeyedRateLimiter:
     def _now_ms(self, conn: Connection, caller: str) -> int:
         if is_sqlite(self.engine):  # BEGIN IMMEDIATE (store/engine.py) already holds the write lock
             return int(time.time() * 1000)
-        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_LOCK_NAMESPACE, _lock_key(caller))))
-        epoch_s = conn.execute(sa.select(sa.extract("epoch", sa.func.clock_timestamp()))).scalar_one()
+        # one round trip: the caller's lock, then the database's clock (read after the lock is granted)
+        _, epoch_s = conn.execute(
+            sa.select(
+                sa.func.pg_advisory_xact_lock(_LOCK_NAMESPACE, _lock_key(caller)),
+                sa.extract("epoch", sa.func.clock_timestamp()),
+            )
+        ).one()
         return int(float(epoch_s) * 1000)
 
     def _purge_now_and_then(self) -> None:
+        """Delete rows past the window, every caller at once: one statement a minute instead of one per request."""
         now = time.monotonic()
         if now - self._last_purge < PURGE_EVERY_S or not self._purge_lock.acquire(blocking=False):
             return
