@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -101,7 +102,7 @@ def demo_ui(tmp_path_factory) -> Iterator[DemoUi]:
         timeout=300,
         check=False,
     )
-    assert "deliveries" in demo.stdout, demo.stdout + demo.stderr  # the demo exits 1 on its malformed samples
+    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     env["DAGSTER_HOME"] = str(state / "dagster_home")
     if not EXPECTED.demo_materialises_stats:
         stats = subprocess.run(
@@ -176,7 +177,7 @@ def _visible(page, text: str) -> None:
     page.get_by_text(text, exact=True).first.wait_for(state="visible")
 
 
-def test_the_asset_graph_shows_every_asset(demo_ui, page):
+def _asset_graph(demo_ui: DemoUi, page: Any) -> None:
     page.goto(f"{demo_ui.url}/asset-groups")
     for asset in EXPECTED.assets:
         _visible(page, asset)
@@ -184,7 +185,7 @@ def test_the_asset_graph_shows_every_asset(demo_ui, page):
     _shot(page, "asset-graph")
 
 
-def test_a_delivery_partition_shows_what_was_delivered(demo_ui, page):
+def _delivery_partition(demo_ui: DemoUi, page: Any) -> None:
     company, provider = EXPECTED.partition
     engine = make_engine(f"sqlite:///{demo_ui.state / 'warehouse.db'}")
     try:
@@ -207,7 +208,7 @@ def test_a_delivery_partition_shows_what_was_delivered(demo_ui, page):
     _shot(page, "delivery-partition")
 
 
-def test_the_statistics_are_plotted(demo_ui, page):
+def _stats_plots(demo_ui: DemoUi, page: Any) -> None:
     page.goto(f"{demo_ui.url}/assets/delivery_stats")
     page.get_by_role("button", name="Plots").first.click()  # the metadata table's Table | Plots toggle
     for plot in EXPECTED.stats_plots:
@@ -217,7 +218,7 @@ def test_the_statistics_are_plotted(demo_ui, page):
     _shot(page, "stats-plots")
 
 
-def test_every_check_has_a_result(demo_ui, page):
+def _checks(demo_ui: DemoUi, page: Any) -> None:
     page.goto(f"{demo_ui.url}/assets/impact_deliveries?view=checks")
     _visible(page, f"Checks ({len(EXPECTED.checks)})")
     for check in EXPECTED.checks:
@@ -228,3 +229,18 @@ def test_every_check_has_a_result(demo_ui, page):
         shown = re.search(rf"{check}\s+(?:{check}\s+)?([A-Z][a-z]+(?: [a-z]+)?)", text)
         assert shown is not None and shown.group(1) in allowed, (check, shown and shown.group(1), allowed)
     _shot(page, "delivery-checks")
+
+
+def test_an_operator_sees_the_demo_in_the_ui(demo_ui, page):
+    """One test, so that `pytest -n 2` runs the demo and the webserver once: every page is checked, every failure
+    reported (with a screenshot `failed-<page>.png`)."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    failures = []
+    for check in (_asset_graph, _delivery_partition, _stats_plots, _checks):
+        try:
+            check(demo_ui, page)
+        except (AssertionError, PlaywrightError) as exc:
+            failures.append(f"{check.__name__.strip('_')}: {str(exc).splitlines()[0] if str(exc) else type(exc)}")
+            _shot(page, f"failed-{check.__name__.strip('_')}")
+    assert not failures, "\n".join(failures)
