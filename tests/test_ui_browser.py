@@ -173,8 +173,13 @@ def _shot(page, name: str) -> None:
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
 
 
-def _visible(page, text: str) -> None:
-    page.get_by_text(text, exact=True).first.wait_for(state="visible")
+def _visible(page: Any, text: str) -> None:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.get_by_text(text, exact=True).first.wait_for(state="visible")
+    except PlaywrightTimeout:
+        raise AssertionError(f"{text!r} not shown within {UI_TIMEOUT_MS / 1000:g} s on {page.url}") from None
 
 
 def _asset_graph(demo_ui: DemoUi, page: Any) -> None:
