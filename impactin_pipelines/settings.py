@@ -293,6 +293,10 @@ class ApiSettings(ImpactinSettings):
     max_auth_header_chars: int = Field(256, ge=1)
     # How far a webhook callback's signed timestamp may be from our clock (either side) before it is refused as stale.
     webhook_tolerance_s: float = Field(300.0, gt=0, le=3600)
+    # `retry-all-failed` over more failed rows than this answers 202 with a job (GET /v1/impact-in/jobs/{id}) and runs
+    # on a worker thread of the API process; up to it, the request answers inline as before.
+    inline_replay_max: int = Field(100, ge=0)
+    job_workers: int = Field(1, ge=1)  # jobs of one API process run at once; more queue (state `queued`)
     # Peers (addresses or networks) whose X-Forwarded-For names the client; from anyone else it is ignored, so a
     # client cannot pick the address its failed logins are counted against. Comma-separated in the environment.
     trusted_proxies: Annotated[tuple[str, ...], NoDecode] = ()

@@ -91,6 +91,8 @@ def test_documented_variable_names_and_defaults() -> None:
         (ApiSettings, "rate_limit_per_minute"): ("IMPACTIN_API_RATE_LIMIT_PER_MINUTE", 600),
         (ApiSettings, "max_body_bytes"): ("IMPACTIN_API_MAX_BODY_BYTES", 262144),
         (ApiSettings, "trusted_proxies"): ("IMPACTIN_API_TRUSTED_PROXIES", ()),
+        (ApiSettings, "inline_replay_max"): ("IMPACTIN_API_INLINE_REPLAY_MAX", 100),
+        (ApiSettings, "job_workers"): ("IMPACTIN_API_JOB_WORKERS", 1),
         (ScheduleSettings, "cron"): ("IMPACTIN_SCHEDULE_CRON", "0 2 * * *"),
         (ScheduleSettings, "timezone"): ("IMPACTIN_SCHEDULE_TIMEZONE", "UTC"),
         (LogSettings, "log_format"): ("IMPACTIN_LOG_FORMAT", "text"),

@@ -20,9 +20,10 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from impactin_pipelines.api import openapi
 from impactin_pipelines.api.auth import AuthMiddleware
 from impactin_pipelines.api.errors import EXCEPTION_HANDLERS
+from impactin_pipelines.api.jobs import JobRunner
 from impactin_pipelines.api.limits import RequestLimitsMiddleware
 from impactin_pipelines.api.ratelimit import KeyedRateLimiter
-from impactin_pipelines.api.routes import deliver, deliveries, health, metrics, replay, stats, webhooks
+from impactin_pipelines.api.routes import deliver, deliveries, health, jobs, metrics, replay, stats, webhooks
 from impactin_pipelines.api.routes.context import ApiContext
 from impactin_pipelines.connectors.registry import ConnectorFactory
 from impactin_pipelines.settings import ApiSettings
@@ -41,6 +42,7 @@ ROUTES = [
     *health.ROUTES,
     *metrics.ROUTES,
     *webhooks.ROUTES,
+    *jobs.ROUTES,
     Route("/openapi.json", openapi_route, methods=["GET"]),
 ]
 
@@ -52,11 +54,14 @@ def build_app(
     when the app shuts down."""
     settings = settings or ApiSettings.from_env()
     owned = factory is None
-    ctx = ApiContext(engine, factory or ConnectorFactory(engine), settings)
+    factory = factory or ConnectorFactory(engine)
+    runner = JobRunner(engine, factory, workers=settings.job_workers)
+    ctx = ApiContext(engine, factory, settings, jobs=runner)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         yield
+        runner.close()
         if owned:
             ctx.factory.close()
 
@@ -77,7 +82,7 @@ def build_app(
             Middleware(
                 AuthMiddleware,
                 keys=ApiKeyStore(engine),
-                limiter=KeyedRateLimiter(settings.rate_limit_per_minute),
+                limiter=KeyedRateLimiter(engine, settings.rate_limit_per_minute),
                 max_header_chars=settings.max_auth_header_chars,
             ),
         ],

@@ -33,13 +33,13 @@ class AuthMiddleware:
         request = Request(scope)
         try:
             key = await self._authenticate(request.headers.get("authorization"))
+            caller = f"key:{key.key_id}" if key else f"addr:{request.client.host if request.client else '?'}"
+            wait = await run_in_threadpool(self.limiter.acquire, caller)  # the budget lives in the warehouse
         except sa.exc.DBAPIError as exc:  # whatever the driver says, no key can be checked: unavailable
-            LOG.error(f"API key lookup failed: database unavailable: {type(exc).__name__}")
+            LOG.error(f"API key lookup or rate limit failed: database unavailable: {type(exc).__name__}")
             response = error_response(503, "Service unavailable", "the warehouse database is unavailable")
             await response(scope, receive, send)
             return
-        caller = f"key:{key.key_id}" if key else f"addr:{request.client.host if request.client else '?'}"
-        wait = self.limiter.acquire(caller)
         if wait is not None:
             limit = self.limiter.per_minute
             response = ApiError(

@@ -224,6 +224,56 @@ RESPONSE_SCHEMAS: dict[str, Any] = {
             "results": {"type": "array", "items": _ref("ReplayItem")},
         },
     },
+    "JobAccepted": {
+        "type": "object",
+        "required": ["jobId", "status", "total", "location"],
+        "properties": {
+            "jobId": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+            "status": {"type": "string", "enum": ["queued"]},
+            "total": {"type": "integer", "minimum": 0, "description": "Failed rows when the job was accepted."},
+            "location": {"type": "string", "example": "/v1/impact-in/jobs/0f0e0d0c0b0a09080706050403020100"},
+        },
+    },
+    "Job": {
+        "type": "object",
+        "required": ["jobId", "kind", "status", "companyId", "provider", "progress", "outcomes", "error", "createdAt"],
+        "properties": {
+            "jobId": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+            "kind": {"type": "string", "enum": ["retry-all-failed"]},
+            "status": {
+                "type": "string",
+                "enum": ["queued", "running", "succeeded", "failed", "abandoned"],
+                "description": "`failed`: the job itself broke (`error` says how); `abandoned`: its API process "
+                "stopped (no heartbeat for 5 minutes), its rows stay replayable.",
+            },
+            "companyId": {"type": "string"},
+            "provider": _nullable({"type": "string", "enum": list(PROVIDERS)}),
+            "progress": {
+                "type": "object",
+                "required": ["total", "processed"],
+                "properties": {k: {"type": "integer", "minimum": 0} for k in ("total", "processed")},
+            },
+            "outcomes": {
+                "type": "object",
+                "required": ["succeeded", "failed"],
+                "properties": {
+                    "succeeded": {"type": "integer", "minimum": 0},
+                    "failed": {"type": "integer", "minimum": 0},
+                    "byNewStatus": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}},
+                    "failures": {
+                        "type": "array",
+                        "description": "The first 100 rows that did not deliver.",
+                        "items": _ref("ReplayItem"),
+                    },
+                },
+            },
+            "error": _nullable({"type": "string"}),
+            "createdAt": _TIME,
+            "startedAt": _nullable(_TIME),
+            "finishedAt": _nullable(_TIME),
+        },
+    },
+    "JobResponse": {"type": "object", "required": ["data"], "properties": {"data": _ref("Job")}},
     "Health": {
         "type": "object",
         "required": ["status", "service"],
@@ -431,10 +481,41 @@ def _paths() -> dict[str, Any]:
                 "operationId": "retryAllFailed",
                 "summary": "Replay every failed delivery of a company (optionally one provider), oldest first.",
                 "requestBody": _body("RetryAllFailedBody"),
+                "description": (
+                    "Up to IMPACTIN_API_INLINE_REPLAY_MAX failed rows (default 100) the request replays them and "
+                    "answers 200; more, it answers 202 at once and a worker of the API replays them: follow "
+                    "`Location` (`GET /v1/impact-in/jobs/{id}`)."
+                ),
                 "responses": {
                     "200": _json("ReplaySummaryResponse", "One result per failed delivery."),
+                    "202": _json(
+                        "JobAccepted",
+                        "Too many rows to answer inline: a job replays them.",
+                        {"Location": {"description": "The job's URL.", "schema": {"type": "string"}}},
+                    ),
                     **_errors("400", "401"),
                     **_FORBIDDEN,
+                    **_errors("429", "503"),
+                },
+            }
+        },
+        "/v1/impact-in/jobs/{id}": {
+            "get": {
+                "operationId": "getJob",
+                "summary": "Progress and outcome summary of bulk work run outside the request; any replica answers.",
+                "parameters": [
+                    {
+                        "name": "id",
+                        "in": "path",
+                        "required": True,
+                        "description": "The jobId a 202 answered.",
+                        "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+                    }
+                ],
+                "responses": {
+                    "200": _json("JobResponse", "The job."),
+                    **_errors("400", "401"),
+                    "404": _json("Error", "Unknown job, or another company's."),
                     **_errors("429", "503"),
                 },
             }

@@ -153,6 +153,10 @@ class DeliveryPath(_Strict):
     id: DeliveryIdent
 
 
+class JobPath(_Strict):
+    id: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]  # a job id (store/api_jobs: uuid4 hex)
+
+
 # -- bodies --------------------------------------------------------------------------------------------------------
 class BulkReplayBody(_Strict):
     ids: list[DeliveryIdent] = Field(min_length=1, max_length=MAX_BULK_IDS)

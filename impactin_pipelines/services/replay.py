@@ -13,7 +13,7 @@ extraction and the row is sent; if it is still invalid (or gone) the replay is r
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
@@ -134,9 +134,11 @@ def replay_all_failed(
     dry_run: bool = False,
     page_size: int = 100,
     logger: logging.Logger = LOG,
+    on_page: Callable[[list[ReplayResult]], None] | None = None,
 ) -> list[ReplayResult]:
     """Every `failed` row of the company (optionally one provider), oldest first, a page at a time until none
-    is left. Rows that fail again stay behind the keyset cursor, so this ends."""
+    is left. Rows that fail again stay behind the keyset cursor, so this ends. `on_page` sees each page's results
+    as it settles (progress of an API job)."""
     if provider is not None:
         provider = Provider.parse(provider).value
     if page_size < 1:
@@ -144,9 +146,12 @@ def replay_all_failed(
     results: list[ReplayResult] = []
     after: tuple[datetime, str] | None = None
     while page := requeue.failed_page(engine, company_id, provider, after=after, limit=page_size):
-        results.extend(
-            _replay_rows(engine, factory, [(r["id"], r) for r in page], run_id=run_id, dry_run=dry_run, logger=logger)
+        settled = _replay_rows(
+            engine, factory, [(r["id"], r) for r in page], run_id=run_id, dry_run=dry_run, logger=logger
         )
+        results.extend(settled)
+        if on_page is not None:
+            on_page(settled)
         after = (page[-1]["created_at"], page[-1]["id"])
     return results
 

@@ -197,3 +197,33 @@ impactin_circuits = sa.Table(
     sa.Column("last_error", sa.Text),
     sa.Column("updated_at", UTCDateTime, nullable=False),
 )
+
+impact_api_rate_hits = sa.Table(
+    "impact_api_rate_hits",
+    metadata,
+    sa.Column("caller", sa.Text, nullable=False),
+    sa.Column("at_ms", sa.BigInteger, nullable=False),
+    sa.Index("ix_impact_api_rate_hits_caller", "caller", "at_ms"),
+    sa.Index("ix_impact_api_rate_hits_at", "at_ms"),
+)
+
+impact_api_jobs = sa.Table(
+    "impact_api_jobs",
+    metadata,
+    sa.Column("job_id", sa.Text, primary_key=True),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("company_id", sa.Text, nullable=False),
+    sa.Column("provider", sa.Text),
+    sa.Column("key_id", sa.Text, nullable=False),
+    sa.Column("total", sa.Integer, nullable=False, default=0),
+    sa.Column("processed", sa.Integer, nullable=False, default=0),
+    sa.Column("succeeded", sa.Integer, nullable=False, default=0),
+    sa.Column("failed", sa.Integer, nullable=False, default=0),
+    sa.Column("summary", sa.Text),
+    sa.Column("error", sa.Text),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("started_at", UTCDateTime),
+    sa.Column("finished_at", UTCDateTime),
+    sa.Column("heartbeat_at", UTCDateTime),
+)

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from sqlalchemy.engine import Engine
 from starlette.requests import Request
 
+from impactin_pipelines.api.jobs import JobRunner
 from impactin_pipelines.connectors.registry import ConnectorFactory
 from impactin_pipelines.settings import ApiSettings
 
@@ -14,6 +15,7 @@ class ApiContext:
     engine: Engine
     factory: ConnectorFactory
     settings: ApiSettings
+    jobs: JobRunner | None = None  # bulk work outside the request (api/jobs.py); build_app always sets it
 
 
 def context(request: Request) -> ApiContext:

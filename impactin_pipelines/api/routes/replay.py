@@ -2,6 +2,7 @@
 
 import uuid
 
+from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -12,8 +13,10 @@ from impactin_pipelines.api.auth import api_key, require_company_in_scope
 from impactin_pipelines.api.errors import ApiError
 from impactin_pipelines.api.routes.context import context
 from impactin_pipelines.api.routes.deliveries import not_found
+from impactin_pipelines.domain.statuses import DeliveryStatus
 from impactin_pipelines.services import replay
 from impactin_pipelines.store.api_keys import ApiKey
+from impactin_pipelines.store.delivery_log import status_counts
 
 
 def run_id_for(key: ApiKey, action: str) -> str:
@@ -69,20 +72,43 @@ async def bulk_replay_route(request: Request) -> JSONResponse:
 
 
 async def retry_all_failed_route(request: Request) -> JSONResponse:
-    """Every failed delivery of the company (optionally one provider), oldest first, all of them."""
+    """Every failed delivery of the company (optionally one provider), oldest first, all of them. Up to
+    `inline_replay_max` failed rows: 200 with the results; more: 202 with a job to follow at `Location`."""
     ctx = context(request)
     body = await validation.body(request, validation.RetryAllFailedBody, ctx.settings.max_body_bytes)
     key = api_key(request)
     require_company_in_scope(key, body.companyId)
+    provider = body.provider.value if body.provider else None
+    failed = await run_in_threadpool(_failed_count, ctx.engine, body.companyId, provider)
+    if ctx.jobs is not None and failed > ctx.settings.inline_replay_max:
+        job_id = await run_in_threadpool(
+            ctx.jobs.retry_all_failed,
+            company_id=body.companyId,
+            provider=provider,
+            key_id=key.key_id,
+            run_id=run_id_for(key, "retry-all-failed"),
+            total=failed,
+        )
+        location = f"/v1/impact-in/jobs/{job_id}"
+        return JSONResponse(
+            {"jobId": job_id, "status": "queued", "total": failed, "location": location},
+            status_code=202,
+            headers={"Location": location},
+        )
     results = await run_in_threadpool(
         replay.replay_all_failed,
         ctx.engine,
         ctx.factory,
         company_id=body.companyId,
-        provider=body.provider.value if body.provider else None,
+        provider=provider,
         run_id=run_id_for(key, "retry-all-failed"),
     )
     return JSONResponse(shapes.replay_summary(_items(results)))
+
+
+def _failed_count(engine: Engine, company_id: str, provider: str | None) -> int:
+    counts = status_counts(engine, company_ids=[company_id], providers=[provider] if provider else None)
+    return sum(c.get(DeliveryStatus.FAILED.value, 0) for c in counts.values())
 
 
 ROUTES = [
