@@ -25,6 +25,22 @@ def test_upgrade_is_idempotent_and_records_the_version(engine) -> None:
         assert list(versions) == [m.version for m in migrations.available()]
 
 
+def test_a_gap_in_the_applied_migrations_reads_as_the_version_before_it(engine) -> None:
+    """A branch's later migration applied without its sibling's earlier one must not pass the schema check."""
+    versions = [m.version for m in migrations.available()]
+    gap = versions[-2]
+    with engine.begin() as conn:
+        conn.execute(sa.text("delete from impactin_schema_migrations where version = :v"), {"v": gap})
+    assert migrations.current_version(engine) == versions[-3]
+    assert migrations.current_version(engine) < migrations.latest_version()
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("insert into impactin_schema_migrations (version, name, applied_at) values (99999, 'x', :t)"),
+            {"t": "2026-01-01 00:00:00"},
+        )
+    assert migrations.current_version(engine) == versions[-3]  # newer ones do not paper over the gap
+
+
 def test_core_tables_match_the_migrated_schema(engine) -> None:
     inspector = sa.inspect(engine)
     for table in metadata.sorted_tables:

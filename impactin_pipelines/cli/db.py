@@ -33,7 +33,8 @@ def status(as_json: bool) -> None:
     """Show the applied and the available schema versions."""
     eng = engine(require_schema=False)
     have = migrations.current_version(eng)
-    pending = [f"{m.version:04d}_{m.name}" for m in migrations.available() if m.version > have]
+    applied = migrations.applied_versions(eng)
+    pending = [f"{m.version:04d}_{m.name}" for m in migrations.available() if m.version not in applied]
     if as_json:
         echo_json({"version": have, "pending": pending})
     else:

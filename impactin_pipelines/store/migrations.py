@@ -69,12 +69,26 @@ def available(sql_dir: Path = SQL_DIR) -> list[Migration]:
     return found
 
 
-def current_version(engine: Engine) -> int:
-    """The version the warehouse is at (0 before any migration); a read-only look, no write lock on SQLite."""
+def applied_versions(engine: Engine) -> set[int]:
+    """The migration versions recorded in the warehouse (none before the first upgrade); read-only."""
     with read_connection(engine) as conn:
         if not sa.inspect(conn).has_table(schema_migrations.name):
-            return 0
-        return conn.execute(sa.select(sa.func.coalesce(sa.func.max(schema_migrations.c.version), 0))).scalar_one()
+            return set()
+        return set(conn.execute(sa.select(schema_migrations.c.version)).scalars())
+
+
+def current_version(engine: Engine, sql_dir: Path = SQL_DIR) -> int:
+    """The version the warehouse is complete up to (0 before any migration): the newest migration such that it and
+    every one before it are applied. A gap (say 0008 applied but not 0007, from a branch deployed before its
+    sibling) reads as the version before the gap, so the schema check asks for an upgrade instead of passing.
+    Versions newer than this code knows are reported as they are. A read-only look, no write lock on SQLite."""
+    applied = applied_versions(engine)
+    complete = 0
+    for migration in available(sql_dir):
+        if migration.version not in applied:
+            return complete
+        complete = migration.version
+    return max(applied, default=complete)
 
 
 def latest_version(sql_dir: Path = SQL_DIR) -> int:
