@@ -3,6 +3,7 @@
 on, and hints that run as printed from the repository root without an activated virtual environment."""
 
 import io
+import json
 import os
 import pty
 import re
@@ -95,6 +96,29 @@ def test_progress_off_a_terminal_is_plain_lines_from_the_warehouse(engine, sandb
     assert "\x1b" not in out.getvalue()
     assert re.search(r"progress: benevity\s+4/4 \(100%\)\s+4 delivered\s+[\d.]+/s\s+done", out.getvalue())
     assert re.search(r"progress: goodera\s+4/4 \(100%\)\s+4 delivered\s+[\d.]+/s\s+done", out.getvalue())
+
+
+def test_progress_off_a_terminal_with_json_logs_is_json_records(sqlite_engine, sandbox, monkeypatch) -> None:
+    """With IMPACTIN_LOG_FORMAT=json every stderr line is a JSON record, progress included."""
+    monkeypatch.setenv("IMPACTIN_LOG_FORMAT", "json")
+    add_integration(sqlite_engine, "acme", "benevity")
+    add_events(sqlite_engine, events("acme", 3))
+    extract(sqlite_engine, "acme", Provider.BENEVITY)
+    started = datetime.now(UTC)
+    out = io.StringIO()
+
+    def sample() -> dict[str, ProviderProgress]:
+        return delivery_progress(sqlite_engine, started, datetime.now(UTC), company_ids=["acme"])
+
+    factory = factory_for(sqlite_engine, sandbox)
+    try:
+        with Progress(sample, stream=out, interval=0.05, plain_every=0, terminal=False):
+            deliver(sqlite_engine, factory, "benevity")
+    finally:
+        factory.close()
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert records and all(r["logger"] == "impactin.progress" and r["level"] == "INFO" for r in records)
+    assert re.search(r"benevity\s+3/3 \(100%\)", records[-1]["message"]), records[-1]
 
 
 def test_replay_all_failed_progress_counts_the_failed_rows_of_the_start(engine, sandbox) -> None:

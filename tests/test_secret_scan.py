@@ -327,7 +327,10 @@ def test_no_secret_or_token_is_written_anywhere(engine, warehouse_url, tmp_path,
         return done
 
     run = cli("run", "--log-level", "DEBUG", "--json")
-    assert run.returncode == 0, run.stderr[-3000:]
+    # Goodera's token endpoint refuses the credentials on purpose (its error echoes them), so rows fail for
+    # configuration and `impactin run` says so with exit 1; a crash would be another code.
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert json.loads(run.stdout)["configFailures"], run.stdout[-3000:]
     if log_format == "json":
         lines = [line for line in run.stderr.splitlines() if line.strip()]
         assert lines and all(line.startswith("{") for line in lines)  # really the JSON format, at DEBUG

@@ -4,10 +4,12 @@ On a terminal one status line (every provider, cut to the terminal's width) is r
 a line per provider is left at the end; the cursor stays on the status line, so a log line written meanwhile
 starts after it and is never overdrawn. Otherwise a plain line per provider is
 written when it changed, at most every `plain_every` seconds, and once at the end if any was written (work shorter
-than that stays quiet: the summary says it all). The work being watched is
+than that stays quiet: the summary says it all); with IMPACTIN_LOG_FORMAT=json those lines are JSON records like
+every other stderr line (logger `impactin.progress`). The work being watched is
 not touched: the sampler reads the warehouse (`store.progress`), so progress costs one query per interval.
 """
 
+import logging
 import os
 import sys
 import threading
@@ -16,6 +18,7 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import TextIO
 
+from impactin_pipelines.observability import JsonLineFormatter, log_format
 from impactin_pipelines.store.progress import ProviderProgress
 
 Sample = Callable[[], Mapping[str, ProviderProgress]]
@@ -76,6 +79,7 @@ class Progress:
         self._started = time.monotonic()
         self._last_plain: dict[str, ProviderProgress] = {}
         self._last_plain_at = 0.0
+        self._json = log_format() == "json"
 
     def __enter__(self) -> "Progress":
         self._started = time.monotonic()
@@ -97,7 +101,7 @@ class Progress:
         except Exception as exc:  # progress is a courtesy: a failed read must not stop the work
             sample = {}
             if final:
-                self._stream.write(f"progress unavailable: {type(exc).__name__}\n")
+                self._stream.write(self._plain(f"unavailable: {type(exc).__name__}") + "\n")
         elapsed = time.monotonic() - self._started
         shown = {p: s for p, s in sample.items() if s.total}
         lines = [progress_line(p, s, elapsed) for p, s in shown.items()]
@@ -106,10 +110,17 @@ class Progress:
         elif lines and ((final and self._last_plain) or elapsed - self._last_plain_at >= self._plain_every):
             changed = {p: s for p, s in sample.items() if s.total and self._last_plain.get(p) != s}
             for provider, progress in changed.items():
-                self._stream.write(f"progress: {progress_line(provider, progress, elapsed)}\n")
+                self._stream.write(self._plain(progress_line(provider, progress, elapsed)) + "\n")
             self._last_plain.update(changed)
             self._last_plain_at = elapsed
         self._stream.flush()
+
+    def _plain(self, line: str) -> str:
+        """A progress line off a terminal: text, or a JSON record when stderr carries JSON logs."""
+        if self._json:
+            record = logging.LogRecord("impactin.progress", logging.INFO, __file__, 0, line, None, None)
+            return JsonLineFormatter().format(record)
+        return f"progress: {line}"
 
     def _redraw(self, status: str, lines: list[str], *, final: bool) -> None:
         if final:
