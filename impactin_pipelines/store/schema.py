@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeDecorator
 
 
@@ -66,6 +67,13 @@ impact_events = sa.Table(
     sa.Column("outcome_scores", Raw),
     sa.Column("metadata", Raw),
     sa.Column("created_at", UTCDateTime, nullable=False, server_default=sa.func.current_timestamp()),
+    # `metadata` parsed by the database (sql/0012), NULL when it is no JSON: PostgreSQL stores it (jsonb, GIN-indexed
+    # for the metadata filter), SQLite computes it when read. Never written by us.
+    sa.Column(
+        "metadata_doc",
+        JSONB().with_variant(sa.Text(), "sqlite"),
+        sa.Computed("impactin_jsonb_or_null(metadata)", persisted=True),
+    ),
 )
 
 company_integrations = sa.Table(
