@@ -52,6 +52,21 @@ class Raw(TypeDecorator[Any]):
         return value
 
 
+class StoredDoc(TypeDecorator[Any]):
+    """A JSON document the database derives and keeps for its own operators and indexes (jsonb on PostgreSQL, text
+    on SQLite). Selected as its text, so Python never parses it: landing JSON may hold what Python's json refuses
+    (an integer of 5,000 digits), and reading a row must not fail on it."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
+        return dialect.type_descriptor(JSONB() if dialect.name == "postgresql" else sa.Text())
+
+    def column_expression(self, colexpr: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+        return sa.cast(colexpr, sa.Text)
+
+
 metadata = sa.MetaData()
 
 impact_events = sa.Table(
@@ -71,7 +86,7 @@ impact_events = sa.Table(
     # for the metadata filter), SQLite computes it when read. Never written by us.
     sa.Column(
         "metadata_doc",
-        JSONB().with_variant(sa.Text(), "sqlite"),
+        StoredDoc(),
         sa.Computed("impactin_jsonb_or_null(metadata)", persisted=True),
     ),
 )
