@@ -317,7 +317,7 @@ def test_metadata_filter_reads_the_stored_jsonb_through_its_gin_index(pg_engine)
 
     flt = DeliveryFilter(metadata={"program": "buddy_mentoring"})
     for kwargs in ({"cursor": ""}, {"page": 1}):  # a cursor page; a numbered page with its total
-        plans = _pg_plans(pg_engine, "SELECT", lambda: list_deliveries(pg_engine, flt, limit=20, **kwargs))
+        plans = _pg_plans(pg_engine, "SELECT", lambda kw=kwargs: list_deliveries(pg_engine, flt, limit=20, **kw))
         shown = json.dumps(plans)
         nodes = [n for p in plans for n in _nodes(p)]
         events = [n for n in nodes if n.get("Relation Name") == "impact_events"]
