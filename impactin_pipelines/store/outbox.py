@@ -450,6 +450,8 @@ class Outbox:
             values["provider_response"] = settled(d.c.provider_response, settlement.provider_response)
         if settlement.status is DeliveryStatus.SUCCESS:
             values["delivered_at"] = settled(d.c.delivered_at, now)
+            for name, value in _unless_rejected_meanwhile().items():  # as SQLite's path: a webhook's rejection wins
+                values[name] = sa.case((owned, value), else_=d.c[name])
         if settlement.release:
             values["claimed_by"] = settled(d.c.claimed_by, None)
             values["lease_expires_at"] = settled(d.c.lease_expires_at, None)
