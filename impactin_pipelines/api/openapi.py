@@ -10,6 +10,7 @@ from impactin_pipelines.api import validation
 from impactin_pipelines.domain.events import MAX_TEXT_CHARS
 from impactin_pipelines.domain.providers import PROVIDERS
 from impactin_pipelines.domain.statuses import DeliveryStatus, ErrorKind
+from impactin_pipelines.store.confirmations import KINDS
 from impactin_pipelines.store.delivery_log import (
     MAX_METADATA_VALUE_CHARS,
     MAX_SEARCH_CHARS,
@@ -33,6 +34,15 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
 
 _TIME = {"type": "string", "format": "date-time", "example": "2025-11-14T10:05:00Z"}
 _ANY_JSON = {"description": "The stored document: JSON when it is JSON, else the text (SOAP XML)."}
+_CONFIRMATION = {
+    "confirmation": {
+        "type": ["string", "null"],
+        "enum": [*KINDS, None],
+        "description": "What the provider said about the delivery after the send, through its webhook: null until "
+        "then. A rejection also turns a success `failed` (errorKind `rejected`).",
+    },
+    "confirmedAt": {**_nullable(_TIME), "description": "When the provider's latest verdict arrived."},
+}
 
 WEBHOOK_SCHEMAS: dict[str, Any] = {
     "WebhookCallback": {
@@ -85,7 +95,18 @@ RESPONSE_SCHEMAS: dict[str, Any] = {
     },
     "DeliverySummary": {
         "type": "object",
-        "required": ["id", "companyId", "provider", "deliveryId", "status", "attemptCount", "deliveredAt", "createdAt"],
+        "required": [
+            "id",
+            "companyId",
+            "provider",
+            "deliveryId",
+            "status",
+            "attemptCount",
+            "deliveredAt",
+            "createdAt",
+            "confirmation",
+            "confirmedAt",
+        ],
         "properties": {
             "id": {"type": "string", "format": "uuid"},
             "companyId": {"type": "string"},
@@ -95,6 +116,7 @@ RESPONSE_SCHEMAS: dict[str, Any] = {
             "attemptCount": {"type": "integer", "minimum": 0},
             "deliveredAt": _nullable(_TIME),
             "createdAt": _TIME,
+            **_CONFIRMATION,
         },
     },
     "DeliveryDetail": {
@@ -112,6 +134,8 @@ RESPONSE_SCHEMAS: dict[str, Any] = {
             "deliveredAt",
             "createdAt",
             "updatedAt",
+            "confirmation",
+            "confirmedAt",
         ],
         "properties": {
             "id": {"type": "string", "format": "uuid"},
@@ -130,6 +154,7 @@ RESPONSE_SCHEMAS: dict[str, Any] = {
             "deliveredAt": _nullable(_TIME),
             "createdAt": _TIME,
             "updatedAt": _TIME,
+            **_CONFIRMATION,
         },
     },
     "Pagination": {

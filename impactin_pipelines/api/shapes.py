@@ -1,5 +1,6 @@
 """Delivery rows in the API contract's response shapes (camelCase, timestamps in UTC with 'Z'), and nothing more:
-the contract's fields, field for field, plus a delivery's `priority` (urgent or normal)."""
+the contract's fields, field for field, plus a delivery's `priority` (urgent or normal) and what its provider said
+later through a webhook (`confirmation`: confirmed, rejected, deleted or null; `confirmedAt`: when)."""
 
 import json
 from datetime import datetime
@@ -33,6 +34,8 @@ def delivery_summary(row: dict[str, Any]) -> dict[str, Any]:
         "attemptCount": row["attempt_count"],
         "deliveredAt": _time(row["delivered_at"]),
         "createdAt": _time(row["created_at"]),
+        "confirmation": row["confirmation"],
+        "confirmedAt": _time(row["confirmed_at"]),
     }
 
 
@@ -50,6 +53,8 @@ def delivery_detail(row: dict[str, Any]) -> dict[str, Any]:
         "deliveredAt": _time(row["delivered_at"]),
         "createdAt": _time(row["created_at"]),
         "updatedAt": _time(row["updated_at"]),
+        "confirmation": row["confirmation"],
+        "confirmedAt": _time(row["confirmed_at"]),
     }
 
 

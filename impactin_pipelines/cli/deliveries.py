@@ -156,6 +156,8 @@ def show_command(ident: str, as_json: bool) -> None:
         "delivered_at",
         "created_at",
         "updated_at",
+        "confirmation",
+        "confirmed_at",
         "payload_hash",
     ):
         click.echo(f"{key:>16}: {row[key] if row[key] is not None else '-'}")

@@ -34,6 +34,8 @@ SUMMARY_COLUMNS = (
     d.c.delivered_at,
     d.c.created_at,
     d.c.updated_at,
+    d.c.confirmation,
+    d.c.confirmed_at,
 )
 
 
@@ -62,11 +64,11 @@ def _typed(value: str) -> Any:
 
 def _metadata_matches(dialect: str, key: str, value: str) -> Any:
     """The event's metadata has `key` (top level) equal to `value`: as text, or as the number or boolean `value`
-    spells. PostgreSQL: containment on the GIN-indexed jsonb (0009); SQLite: json_extract, malformed JSON is no
-    match."""
+    spells. PostgreSQL: containment on the stored, GIN-indexed `metadata_doc` (0012: no function call per row);
+    SQLite: json_extract, malformed JSON is no match."""
     candidates = [value] + ([typed] if (typed := _typed(value)) != value else [])
     if dialect == "postgresql":
-        doc = sa.func.impactin_jsonb_or_null(e.c.metadata)
+        doc = e.c.metadata_doc
         return sa.or_(*(doc.op("@>")(sa.literal({key: c}, JSONB)) for c in candidates))
     path = f'$."{key}"'
     kinds = {str: ("text",), bool: ("true", "false"), int: ("integer",), float: ("integer", "real")}

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeDecorator
 
 
@@ -51,6 +52,21 @@ class Raw(TypeDecorator[Any]):
         return value
 
 
+class StoredDoc(TypeDecorator[Any]):
+    """A JSON document the database derives and keeps for its own operators and indexes (jsonb on PostgreSQL, text
+    on SQLite). Selected as its text, so Python never parses it: landing JSON may hold what Python's json refuses
+    (an integer of 5,000 digits), and reading a row must not fail on it."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
+        return dialect.type_descriptor(JSONB() if dialect.name == "postgresql" else sa.Text())
+
+    def column_expression(self, colexpr: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+        return sa.cast(colexpr, sa.Text)
+
+
 metadata = sa.MetaData()
 
 impact_events = sa.Table(
@@ -66,6 +82,13 @@ impact_events = sa.Table(
     sa.Column("outcome_scores", Raw),
     sa.Column("metadata", Raw),
     sa.Column("created_at", UTCDateTime, nullable=False, server_default=sa.func.current_timestamp()),
+    # `metadata` parsed by the database (sql/0012), NULL when it is no JSON: PostgreSQL stores it (jsonb, GIN-indexed
+    # for the metadata filter), SQLite computes it when read. Never written by us.
+    sa.Column(
+        "metadata_doc",
+        StoredDoc(),
+        sa.Computed("impactin_jsonb_or_null(metadata)", persisted=True),
+    ),
 )
 
 company_integrations = sa.Table(

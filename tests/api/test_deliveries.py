@@ -9,7 +9,18 @@ from impactin_pipelines.store.schema import impact_deliveries
 from tests.api.conftest import BASE, T0, seed
 from tests.support import add_integration, deliver, rows
 
-SUMMARY_KEYS = {"id", "companyId", "provider", "deliveryId", "status", "attemptCount", "deliveredAt", "createdAt"}
+SUMMARY_KEYS = {
+    "id",
+    "companyId",
+    "provider",
+    "deliveryId",
+    "status",
+    "attemptCount",
+    "deliveredAt",
+    "createdAt",
+    "confirmation",
+    "confirmedAt",
+}
 DETAIL_KEYS = SUMMARY_KEYS | {"payload", "priority", "providerResponse", "updatedAt"}
 PAGINATION_KEYS = {"page", "limit", "total", "totalPages", "hasNext", "hasPrev"}
 

@@ -21,6 +21,7 @@ from impactin_pipelines.store.schema import impact_deliveries as d
 from impactin_pipelines.store.schema import impact_events
 from tests.api.conftest import BASE, T0
 from tests.support import event
+from tests.test_claim_plan import _nodes, _pg_plans
 
 # event id -> (company, user, metadata as stored: JSON text, or malformed text)
 EVENTS: dict[str, tuple[str, str, Any]] = {
@@ -229,7 +230,7 @@ def test_postgres_has_the_filter_indexes(pg_engine):
         "ix_impact_deliveries_error_kind",
         "ix_impact_deliveries_event",
         "ix_impact_events_user",
-        "ix_impact_events_metadata",
+        "ix_impact_events_metadata_doc",
         "ix_impact_deliveries_last_error_trgm",  # this server has pg_trgm
     } <= names
 
@@ -286,3 +287,41 @@ def test_metadata_filter_runs_in_a_parallel_plan(pg_engine):
         conn.exec_driver_sql(f"SET {'debug_parallel_query' if int(version) >= 160000 else 'force_parallel_mode'} = on")
         count = conn.execute(sa.select(sa.func.count()).select_from(d).where(*where)).scalar_one()
     assert count == 3
+
+
+def test_metadata_filter_reads_the_stored_jsonb_through_its_gin_index(pg_engine):
+    """The metadata match is containment on the stored `metadata_doc` (sql/0012), found through its GIN index and
+    rechecked against the stored value: the plan never calls the plpgsql safe cast per row. Filled on insert and on
+    update of `metadata` by every writer (a generated column), NULL for malformed text."""
+    seed_filters(pg_engine)
+    rare = [{"event_id": f"x{i}", "company_id": "acme", "metadata": json.dumps({"n": i})} for i in range(20_000)]
+    with pg_engine.begin() as conn:
+        conn.execute(impact_events.insert(), rare)
+        conn.execute(sa.update(impact_events).where(impact_events.c.event_id == "x7").values(metadata='{"n": "seven"}'))
+    with pg_engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("ANALYZE impact_events")
+        docs = dict(
+            conn.execute(
+                sa.select(impact_events.c.event_id, impact_events.c.metadata_doc).where(
+                    impact_events.c.event_id.in_(["e1", "e5", "e6", "x7"])
+                )
+            ).all()
+        )
+    parsed = {k: json.loads(v) if v is not None else None for k, v in docs.items()}  # selected as text
+    assert parsed == {
+        "e1": {"program": "buddy_mentoring", "cohort": 2025},
+        "e5": None,
+        "e6": None,
+        "x7": {"n": "seven"},
+    }
+
+    flt = DeliveryFilter(metadata={"program": "buddy_mentoring"})
+    for kwargs in ({"cursor": ""}, {"page": 1}):  # a cursor page; a numbered page with its total
+        plans = _pg_plans(pg_engine, "SELECT", lambda kw=kwargs: list_deliveries(pg_engine, flt, limit=20, **kw))
+        shown = json.dumps(plans)
+        nodes = [n for p in plans for n in _nodes(p)]
+        events = [n for n in nodes if n.get("Relation Name") == "impact_events"]
+        assert events and not [n for n in events if n["Node Type"] == "Seq Scan"], shown
+        assert any(n.get("Index Name") == "ix_impact_events_metadata_doc" for n in nodes), shown
+        assert "impactin_jsonb_or_null" not in shown, shown
+    assert [r["event_id"] for r in list_deliveries(pg_engine, flt, cursor="").rows] == ["e4", "e3", "e1"]

@@ -3,12 +3,14 @@ loopback; the API verifies it and records it on the delivery. Every refusal (uns
 is a 401 that changes nothing; repeats change nothing; callbacks nobody matches are kept."""
 
 import json
+import re
 import time
 from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
 
+from impactin_pipelines.domain.events import format_timestamp
 from impactin_pipelines.security.crypto import load_keyring
 from impactin_pipelines.security.webhooks import SIGNATURE_HEADER, sign
 from impactin_pipelines.services import replay
@@ -16,6 +18,7 @@ from impactin_pipelines.services.stats import StatsFilter, delivery_stats
 from impactin_pipelines.store.schema import impact_deliveries as d
 from impactin_pipelines.store.schema import impact_delivery_callbacks as cb
 from tests.api.conftest import BASE, seed
+from tests.api.test_delivery_filters import _cli
 from tests.support import add_integration, deliver, rows
 
 HOOK = f"{BASE}/webhooks"
@@ -181,3 +184,41 @@ def test_the_webhook_is_in_the_openapi_document_without_bearer_auth(api):
     doc = api.get("/openapi.json").json()
     operation = doc["paths"]["/v1/impact-in/webhooks/{provider}"]["post"]
     assert operation["security"] == [] and {"200", "400", "401", "404"} <= set(operation["responses"])
+
+
+def test_confirmations_show_in_the_api_and_the_cli(api):
+    """GET /deliveries, /deliveries/{id}, `impactin deliveries list --json` and `show` carry what the provider said:
+    `confirmation` and `confirmedAt` (null until a callback arrives)."""
+    hook(api, reject_events=["evt_acme_benevity_002"], reason="duplicate volunteer record")
+    delivered_row(api, 3)
+    wait_for(lambda: sum(r["confirmation"] is not None for r in rows(api.engine)) == 3)
+    by_event = {r["event_id"]: r for r in rows(api.engine)}
+    listed = {i["id"]: i for i in api.get(f"{BASE}/deliveries", limit=10).json()["data"]}
+    for event_id, verdict in (("evt_acme_benevity_001", "confirmed"), ("evt_acme_benevity_002", "rejected")):
+        row = by_event[event_id]
+        detail = api.get(f"{BASE}/deliveries/{row['id']}").json()["data"]
+        for shape in (listed[row["id"]], detail):
+            assert shape["confirmation"] == verdict
+            assert shape["confirmedAt"] == format_timestamp(row["confirmed_at"]) and shape["confirmedAt"].endswith("Z")
+    [later] = delivered_row(api, 1, provider="goodera")  # no callbacks configured for goodera: nothing said yet
+    assert api.get(f"{BASE}/deliveries/{later['id']}").json()["data"]["confirmation"] is None
+
+    url = api.engine.url.render_as_string(hide_password=False)
+    confirmed = by_event["evt_acme_benevity_001"]
+    shown = _cli(["deliveries", "show", "--json", confirmed["id"]], url)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["confirmation"] == "confirmed"
+    assert json.loads(shown.stdout)["confirmed_at"] is not None
+    text = _cli(["deliveries", "show", confirmed["id"]], url)
+    assert text.returncode == 0 and re.search(r"^\s*confirmation: confirmed$", text.stdout, re.M), text.stdout
+    as_json = _cli(["deliveries", "list", "--json", "--provider", "benevity"], url)
+    assert as_json.returncode == 0, as_json.stderr
+    verdicts = {r["event_id"]: r["confirmation"] for r in json.loads(as_json.stdout)["data"]}
+    assert verdicts == {f"evt_acme_benevity_00{i}": v for i, v in ((0, "confirmed"), (1, "confirmed"), (2, "rejected"))}
+
+
+def test_the_openapi_document_lists_the_confirmation(api):
+    schemas = api.get("/openapi.json").json()["components"]["schemas"]
+    for name in ("DeliverySummary", "DeliveryDetail"):
+        assert {"confirmation", "confirmedAt"} <= set(schemas[name]["required"])
+        assert schemas[name]["properties"]["confirmation"]["enum"] == ["confirmed", "rejected", "deleted", None]
