@@ -30,6 +30,7 @@ from impactin_pipelines.observability import log_delivery
 from impactin_pipelines.settings import DeliverySettings
 from impactin_pipelines.store.circuits import CircuitGate, Hold
 from impactin_pipelines.store.claimants import Claimant
+from impactin_pipelines.store.held_connections import HeldConnections
 from impactin_pipelines.store.outbox import Outbox, Settlement, utcnow
 
 LOG = logging.getLogger("impactin.delivery")
@@ -160,7 +161,9 @@ class DeliveryRun:
         self.log = logger
         self.sleep = sleep
         self.rng = rng or random.Random()
-        self.outbox = Outbox(engine)
+        # Each send thread keeps a connection for the run: a row's confirm and record are a round trip each.
+        self._held = HeldConnections(engine)
+        self.outbox = Outbox(engine, held=self._held)
         self.only_ids = list(only_ids) if only_ids is not None else None
         self._taken: set[str] = set()  # targeted rows claimed once already: a settled row is never re-claimed
         self.claimant = str(Claimant.new())
@@ -188,6 +191,7 @@ class DeliveryRun:
                     self._halted.set()  # before the pool winds down: rows still queued in it are not sent
                     raise
         finally:
+            self._held.close()  # the send threads are done
             try:
                 self.outbox.release_all(self.claimant)
             except Exception as exc:  # leases lapse on their own; say so and move on

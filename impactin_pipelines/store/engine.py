@@ -16,6 +16,9 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.engine.url import make_url
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000
+# Connections opened beyond the pool's size when it is busy (closed when returned). A delivery run's send threads
+# each keep one for the run (store/held_connections), so one process may use concurrency x providers at once.
+PG_MAX_OVERFLOW = 64
 
 
 def make_engine(url: str, *, pool_size: int = 10) -> Engine:
@@ -24,7 +27,9 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         return _sqlite_engine(url)
     if parsed.drivername == "postgresql":  # prefer psycopg 3, which we ship; psycopg2 is only Dagster's
         parsed = parsed.set(drivername="postgresql+psycopg")
-    return sa.create_engine(parsed, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, future=True)
+    return sa.create_engine(
+        parsed, pool_size=pool_size, max_overflow=max(pool_size, PG_MAX_OVERFLOW), pool_pre_ping=True, future=True
+    )
 
 
 def _sqlite_engine(url: str) -> Engine:

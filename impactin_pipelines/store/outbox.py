@@ -7,19 +7,21 @@ that went out is a fact whoever holds the claim now.
 """
 
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from impactin_pipelines.connectors.base import AttemptResult, OutboundDelivery
 from impactin_pipelines.domain.statuses import DeliveryStatus, ErrorKind
 from impactin_pipelines.store.claimants import is_provably_dead
 from impactin_pipelines.store.engine import read_connection
+from impactin_pipelines.store.held_connections import HeldConnections
 from impactin_pipelines.store.schema import impact_deliveries as d
 from impactin_pipelines.store.schema import impact_delivery_attempts as a
 
@@ -107,9 +109,71 @@ def _new_row(row: NewDelivery) -> dict[str, Any]:
     }
 
 
+# The per-row statements of a delivery on PostgreSQL, written out so they are built once (not per row) and psycopg
+# prepares them on a connection that runs them often. Each is one statement: atomic in autocommit.
+_CONFIRM_PG = """
+UPDATE impact_deliveries SET lease_expires_at = %(lease_expires_at)s
+WHERE id = %(id)s AND claimed_by = %(claimant)s AND claim_version = %(claim_version)s
+  AND lease_expires_at > %(now)s AND status <> 'success'
+RETURNING id
+"""
+# Lock the row and read whether we still hold the claim; bump its attempt count if an attempt is recorded; settle it
+# only if we hold the claim (a success the provider has meanwhile rejected by webhook settles failed/rejected,
+# keeping the provider's reason); insert the attempt under the new count.
+_RECORD_PG = """
+WITH old AS (
+    SELECT id,
+           (claimed_by = %(claimant)s AND claim_version = %(claim_version)s AND status <> 'success') AS owned,
+           coalesce(confirmation = 'rejected', false) AS rejected
+    FROM impact_deliveries WHERE delivery_id = %(delivery_id)s
+    FOR UPDATE
+), moved AS (
+    UPDATE impact_deliveries AS d SET
+        status = CASE WHEN NOT old.owned THEN d.status
+                      WHEN %(success)s AND old.rejected THEN 'failed' ELSE %(status)s::text END,
+        error_kind = CASE WHEN NOT old.owned THEN d.error_kind
+                          WHEN %(success)s AND old.rejected THEN 'rejected' ELSE %(error_kind)s::text END,
+        last_error = CASE WHEN NOT old.owned THEN d.last_error
+                          WHEN %(success)s AND old.rejected THEN d.last_error ELSE %(last_error)s::text END,
+        next_attempt_at = CASE WHEN old.owned THEN %(next_attempt_at)s::timestamptz ELSE d.next_attempt_at END,
+        provider_response = CASE WHEN old.owned AND %(provider_response)s::text IS NOT NULL
+                                 THEN %(provider_response)s::text ELSE d.provider_response END,
+        delivered_at = CASE WHEN old.owned AND %(success)s THEN %(now)s::timestamptz ELSE d.delivered_at END,
+        claimed_by = CASE WHEN old.owned AND %(release)s THEN NULL ELSE d.claimed_by END,
+        lease_expires_at = CASE WHEN old.owned AND %(release)s THEN NULL ELSE d.lease_expires_at END,
+        attempt_count = d.attempt_count + CASE WHEN %(attempted)s THEN 1 ELSE 0 END,
+        updated_at = CASE WHEN old.owned OR %(attempted)s THEN %(now)s::timestamptz ELSE d.updated_at END
+    FROM old WHERE d.id = old.id
+    RETURNING d.delivery_id, d.attempt_count, old.owned
+), recorded AS (
+    INSERT INTO impact_delivery_attempts (delivery_id, attempt_number, run_id, started_at, finished_at, duration_ms,
+                                          outcome, http_status, error, response_excerpt, request_body)
+    SELECT moved.delivery_id, moved.attempt_count, %(run_id)s::text, %(started_at)s::timestamptz,
+           %(finished_at)s::timestamptz, %(duration_ms)s::integer, %(outcome)s::text, %(http_status)s::integer,
+           %(error)s::text, %(response_excerpt)s::text, %(request_body)s::text
+    FROM moved WHERE %(attempted)s
+)
+SELECT attempt_count, owned FROM moved
+"""
+
+
 class Outbox:
-    def __init__(self, engine: Engine) -> None:
+    """`held`: connections the calling threads keep (a delivery run's); the per-row statements (`confirm`,
+    `record`) then use them, on PostgreSQL, instead of a pooled transaction each."""
+
+    def __init__(self, engine: Engine, *, held: HeldConnections | None = None) -> None:
         self.engine = engine
+        self.held = held if engine.dialect.name == "postgresql" else None
+
+    @contextmanager
+    def _row_statement(self) -> Iterator[Connection]:
+        """Where a per-row statement runs: this thread's held connection (autocommit), or a pooled transaction."""
+        if self.held is not None:
+            with self.held.connection() as conn:
+                yield conn
+        else:
+            with self.engine.begin() as conn:
+                yield conn
 
     # -- extract -------------------------------------------------------------------------------------------
     def add(self, rows: Sequence[NewDelivery], *, now: datetime | None = None) -> int:
@@ -274,6 +338,17 @@ class Outbox:
         """Just before a request: do we still hold this claim, unlapsed? If so, push its lease, so it cannot lapse
         between this check and the request. One statement by primary key."""
         now = now or utcnow()
+        lease_expires_at = now + timedelta(seconds=lease_s)
+        if self.engine.dialect.name == "postgresql":
+            params = {
+                "id": row_id,
+                "claimant": claimant,
+                "claim_version": claim_version,
+                "now": _utc(now),
+                "lease_expires_at": _utc(lease_expires_at),
+            }
+            with self._row_statement() as conn:
+                return conn.exec_driver_sql(_CONFIRM_PG, params).first() is not None
         stmt = (
             sa.update(d)
             .where(
@@ -283,7 +358,7 @@ class Outbox:
                 d.c.lease_expires_at > now,
                 d.c.status != DeliveryStatus.SUCCESS.value,
             )
-            .values(lease_expires_at=now + timedelta(seconds=lease_s))
+            .values(lease_expires_at=lease_expires_at)
             .returning(d.c.id)
         )
         with self.engine.begin() as conn:
@@ -414,78 +489,33 @@ class Outbox:
         settlement: Settlement,
         now: datetime,
     ) -> tuple[int, bool]:
-        """`record` as one statement and one round trip (PostgreSQL's data-modifying CTEs): lock the row, read
-        whether we still hold the claim, bump its attempt count, settle it only if we hold it, and insert the
-        attempt under the new count. Same effects as the three statements SQLite runs, in one transaction."""
-        old = (
-            sa.select(
-                d.c.id.label("id"),
-                sa.and_(
-                    d.c.claimed_by == claimant,
-                    d.c.claim_version == claim_version,
-                    d.c.status != DeliveryStatus.SUCCESS.value,
-                ).label("owned"),
-            )
-            .where(d.c.delivery_id == delivery_id)
-            .with_for_update()
-            .cte("old")
-        )
-        owned = old.c.owned
-
-        def settled(column: sa.Column[Any], value: object) -> sa.ColumnElement[Any]:
-            return sa.case((owned, sa.literal(value, column.type)), else_=column)
-
-        values: dict[str, object] = {
-            "status": settled(d.c.status, settlement.status.value),
-            "error_kind": settled(d.c.error_kind, settlement.error_kind.value if settlement.error_kind else None),
-            "last_error": settled(d.c.last_error, settlement.last_error),
-            "next_attempt_at": settled(d.c.next_attempt_at, settlement.next_attempt_at),
+        """`record` as one statement and one round trip (PostgreSQL's data-modifying CTEs, `_RECORD_PG`): the same
+        effects as the three statements SQLite runs in one transaction."""
+        params: dict[str, object] = {
+            "claimant": claimant,
+            "claim_version": claim_version,
+            "delivery_id": delivery_id,
+            "now": _utc(now),
+            "success": settlement.status is DeliveryStatus.SUCCESS,
+            "status": settlement.status.value,
+            "error_kind": settlement.error_kind.value if settlement.error_kind else None,
+            "last_error": settlement.last_error,
+            "next_attempt_at": _utc(settlement.next_attempt_at),
+            "provider_response": settlement.provider_response,
+            "release": settlement.release,
+            "attempted": attempt is not None,
+            "run_id": run_id,
+            "started_at": _utc(attempt.started_at) if attempt else None,
+            "finished_at": _utc(attempt.finished_at) if attempt else None,
+            "duration_ms": _duration_ms(attempt) if attempt else None,
+            "outcome": attempt.outcome.value if attempt else None,
+            "http_status": attempt.http_status if attempt else None,
+            "error": attempt.error if attempt else None,
+            "response_excerpt": ((attempt.response_body or "")[:RESPONSE_EXCERPT_CHARS] or None) if attempt else None,
+            "request_body": attempt.request_body if attempt else None,
         }
-        if attempt is not None:
-            values["attempt_count"] = d.c.attempt_count + 1
-            values["updated_at"] = sa.literal(now, d.c.updated_at.type)
-        else:
-            values["updated_at"] = settled(d.c.updated_at, now)
-        if settlement.provider_response is not None:
-            values["provider_response"] = settled(d.c.provider_response, settlement.provider_response)
-        if settlement.status is DeliveryStatus.SUCCESS:
-            values["delivered_at"] = settled(d.c.delivered_at, now)
-            for name, unless_rejected in _unless_rejected_meanwhile().items():
-                values[name] = sa.case((owned, unless_rejected), else_=d.c[name])
-        if settlement.release:
-            values["claimed_by"] = settled(d.c.claimed_by, None)
-            values["lease_expires_at"] = settled(d.c.lease_expires_at, None)
-        moved = (
-            sa.update(d)
-            .where(d.c.id == old.c.id)
-            .values(**values)
-            .returning(d.c.delivery_id, d.c.attempt_count, owned.label("owned"))
-            .cte("moved")
-        )
-        query = sa.select(moved.c.attempt_count, moved.c.owned)
-        if attempt is not None:
-            columns = {
-                "delivery_id": moved.c.delivery_id,
-                "attempt_number": moved.c.attempt_count,
-                "run_id": run_id,
-                "started_at": attempt.started_at,
-                "finished_at": attempt.finished_at,
-                "duration_ms": _duration_ms(attempt),
-                "outcome": attempt.outcome.value,
-                "http_status": attempt.http_status,
-                "error": attempt.error,
-                "response_excerpt": (attempt.response_body or "")[:RESPONSE_EXCERPT_CHARS] or None,
-                "request_body": attempt.request_body,
-            }
-            select_attempt = sa.select(
-                *(
-                    value if isinstance(value, sa.ColumnElement) else sa.literal(value, a.c[name].type)
-                    for name, value in columns.items()
-                )
-            )
-            query = query.add_cte(a.insert().from_select(list(columns), select_attempt).cte("recorded"))
-        with self.engine.begin() as conn:
-            row = conn.execute(query).first()
+        with self._row_statement() as conn:
+            row = conn.exec_driver_sql(_RECORD_PG, params).first()
         if row is None:
             if attempt is not None:  # as the three statements would: an attempt for a row that is not there
                 raise LookupError(f"no outbox row with delivery_id {delivery_id!r} to record an attempt for")
@@ -519,6 +549,15 @@ def _scope_chunks(company_ids: Sequence[str] | None) -> Iterable[Sequence[str] |
 
 def _duration_ms(attempt: AttemptResult) -> int:
     return max(0, round((attempt.finished_at - attempt.started_at).total_seconds() * 1000))
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """A time for a written-out statement, checked as the schema's UTCDateTime checks what it binds."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        raise ValueError(f"naive datetime {moment!r} would be stored without its zone")
+    return moment.astimezone(UTC)
 
 
 def _aware(moment: datetime) -> datetime:

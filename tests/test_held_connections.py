@@ -1,0 +1,92 @@
+"""A delivery run's send threads keep a connection each for the run (PostgreSQL): a row's confirm and record cost
+no pool checkout of their own, an idle connection is checked out again (with the pool's pre-ping) before use, and
+a connection the server dropped is replaced, never reused."""
+
+import threading
+import time
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError
+
+from impactin_pipelines.domain.providers import Provider
+from impactin_pipelines.services.extract import extract
+from impactin_pipelines.store.held_connections import HeldConnections
+from tests.support import add_events, add_integration, attempts, deliver, events, factory_for, statuses
+
+
+def _backend_pid(conn: sa.Connection) -> int:
+    return conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+
+
+def _checkouts(engine: sa.Engine) -> list[int]:
+    counted = [0]
+
+    @sa.event.listens_for(engine, "checkout")
+    def _count(*_: object) -> None:
+        counted[0] += 1
+
+    return counted
+
+
+def test_a_runs_rows_cost_no_checkout_each(pg_engine, sandbox) -> None:
+    add_integration(pg_engine, "acme", "benevity")
+    add_events(pg_engine, events("acme", 60))
+    extract(pg_engine, "acme", Provider.BENEVITY)
+    counted = _checkouts(pg_engine)
+    deliver(pg_engine, factory_for(pg_engine, sandbox, concurrency=3), "benevity")
+    assert statuses(pg_engine) == {"success": 60}
+    assert len(attempts(pg_engine)) == 60
+    # claims, heartbeats, releases and one connection per send thread; through the pool, each row would add two
+    assert counted[0] < 60, f"{counted[0]} checkouts for 60 rows"
+
+
+def test_each_thread_keeps_its_own_connection_in_autocommit(pg_engine) -> None:
+    held = HeldConnections(pg_engine)
+    seen: dict[str, set[int]] = {}
+
+    def use(name: str) -> None:
+        for _ in range(3):
+            with held.connection() as conn:
+                seen.setdefault(name, set()).add(_backend_pid(conn))
+                assert conn.connection.dbapi_connection.autocommit is True  # type: ignore[union-attr]
+
+    threads = [threading.Thread(target=use, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(len(pids) == 1 for pids in seen.values()), seen
+    assert seen["a"] != seen["b"]
+    held.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        with held.connection():
+            pass
+
+
+def test_an_idle_connection_is_checked_out_again_and_a_dropped_one_replaced(pg_engine) -> None:
+    held = HeldConnections(pg_engine, idle_ping_s=0.2)
+    counted = _checkouts(pg_engine)
+    server = sa.create_engine(pg_engine.url, poolclass=sa.NullPool)  # the administrator's own connections
+    with held.connection() as conn:
+        first = _backend_pid(conn)
+    with held.connection() as conn:  # in use moments ago: no checkout, no ping
+        assert _backend_pid(conn) == first
+    assert counted[0] == 1
+
+    with server.connect() as admin:  # the server drops it while it sits idle
+        assert admin.exec_driver_sql(f"SELECT pg_terminate_backend({first})").scalar_one()
+    time.sleep(0.3)
+    with held.connection() as conn:  # idle too long: checked out again, and the pool's pre-ping replaces it
+        second = _backend_pid(conn)
+    assert second != first and counted[0] == 2
+
+    with server.connect() as admin:  # dropped while fresh: the statement fails and the connection is discarded
+        admin.exec_driver_sql(f"SELECT pg_terminate_backend({second})")
+    with pytest.raises(DBAPIError):
+        with held.connection() as conn:
+            _backend_pid(conn)
+    with held.connection() as conn:
+        assert _backend_pid(conn) not in (first, second)
+    held.close()
+    server.dispose()
