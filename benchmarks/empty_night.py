@@ -19,6 +19,7 @@ import dagster as dg
 from benchmarks.night import _instance_yaml, scratch_database
 from benchmarks.pg import run_sql, scratch_postgres
 from impactin_pipelines.defs.assets.delivery import impact_deliveries, impact_outbox
+from impactin_pipelines.defs.event_log import DAGSTER_EVENT_ENV, use_batched_dagster_events
 from impactin_pipelines.defs.orchestration.partitions import COMPANY_PARTITIONS, delivery_partitions
 from impactin_pipelines.defs.orchestration.planning import plan_ranges
 from impactin_pipelines.defs.resources import DeliveryResource, ProvidersResource, WarehouseResource
@@ -60,22 +61,15 @@ def _range_run(job: dg.JobDefinition, instance: dg.DagsterInstance, companies: l
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--partitions", type=int, nargs="+", default=[1000])
-    parser.add_argument(
-        "--event-batch-size",
-        type=int,
-        default=0,
-        help="DAGSTER_EVENT_BATCH_SIZE: Dagster writes a range's per-partition events in batches of this size "
-        "(an environment variable read by Dagster 1.13's instance, undocumented; 0: one write per event)",
-    )
     args = parser.parse_args(argv)
-    os.environ["DAGSTER_EVENT_BATCH_SIZE"] = str(args.event_batch_size)
+    use_batched_dagster_events()  # as the code location does, for the product and for the floor alike
     warnings.filterwarnings("ignore")
     logging.getLogger("impactin").setLevel(logging.ERROR)
     load = os.getloadavg()
     results: dict[str, float] = {}
     print(
-        f"empty_night: a range run over N partitions with nothing due, PostgreSQL, DAGSTER_EVENT_BATCH_SIZE="
-        f"{args.event_batch_size} (load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f})"
+        f"empty_night: a range run over N partitions with nothing due, PostgreSQL, Dagster's event switches "
+        f"{DAGSTER_EVENT_ENV} (load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f})"
     )
     for n in args.partitions:
         companies = [f"co{c:06d}" for c in range(1, n + 1)]

@@ -26,6 +26,8 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
+from impactin_pipelines.defs.event_log import use_batched_dagster_events
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 LOCATION = "impactin"
@@ -189,6 +191,7 @@ def up(folder: Path, webserver_port: int, code_server_port: int, sandbox_port: i
     env.setdefault("IMPACTIN_WAREHOUSE_URL", DEFAULT_WAREHOUSE_URL)
     env.setdefault("IMPACTIN_RUNS_PER_PROVIDER", "3")
     env.setdefault("IMPACTIN_STATE_DIR", str(folder / "state"))
+    use_batched_dagster_events(env)  # the webserver and the daemon create runs: they write the planned events
     if not env.get("IMPACTIN_ENCRYPTION_KEY"):
         env["IMPACTIN_ENCRYPTION_KEY"] = _encryption_key(folder)
     env["DAGSTER_HOME"] = str(home)

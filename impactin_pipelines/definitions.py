@@ -10,6 +10,7 @@ from impactin_pipelines.defs.assets.reconciliation import (
 )
 from impactin_pipelines.defs.assets.stats import delivery_stats
 from impactin_pipelines.defs.checks import delivery_checks
+from impactin_pipelines.defs.event_log import use_batched_dagster_events
 from impactin_pipelines.defs.jobs import delivery_stats_job, impact_delivery_job
 from impactin_pipelines.defs.provider_health import (
     provider_health_job,
@@ -30,6 +31,7 @@ from impactin_pipelines.defs.sensors import company_partitions_sensor, stats_aft
 
 
 def build_defs() -> dg.Definitions:
+    use_batched_dagster_events()  # for the runs and run creations of every process that loads this location
     return dg.Definitions(
         assets=[impact_outbox, impact_deliveries, delivery_stats, provider_integrations, delivery_reconciliation],
         asset_checks=[providers_can_authenticate, *delivery_checks, reconciliation_agrees],

@@ -418,3 +418,19 @@ def test_every_instance_limits_backfill_runs_per_provider_as_it_limits_ours() ->
     for workspace in (ROOT / "workspace.yaml", DEPLOY / "docker" / "workspace.yaml"):
         [entry] = _yaml(workspace)["load_from"]
         assert next(iter(entry.values()))["location_name"] == "impactin", workspace
+
+
+def test_every_dagster_process_writes_range_runs_events_in_batches() -> None:
+    """The webserver and the daemon create runs (planned events), the code location's image runs them: each gets
+    Dagster's batching switches, with the values the code location sets for itself."""
+    from impactin_pipelines.defs.event_log import DAGSTER_EVENT_ENV
+
+    for name, service in _ours(_compose_services()).items():
+        assert {k: service["environment"].get(k) for k in DAGSTER_EVENT_ENV} == DAGSTER_EVENT_ENV, name
+    values = _yaml(HELM_VALUES)
+    for component in ("dagsterWebserver", "dagsterDaemon"):
+        env = {e["name"]: e["value"] for e in values[component]["env"]}
+        assert {k: env.get(k) for k in DAGSTER_EVENT_ENV} == DAGSTER_EVENT_ENV, component
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    for name, value in DAGSTER_EVENT_ENV.items():
+        assert f"{name}={value}" in dockerfile

@@ -9,6 +9,7 @@ import dagster as dg
 
 from impactin_pipelines.defs.assets.delivery import impact_deliveries, impact_outbox
 from impactin_pipelines.defs.assets.stats import delivery_stats
+from impactin_pipelines.defs.event_log import DAGSTER_EVENT_ENV
 from impactin_pipelines.defs.jobs import impact_delivery_job
 from impactin_pipelines.defs.orchestration.partitions import partition_key
 from impactin_pipelines.defs.orchestration.planning import PROVIDER_TAG, RANGE_END_TAG, RANGE_START_TAG, TRIGGER_TAG
@@ -74,10 +75,21 @@ def test_impactin_run_refreshes_statistics_itself_with_the_same_tags(
     add_integration(sqlite_engine, "acme", "benevity")
     add_integration(sqlite_engine, "globex", "benevity")
     add_events(sqlite_engine, events("acme", 2) + events("globex", 1))
+    for name in DAGSTER_EVENT_ENV:  # unset here (and restored afterwards): loading the code location sets them
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     [outcome] = run_delivery_job(sqlite_engine, companies=["acme", "globex"], providers=["benevity"], trigger="cli")
     assert outcome.success
     assert statuses(sqlite_engine) == {"success": 3}
     with dg.DagsterInstance.get() as instance:
+        # Dagster's batching switches are on: one planned event per asset for the range, not one per partition
+        planned = instance.get_records_for_run(
+            outcome.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED
+        ).records
+        assert sorted(r.asset_key.to_user_string() for r in planned if r.asset_key) == [
+            impact_deliveries.key.to_user_string(),
+            impact_outbox.key.to_user_string(),
+        ]
         runs = {r.job_name: r for r in instance.get_runs()}
         assert set(runs) == {impact_delivery_job.name, "delivery_stats_job"}
         delivery = runs[impact_delivery_job.name].tags

@@ -54,6 +54,7 @@ def ui(host: str, port: int, sandbox_port: int, no_sandbox: bool) -> None:
     """Start the Dagster UI (webserver and daemon) on the local state (.impactin, as `impactin demo` and
     `impactin run` use it) with the sandbox providers serving it, so runs launched from the UI deliver. Ctrl-C
     stops both."""
+    from impactin_pipelines.defs.event_log import use_batched_dagster_events
     from impactin_pipelines.defs.orchestration.runner import ensure_dagster_home
     from impactin_pipelines.sandbox.server import SandboxServer
 
@@ -61,6 +62,7 @@ def ui(host: str, port: int, sandbox_port: int, no_sandbox: bool) -> None:
     env = dict(os.environ)  # DAGSTER_HOME included
     # The UI runs from DAGSTER_HOME: pin the state folder (and so the default warehouse) to this one.
     env["IMPACTIN_STATE_DIR"] = str(state_dir())
+    use_batched_dagster_events(env)  # the webserver and the daemon create runs: they write the planned events
     sandbox = None if no_sandbox else SandboxServer(port=sandbox_port).start()
     if sandbox is not None:
         env.update(sandbox.env())
