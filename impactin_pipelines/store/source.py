@@ -1,6 +1,6 @@
 """Reads of the source contract: the TEEI platform's events and the companies' integrations."""
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -14,6 +14,8 @@ from impactin_pipelines.store.outbox import CLAIMABLE, status_in
 from impactin_pipelines.store.schema import company_integrations as ci
 from impactin_pipelines.store.schema import impact_deliveries as d
 from impactin_pipelines.store.schema import impact_events as e
+
+_IN_CHUNK = 2000  # company ids per IN (...) list
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,26 @@ def _bindable(key: str) -> Any:
     except UnicodeEncodeError:
         return sa.cast(sa.literal(key.encode("utf-8", "surrogateescape"), sa.LargeBinary), sa.Text)
     return key
+
+
+def companies_with_new_events(engine: Engine, provider: str, company_ids: Sequence[str]) -> set[str]:
+    """Of `company_ids`, those with an enabled integration for `provider` and events that have no outbox row for it
+    yet: one probe per integration, stopping at its first hit, so a range with nothing new costs one query per
+    few thousand companies instead of queries per company."""
+    no_row = ~sa.exists().where(
+        d.c.company_id == e.c.company_id, d.c.provider == provider, d.c.event_id == e.c.event_id
+    )
+    found: set[str] = set()
+    with read_connection(engine) as conn:
+        for start in range(0, len(company_ids), _IN_CHUNK):
+            stmt = sa.select(ci.c.company_id).where(
+                ci.c.provider == provider,
+                ci.c.enabled.is_(True),
+                ci.c.company_id.in_(list(company_ids[start : start + _IN_CHUNK])),
+                sa.exists().where(e.c.company_id == ci.c.company_id, no_row),
+            )
+            found.update(conn.execute(stmt).scalars())
+    return found
 
 
 def work_by_provider(engine: Engine, now: datetime) -> dict[str, set[str]]:

@@ -17,6 +17,7 @@ from impactin_pipelines.domain.statuses import ErrorKind, RowOutcome
 from impactin_pipelines.observability import run_delivery_logger
 from impactin_pipelines.services.deliver import DeliveryCounts, DeliveryReport, DeliveryRun
 from impactin_pipelines.services.extract import ExtractReport, extract, quarantine_unpartitionable
+from impactin_pipelines.store.source import companies_with_new_events
 
 GROUP = "impact_in"
 # Partitions given metadata of their own in one run: only those that need attention (failed or retrying rows,
@@ -50,7 +51,10 @@ def impact_outbox(
     totals = {"new_rows": 0, "invalid_events": 0}
     attention: dict[str, dict[str, object]] = {}
     for provider, companies in _companies_by_provider(context).items():
+        with_new_events = companies_with_new_events(warehouse.engine, provider.value, companies)
         for company in companies:
+            if company not in with_new_events:
+                continue  # nothing to stage: a night's range is mostly such companies
             report = extract(warehouse.engine, company, provider, env=env)
             totals["new_rows"] += report.new_rows
             totals["invalid_events"] += report.invalid
