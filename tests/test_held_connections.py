@@ -59,9 +59,8 @@ def test_each_thread_keeps_its_own_connection_in_autocommit(pg_engine) -> None:
     assert all(len(pids) == 1 for pids in seen.values()), seen
     assert seen["a"] != seen["b"]
     held.close()
-    with pytest.raises(RuntimeError, match="closed"):
-        with held.connection():
-            pass
+    with pytest.raises(RuntimeError, match="closed"), held.connection():
+        pass
 
 
 def test_an_idle_connection_is_checked_out_again_and_a_dropped_one_replaced(pg_engine) -> None:
@@ -83,9 +82,8 @@ def test_an_idle_connection_is_checked_out_again_and_a_dropped_one_replaced(pg_e
 
     with server.connect() as admin:  # dropped while fresh: the statement fails and the connection is discarded
         admin.exec_driver_sql(f"SELECT pg_terminate_backend({second})")
-    with pytest.raises(DBAPIError):
-        with held.connection() as conn:
-            _backend_pid(conn)
+    with pytest.raises(DBAPIError), held.connection() as conn:
+        _backend_pid(conn)
     with held.connection() as conn:
         assert _backend_pid(conn) not in (first, second)
     held.close()
