@@ -8,7 +8,7 @@ import ipaddress
 import socket
 import threading
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import requests
@@ -20,6 +20,9 @@ from impactin_pipelines.connectors.retry import outcome_for_status, parse_retry_
 from impactin_pipelines.domain.errors import ConfigError
 from impactin_pipelines.domain.statuses import AttemptOutcome
 from impactin_pipelines.security.redaction import Redactor
+
+if TYPE_CHECKING:
+    from requests.sessions import _Settings  # the stubs' name for what merge_environment_settings returns
 
 RESPONSE_KEEP_CHARS = 64 * 1024
 USER_AGENT = "impactin-pipelines/0.1"
@@ -33,12 +36,12 @@ class Session(requests.Session):
 
     def __init__(self) -> None:
         super().__init__()
-        self._environment_settings: dict[tuple[str, str], dict[str, Any]] = {}
+        self._environment_settings: dict[tuple[str, str], _Settings] = {}
         self._environment_lock = threading.Lock()
 
     def merge_environment_settings(
         self, url: str | bytes | None, proxies: Any, stream: Any, verify: Any, cert: Any
-    ) -> dict[str, Any]:
+    ) -> "_Settings":
         if proxies or stream is not None or verify is not None or cert is not None or not url:
             return super().merge_environment_settings(url, proxies, stream, verify, cert)
         parts = urlsplit(url.decode() if isinstance(url, bytes) else url)
@@ -48,7 +51,9 @@ class Session(requests.Session):
             if settings is None:
                 settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
                 self._environment_settings[origin] = settings
-        return {**settings, "proxies": dict(settings["proxies"])}
+        copy = settings.copy()
+        copy["proxies"] = dict(settings["proxies"])
+        return copy
 
 
 def new_session(pool_size: int = 10) -> requests.Session:
