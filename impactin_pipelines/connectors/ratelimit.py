@@ -11,6 +11,11 @@ counts arrivals on its own clock, and a burst of a whole window at its edges wou
 When the provider itself says stop (`429` with `Retry-After`, or `X-RateLimit-Remaining: 0` with a reset), a shared
 pause is recorded next to the bucket and every sender for that key waits it out. Waiting happens before a request
 is made, so it never costs a delivery attempt.
+
+Admission never has to sleep: `try_acquire()` takes a slot or says how long until one may be free (a provider pause
+included), so a caller with other work (the delivery run, with other companies' rows) defers the request and does
+that work meanwhile. `admit()` adds the caller's patience (past it: `RateLimitWait`), and `acquire()` is the blocking
+form for callers with nothing else to do, built on the same two.
 """
 
 import math
@@ -25,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from pyrate_limiter import AbstractBucket, Limiter, PostgresBucket, Rate, SQLiteBucket
+from pyrate_limiter import AbstractBucket, Limiter, PostgresBucket, Rate, RateItem, SQLiteBucket
+from pyrate_limiter.limiter import combined_lock
 from sqlalchemy.engine import Engine
 
 from impactin_pipelines.connectors.retry import parse_retry_after
@@ -52,6 +58,8 @@ _UNITS_S = {
 _EPOCH_THRESHOLD_S = 1_000_000_000  # an X-RateLimit-Reset above this is a Unix time, below it a delay
 _MAX_PAUSE_S = 3600.0  # a provider header asking for more is capped: the retry policy parks the row anyway
 PAUSE_CACHE_S = 0.5  # how stale this process's view of another process's provider pause may be
+BUSY_RETRY_S = 0.02  # another sender held the bucket's lock (or the bucket reported no wait): look again this soon
+LOCK_WAIT_S = 1.0  # the longest a slot check waits for the bucket's lock (held for one check-and-put at a time)
 
 
 @dataclass(frozen=True)
@@ -267,35 +275,68 @@ class SharedRateLimiter:
         self.limiter = limiter
         self.pauses = pauses
         self.sleep = sleep
-        self._slice_s = max(0.05, rate.spacing_s)
+
+    def try_acquire(self) -> float:
+        """Take a slot now if there is one: 0.0 when taken (send at once), otherwise the seconds until one may be
+        free (a provider pause included). Never sleeps; nothing is taken when it returns more than 0."""
+        return self._try()[0]
+
+    def admit(self, max_wait_s: float, waited_s: float = 0.0) -> float:
+        """`try_acquire`, for a caller that has already held its request back for `waited_s` and holds it at most
+        `max_wait_s` in all: 0.0 (slot taken) or the seconds to hold it further. Raises RateLimitWait (nothing
+        sent, nothing taken) when the quota or a provider pause would keep it past `max_wait_s`."""
+        wait_s, paused = self._try()
+        if wait_s > 0 and waited_s + wait_s > max_wait_s:
+            if paused:
+                message = f"the provider asked to pause {wait_s:.1f} s (over the {max_wait_s:g} s we wait)"
+                raise RateLimitWait(message, wait_s)
+            raise RateLimitWait(f"no room in the shared {self.rate} quota within {max_wait_s:g} s", self.rate.spacing_s)
+        return wait_s
 
     def acquire(self, max_wait_s: float) -> float:
         """Block until this process may send one request; returns the seconds waited. Raises RateLimitWait
         (nothing sent) when the quota or a provider pause would keep us longer than `max_wait_s`."""
         started = time.monotonic()
-        deadline = started + max_wait_s
         for _ in range(100_000):  # every round waits; the deadline ends the loop long before this
-            pause = self.pauses.remaining_s(self.key)
-            if pause > 0:
-                if time.monotonic() + pause > deadline:
-                    message = f"the provider asked to pause {pause:.1f} s (over the {max_wait_s:g} s we wait)"
-                    raise RateLimitWait(message, pause)
-                self.sleep(pause)
-                continue
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise RateLimitWait(
-                    f"no room in the shared {self.rate} quota within {max_wait_s:g} s", self.rate.spacing_s
-                )
-            # Short slices: pyrate-limiter advances a waiting item's timestamp by the time it meant to sleep, not
-            # by the time that passed (lock waits, oversleep), so a long wait would record the request earlier
-            # than it really goes out. A fresh item per slice keeps the recorded time honest.
-            if not self.limiter.try_acquire(self.key, blocking=True, timeout=min(left, self._slice_s)):
-                continue
-            if self.pauses.remaining_s(self.key) <= 0:
-                return time.monotonic() - started
-            # a pause arrived while we queued for the slot: the slot is spent, the pause wins
+            waited = time.monotonic() - started
+            wait_s = self.admit(max_wait_s, waited)
+            if wait_s <= 0:
+                return waited
+            self.sleep(wait_s)
         raise RateLimitWait("rate limiter gave up waiting", self.rate.spacing_s)
+
+    def _try(self) -> tuple[float, bool]:
+        """(seconds until a slot may be free, whether that is a provider pause); (0.0, False): a slot was taken."""
+        pause = self.pauses.remaining_s(self.key)
+        if pause > 0:
+            return pause, True
+        wait_s = self._take_slot()
+        if wait_s > 0:
+            return wait_s, False
+        pause = self.pauses.remaining_s(self.key)
+        if pause > 0:  # a pause arrived while we took the slot: the slot is spent, the pause wins
+            return pause, True
+        return 0.0, False
+
+    def _take_slot(self) -> float:
+        """One check-and-put into the shared bucket, under the limiter's lock (with the SQLite bucket, a file lock
+        shared by every process): 0.0 when the slot is ours, otherwise the bucket's own estimate of the wait.
+        The item is stamped when it goes in, so the recorded time is the time the request leaves."""
+        factory = self.limiter.bucket_factory
+        try:
+            with combined_lock(self.limiter.lock, blocking=True, timeout=LOCK_WAIT_S):
+                item = factory.wrap_item(self.key, 1)
+                assert isinstance(item, RateItem)  # our buckets are synchronous
+                bucket = factory.get(item)
+                assert isinstance(bucket, AbstractBucket)
+                if bucket.put(item):
+                    return 0.0
+                wait_ms = bucket.waiting(item)
+                assert isinstance(wait_ms, int)
+        except TimeoutError:  # the lock stayed busy: another sender is taking a slot right now
+            return BUSY_RETRY_S
+        # PostgreSQL's bucket answers a contended table lock with "no" and no wait: look again shortly
+        return max(BUSY_RETRY_S, wait_ms / 1000)
 
     def observe(self, status: int, headers: Mapping[str, str]) -> float | None:
         """Record a pause for every sender when the response asks for one; returns its length."""
