@@ -70,6 +70,27 @@ class AttemptResult:
 
 
 @dataclass(frozen=True)
+class Deferral:
+    """Not sent, and no attempt: the quota `key` (a provider credential's bucket, never the credential itself) has
+    no slot for `ready_in_s`. The caller holds the row and offers it again then, doing other work meanwhile;
+    `spacing_s` is the quota's interval between two requests, for guessing when the next row of the same key may go.
+    Holding it longer than the connector allows turns the next offer into a RATE_LIMITED attempt."""
+
+    key: str
+    ready_in_s: float
+    spacing_s: float
+
+
+class DeferringConnector(Protocol):
+    """A connector with a quota it can check without waiting (Goodera)."""
+
+    def try_send(self, delivery: OutboundDelivery, waited_s: float = 0.0) -> AttemptResult | Deferral:
+        """`send`, unless the quota has no slot now: then a Deferral and nothing sent. `waited_s`: how long this
+        row has been held for the quota so far; past the connector's max wait it is settled as rate limited."""
+        ...
+
+
+@dataclass(frozen=True)
 class ConnectivityResult:
     """`ok`: authentication was proven. `inconclusive`: the provider answered, but in a way that cannot tell good
     credentials from bad ones (`ok` is then False: nothing was proven)."""
