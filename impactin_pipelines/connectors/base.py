@@ -84,6 +84,11 @@ class Deferral:
 class DeferringConnector(Protocol):
     """A connector with a quota it can check without waiting (Goodera)."""
 
+    @property
+    def quota_key(self) -> str:
+        """The bucket this connector's requests draw on (shared by every connector with the same credential)."""
+        ...
+
     def try_send(self, delivery: OutboundDelivery, waited_s: float = 0.0) -> AttemptResult | Deferral:
         """`send`, unless the quota has no slot now: then a Deferral and nothing sent. `waited_s`: how long this
         row has been held for the quota so far; past the connector's max wait it is settled as rate limited."""

@@ -59,6 +59,7 @@ _EPOCH_THRESHOLD_S = 1_000_000_000  # an X-RateLimit-Reset above this is a Unix 
 _MAX_PAUSE_S = 3600.0  # a provider header asking for more is capped: the retry policy parks the row anyway
 PAUSE_CACHE_S = 0.5  # how stale this process's view of another process's provider pause may be
 BUSY_RETRY_S = 0.02  # another sender held the bucket's lock (or the bucket reported no wait): look again this soon
+CLOCK_SYNC_S = 10.0  # how often a PostgreSQL bucket reads the database's clock again
 LOCK_WAIT_S = 1.0  # the longest a slot check waits for the bucket's lock (held for one check-and-put at a time)
 
 
@@ -160,17 +161,19 @@ class PauseStore:
     """`until` per key, only ever moved forward. Kept beside the bucket (same file or same database), created on
     first use like pyrate-limiter's own bucket tables.
 
-    Reads are cached per key for `cache_s` (a send checks the pause twice; without the cache each check is a
-    round trip): a pause this process records is seen at once, one another process records within `cache_s`.
-    Requests sent in between still take their slot from the shared bucket; at worst they meet the provider's own
-    429, which the retry policy handles."""
+    Reads are cached for `cache_s`, for every key at once: one query returns the pauses still running (few, if
+    any), so a process sending for fifty credentials reads the table twice a second, not fifty times. A pause this
+    process records is seen at once, one another process records within `cache_s`. Requests sent in between still
+    take their slot from the shared bucket; at worst they meet the provider's own 429, which the retry policy
+    handles."""
 
     def __init__(self, engine: Engine, cache_s: float = PAUSE_CACHE_S) -> None:
         self.engine = engine
         self.cache_s = cache_s
         self._ready = False
         self._lock = threading.Lock()
-        self._cached: dict[str, tuple[float, float]] = {}  # key -> (until_epoch, monotonic time read)
+        self._known: dict[str, float] = {}  # key -> until_epoch, for the pauses running when last read
+        self._read_at = -math.inf  # monotonic time of the last read
 
     def _ensure(self) -> None:
         if self._ready:
@@ -185,23 +188,29 @@ class PauseStore:
             self._ready = True
 
     def remaining_s(self, key: str, now: float | None = None) -> float:
-        cached = self._cached.get(key)
-        if cached is not None and time.monotonic() - cached[1] < self.cache_s:
-            until = cached[0]
-        else:
-            self._ensure()
-            with self.engine.connect() as conn:
-                found = conn.execute(sa.select(_pauses.c.until_epoch).where(_pauses.c.limit_key == key)).scalar()
-            until = float(found) if found is not None else 0.0
-            self._remember(key, until)
+        if time.monotonic() - self._read_at >= self.cache_s:
+            self._refresh()
+        with self._lock:
+            until = self._known.get(key, 0.0)
         return max(0.0, until - (now if now is not None else time.time()))
+
+    def _refresh(self) -> None:
+        self._ensure()
+        read_at, wall = time.monotonic(), time.time()
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(_pauses.c.limit_key, _pauses.c.until_epoch).where(_pauses.c.until_epoch > wall)
+            )
+            found = {key: float(until) for key, until in rows}
+        with self._lock:
+            for key, until in self._known.items():  # pauses only move forward (one recorded while we read)
+                if until > found.get(key, 0.0) and until > wall:
+                    found[key] = until
+            self._known, self._read_at = found, read_at
 
     def _remember(self, key: str, until_epoch: float) -> None:
         with self._lock:
-            previous = self._cached.get(key)
-            if previous is not None and time.monotonic() - previous[1] < self.cache_s:
-                until_epoch = max(until_epoch, previous[0])  # pauses only move forward
-            self._cached[key] = (until_epoch, time.monotonic())
+            self._known[key] = max(until_epoch, self._known.get(key, 0.0))
 
     def extend(self, key: str, until_epoch: float) -> None:
         self._ensure()
@@ -248,6 +257,29 @@ class _EnginePool:
 
     def close(self) -> None:
         return None  # the engine belongs to the warehouse
+
+
+class _WarehouseBucket(PostgresBucket):
+    """pyrate-limiter's PostgreSQL bucket on the database's clock, read once every `CLOCK_SYNC_S` and carried
+    forward on this process's monotonic clock: every process stamps items on the same time base (the database's),
+    without a clock query (a connection checkout and a round trip) before every slot."""
+
+    def __init__(self, pool: Any, table: str, rates: list[Rate]) -> None:
+        super().__init__(pool, table, rates)
+        self._offset_ms: float | None = None
+        self._synced_at = -math.inf
+        self._clock_lock = threading.Lock()
+
+    def now(self) -> int:
+        mono = time.monotonic()
+        with self._clock_lock:
+            if self._offset_ms is None or mono - self._synced_at >= CLOCK_SYNC_S:
+                before = time.monotonic()
+                database_ms = super().now()
+                after = time.monotonic()
+                self._offset_ms = database_ms - (before + after) * 500  # against the middle of the round trip
+                self._synced_at = mono = after
+            return int(mono * 1000 + self._offset_ms)
 
 
 def _rates(rate: RateLimit) -> list[Rate]:
@@ -348,7 +380,7 @@ class SharedRateLimiter:
 
 _registry: dict[tuple[str, str, RateLimit], SharedRateLimiter] = {}
 _registry_lock = threading.Lock()
-_sqlite_stores: dict[str, PauseStore] = {}
+_pause_stores: dict[str, PauseStore] = {}  # one per bucket location: one read serves every credential's pause
 
 
 def _location(engine: Engine) -> str:
@@ -372,13 +404,15 @@ def shared_limiter(engine: Engine, provider: str, credential_key: str, rate: Rat
             bucket: AbstractBucket = SQLiteBucket.init_from_file(
                 _rates(rate), table=f"ratelimit_{key}", db_path=str(path), use_file_lock=True
             )
-            pauses = _sqlite_stores.get(str(path))
+            pauses = _pause_stores.get(registry_key[0])
             if pauses is None:
-                pauses = _sqlite_stores[str(path)] = PauseStore(make_engine(f"sqlite:///{path}"))
+                pauses = _pause_stores[registry_key[0]] = PauseStore(make_engine(f"sqlite:///{path}"))
             limiter = Limiter(bucket, buffer_ms=0)
         else:
-            bucket = PostgresBucket(_EnginePool(engine), key, _rates(rate))
-            pauses = PauseStore(engine)
+            bucket = _WarehouseBucket(_EnginePool(engine), key, _rates(rate))
+            pauses = _pause_stores.get(registry_key[0])
+            if pauses is None or pauses.engine is not engine:
+                pauses = _pause_stores[registry_key[0]] = PauseStore(engine)
             limiter = Limiter(bucket, buffer_ms=1)  # lock contention can report no wait: never spin at 0
         found = _registry[registry_key] = SharedRateLimiter(key, rate, limiter, pauses)
         return found
@@ -390,6 +424,7 @@ def close_shared_limiters() -> None:
         for limiter in _registry.values():
             limiter.limiter.close()
         _registry.clear()
-        for store in _sqlite_stores.values():
-            store.engine.dispose()
-        _sqlite_stores.clear()
+        for store in _pause_stores.values():
+            if is_sqlite(store.engine):  # ours; a PostgreSQL store uses the warehouse's engine
+                store.engine.dispose()
+        _pause_stores.clear()

@@ -6,10 +6,11 @@ their leases), and its send threads take other rows meanwhile: fifty companies w
 their own pace instead of eight at a time.
 
 Per bucket key, rows wait in arrival order and only the first is offered again, when the bucket should have room;
-the rest queue behind it without asking (a row of a company whose bucket is known busy is queued as soon as it is
-claimed). The first row's wait is what counts against the connector's max wait, exactly as a send thread waiting
-for the slot would count it: rows behind it are queued, not starved. Once a row has gone out, the next one of that
-key is offered a quota interval after it. Used by the run's drain loop only (one thread): no locks.
+the rest queue behind it without asking (the run knows each company's bucket key from its connector, so a newly
+claimed row whose bucket is busy is queued at once, not tried). The first row's wait is what counts against the
+connector's max wait, as a send thread waiting for the slot would count it: rows behind it are queued, not starved.
+Once a row has gone out, the next one of that key is offered a quota interval after it. Used by the run's drain
+loop only (one thread): no locks.
 """
 
 import time
@@ -60,18 +61,22 @@ class DeferredRows:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self._buckets: dict[str, _Bucket] = {}
-        self._key_of: dict[str, str] = {}  # company -> bucket key, learnt from its first deferral
+        self._key_of: dict[str, str] = {}  # company -> bucket key
         self._count = 0
 
     def __len__(self) -> int:
         """Rows held here (not counting the ones offered and now in a send thread)."""
         return self._count
 
-    def admit_fresh(self, row: OutboundDelivery) -> bool:
-        """A newly claimed row: True to send it now; False when its bucket is known busy (it is queued here)."""
-        bucket = self._bucket_of(row)
-        if bucket is None:
+    def admit_fresh(self, row: OutboundDelivery, key: str | None) -> bool:
+        """A newly claimed row and its quota key (None: no quota to wait for): True to send it now; False when
+        another row of its bucket waits or is out already (it is queued behind them here)."""
+        if key is None:
             return True
+        self._key_of[row.company_id] = key
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = _Bucket(spacing_s=0.0)  # the spacing is learnt from the first deferral
         if bucket.rows or bucket.offered is not None:
             bucket.rows.append(Held(row))
             self._count += 1
@@ -87,6 +92,7 @@ class DeferredRows:
         bucket = self._buckets.get(key)
         if bucket is None:
             bucket = self._buckets[key] = _Bucket(deferred.deferral.spacing_s)
+        bucket.spacing_s = deferred.deferral.spacing_s
         held = Held(deferred.row, deferred.spent, deferred.attempts)
         if bucket.offered == deferred.row.id:  # the bucket's first row, offered and still too early: first again
             held.waiting_since = deferred.waiting_since if deferred.waiting_since is not None else now

@@ -175,6 +175,8 @@ class DeliveryRun:
         # or when their lease lapses. Without it, every claimed row would go out unrecorded and be sent again.
         self._halted = threading.Event()
         self._deferred = DeferredRows()  # rows held for their quota (services/deferred), by the drain loop only
+        self._defers: bool | None = None  # does this provider's connector defer for a quota (known once one is built)
+        self._quota_keys: dict[str, str | None] = {}
 
     # -- the pass --------------------------------------------------------------------------------------------
     def run(self) -> DeliveryReport:
@@ -232,11 +234,15 @@ class DeliveryRun:
         no slot comes back deferred: it is held (still claimed) and offered again when its bucket should have
         room, while the send threads take other rows; claiming goes on while rows are held, up to a bound."""
         in_flight: set[Future[RowResult | Deferred]] = set()
+        fresh: set[Future[RowResult | Deferred]] = set()  # newly claimed rows among them (not held ones offered again)
         held_limit = self.settings.claim_batch * HELD_CLAIM_BATCHES
         exhausted = False
 
         def submit(row: OutboundDelivery, held: Held | None = None) -> None:
-            in_flight.add(pool.submit(self._deliver_row, row, held))
+            future = pool.submit(self._deliver_row, row, held)
+            in_flight.add(future)
+            if held is None:
+                fresh.add(future)
 
         while True:
             if self._halted.is_set():
@@ -247,13 +253,13 @@ class DeliveryRun:
             if (
                 not exhausted
                 and not self._halted.is_set()
-                and len(in_flight) < self.settings.concurrency * 2
+                and len(fresh) < self.settings.concurrency * 2  # held rows offered again do not stop claiming
                 and len(self._deferred) < held_limit
             ):
                 batch = self._claim(dead)
                 exhausted = not batch
                 for row in batch:
-                    if self._deferred.admit_fresh(row):
+                    if self._deferred.admit_fresh(row, self._quota_key(row.company_id)):
                         submit(row)
                 continue
             if not in_flight and not len(self._deferred):
@@ -262,6 +268,7 @@ class DeliveryRun:
             if due_in is None and not in_flight:  # held rows all wait on rows out in the pool: cannot happen
                 due_in = 0.05
             done, in_flight = wait(in_flight, timeout=due_in, return_when=FIRST_COMPLETED)
+            fresh -= done
             for future in done:
                 outcome = future.result()
                 if isinstance(outcome, Deferred):
@@ -269,6 +276,23 @@ class DeliveryRun:
                 else:
                     self._deferred.settled(outcome.row, sent=outcome.attempts > 0)
                     self.report.add(outcome)
+
+    def _quota_key(self, company_id: str) -> str | None:
+        """The quota bucket a company's rows draw on, when its provider's connector can defer for one (None: send
+        as claimed). Asked of the company's connector, built once per factory (a config error: None, the send path
+        settles the row)."""
+        if self._defers is False:
+            return None
+        found = self._quota_keys.get(company_id, "")
+        if found != "":
+            return found
+        try:
+            connector = self.factory.connector(company_id, self.provider)
+        except ConfigError:
+            return None
+        self._defers = callable(getattr(connector, "try_send", None))  # one connector class per provider
+        key = self._quota_keys[company_id] = getattr(connector, "quota_key", None) if self._defers else None
+        return key
 
     def _wait_for_foreign_claims(self, pool: ThreadPoolExecutor) -> None:
         """Rows held by another claimant: wait for their lease unless the claimant shows it is alive (its lease

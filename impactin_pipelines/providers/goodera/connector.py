@@ -37,6 +37,7 @@ from impactin_pipelines.connectors.ratelimit import (
     RateLimit,
     RateLimitWait,
     SharedRateLimiter,
+    limit_key,
     parse_rate_limit,
     shared_limiter,
 )
@@ -132,6 +133,11 @@ class GooderaConnector:
                     self.engine, self.provider.value, self.oauth.credential_key, self.config.rate
                 )
             return self._limiter
+
+    @property
+    def quota_key(self) -> str:
+        """The shared bucket's name for these credentials (a hash, never the credential); opens nothing."""
+        return limit_key(self.provider.value, self.oauth.credential_key)
 
     def prepare(self, delivery: OutboundDelivery, token: str | None = None) -> PreparedRequest:
         return PreparedRequest(
