@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from impactin_pipelines.connectors.base import Deferral, OutboundDelivery
 from impactin_pipelines.connectors.ratelimit import RateLimit, RateLimitWait, close_shared_limiters, shared_limiter
 from impactin_pipelines.connectors.registry import ConnectorFactory
 from impactin_pipelines.domain.providers import Provider
@@ -16,6 +17,7 @@ from impactin_pipelines.providers.env import ProviderEnv
 from impactin_pipelines.providers.goodera.connector import GooderaConnector
 from impactin_pipelines.providers.goodera.fake import ENDPOINT, max_in_window
 from impactin_pipelines.security.crypto import generate_key, load_keyring
+from impactin_pipelines.services.deferred import Deferred, DeferredRows, Held
 from impactin_pipelines.services.extract import extract
 from tests.support import add_events, add_integration, attempts, deliver, events, fast_settings, rows, statuses
 
@@ -169,3 +171,35 @@ def test_a_row_held_past_the_max_wait_is_settled_as_rate_limited(engine, sandbox
     assert report.totals.outcomes == {RowOutcome.RETRYING: 1}
     assert elapsed < 10  # held for about the max wait, not for as long as the pauses went on
     assert [r for r in sandbox.providers["goodera"].snapshot()["requests"] if r["path"] == ENDPOINT] == []
+
+
+# -- the run's holding area, on a clock of our own ------------------------------------------------------------------
+def test_rows_of_one_bucket_go_a_quota_interval_apart_and_the_bucket_retimes_them() -> None:
+    now = [100.0]
+    held = DeferredRows(clock=lambda: now[0])
+    row = [OutboundDelivery(f"d{i}", "acme", "goodera", f"e{i}", "{}", id=f"r{i}") for i in range(6)]
+    quota = ("k", 1.0)
+    assert held.admit_fresh(row[0], quota)  # room: to a send thread at once
+    assert not held.admit_fresh(row[1], quota) and not held.admit_fresh(row[2], quota)  # queued, not tried
+    assert len(held) == 2 and list(held.due()) == [] and held.next_due_in() == 1.0
+    assert held.admit_fresh(row[5], ("other", 1.0))  # another credential's bucket is its own
+    assert held.admit_fresh(row[5], None)  # no quota: never held
+    now[0] = 101.0
+    [first] = held.due()
+    assert first.row is row[1] and first.waited_s(now[0]) == 0.0  # its wait for the bucket starts now
+    assert list(held.due()) == [] and held.next_due_in() == 1.0  # the next one a quota interval later
+    now[0] = 101.5  # another process took the slot: row 1 is back, 2 s to wait, first again with its wait running
+    held.hold(Deferred(row[1], Deferral("k", 2.0, 1.0), waiting_since=first.waiting_since))
+    assert held.next_due_in() == 2.0 and len(held) == 2
+    now[0] = 103.5
+    [again] = held.due()
+    assert again.row is row[1] and again.waited_s(now[0]) == 2.5
+    now[0] = 104.5
+    assert [h.row for h in held.due()] == [row[2]] and len(held) == 0 and held.next_due_in() is None
+    assert not held.admit_fresh(row[3], quota)  # row 2 took the slot a moment ago: row 3 waits for the next
+    assert held.next_due_in() == 1.0
+    held.hold(Deferred(row[4], Deferral("k", 0.3, 1.0)))  # a row sent without pacing came back: the bucket's word
+    assert held.next_due_in() == pytest.approx(0.3) and len(held) == 2
+    now[0] = 104.8
+    assert [h.row for h in held.due()] == [row[3]]  # in arrival order
+    assert held.take_all() == [Held(row[4])] and len(held) == 0

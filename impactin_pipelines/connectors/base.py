@@ -3,7 +3,7 @@
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import requests
 from sqlalchemy.engine import Engine
@@ -81,12 +81,18 @@ class Deferral:
     spacing_s: float
 
 
+@runtime_checkable
 class DeferringConnector(Protocol):
     """A connector with a quota it can check without waiting (Goodera)."""
 
     @property
     def quota_key(self) -> str:
         """The bucket this connector's requests draw on (shared by every connector with the same credential)."""
+        ...
+
+    @property
+    def quota_spacing_s(self) -> float:
+        """The interval the quota keeps between two requests."""
         ...
 
     def try_send(self, delivery: OutboundDelivery, waited_s: float = 0.0) -> AttemptResult | Deferral:

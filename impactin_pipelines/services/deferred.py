@@ -5,14 +5,17 @@ A connector with a quota (Goodera: one bucket per credential) answers a row whos
 their leases), and its send threads take other rows meanwhile: fifty companies with fifty buckets all send at
 their own pace instead of eight at a time.
 
-Per bucket key, rows wait in arrival order and only the first is offered again, when the bucket should have room;
-the rest queue behind it without asking (the run knows each company's bucket key from its connector, so a newly
-claimed row whose bucket is busy is queued at once, not tried). The first row's wait is what counts against the
-connector's max wait, as a send thread waiting for the slot would count it: rows behind it are queued, not starved.
-Once a row has gone out, the next one of that key is offered a quota interval after it. Used by the run's drain
-loop only (one thread): no locks.
+The run knows each company's bucket and its interval from the connector, so it paces rows itself: a newly claimed
+row goes to a send thread when its bucket should have room, otherwise it is queued here without a try; the rows of
+one bucket go out a quota interval apart (a roomy quota's interval is short: nothing is serialised behind a row in
+flight). The bucket's own answer (a deferral, when another process took the slot) re-times its queue. Per bucket,
+rows wait in arrival order and only the first is offered, when due. The first row's wait is what counts against
+the connector's max wait, as a send thread waiting for the slot would count it: rows behind it are queued, not
+starved. Used by the run's drain loop only (one thread): no locks.
 """
 
+import heapq
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -50,104 +53,98 @@ class Held:
 
 @dataclass
 class _Bucket:
-    spacing_s: float
-    rows: deque[Held] = field(default_factory=deque)
-    due: float = 0.0  # when the first queued row may be offered
-    offered: str | None = None  # the row id of this bucket's row now in a send thread, if we sent it there
-    offered_at: float = 0.0
+    spacing_s: float  # the quota's interval between two requests
+    rows: deque[Held] = field(default_factory=deque)  # held, first to go first
+    due: float = 0.0  # when the bucket should have room for this run's next row
 
 
 class DeferredRows:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self._buckets: dict[str, _Bucket] = {}
-        self._key_of: dict[str, str] = {}  # company -> bucket key
+        self._dues: list[tuple[float, int, str]] = []  # heap of (due, tie-break, key); stale entries skipped
+        self._pushed = itertools.count()
         self._count = 0
 
     def __len__(self) -> int:
         """Rows held here (not counting the ones offered and now in a send thread)."""
         return self._count
 
-    def admit_fresh(self, row: OutboundDelivery, key: str | None) -> bool:
-        """A newly claimed row and its quota key (None: no quota to wait for): True to send it now; False when
-        another row of its bucket waits or is out already (it is queued behind them here)."""
-        if key is None:
+    def admit_fresh(self, row: OutboundDelivery, quota: tuple[str, float] | None) -> bool:
+        """A newly claimed row and its quota (bucket key, interval between requests; None: no quota to wait for):
+        True to send it now, when its bucket should have room and no row of it is held; otherwise False, and it is
+        queued behind them here. Rows of one bucket go a quota interval apart, whether or not the last is back."""
+        if quota is None:
             return True
-        self._key_of[row.company_id] = key
+        key, spacing_s = quota
         bucket = self._buckets.get(key)
         if bucket is None:
-            bucket = self._buckets[key] = _Bucket(spacing_s=0.0)  # the spacing is learnt from the first deferral
-        if bucket.rows or bucket.offered is not None:
-            bucket.rows.append(Held(row))
-            self._count += 1
-            return False
-        self._offer(bucket, row.id)
-        return True
+            bucket = self._buckets[key] = _Bucket(spacing_s)
+        now = self.clock()
+        if not bucket.rows and bucket.due <= now:
+            bucket.due = now + bucket.spacing_s
+            return True
+        bucket.rows.append(Held(row))
+        self._count += 1
+        if len(bucket.rows) == 1:
+            self._schedule(key, bucket, bucket.due)
+        return False
 
     def hold(self, deferred: Deferred) -> None:
         """A row came back unsent: its bucket has no slot for `deferral.ready_in_s`."""
         now = self.clock()
         key = deferred.deferral.key
-        self._key_of[deferred.row.company_id] = key
         bucket = self._buckets.get(key)
         if bucket is None:
             bucket = self._buckets[key] = _Bucket(deferred.deferral.spacing_s)
-        bucket.spacing_s = deferred.deferral.spacing_s
-        held = Held(deferred.row, deferred.spent, deferred.attempts)
-        if bucket.offered == deferred.row.id:  # the bucket's first row, offered and still too early: first again
-            held.waiting_since = deferred.waiting_since if deferred.waiting_since is not None else now
+        held = Held(deferred.row, deferred.spent, deferred.attempts, deferred.waiting_since)
+        if held.waiting_since is not None:  # offered again and still too early: first again, its wait running on
             bucket.rows.appendleft(held)
-            bucket.offered = None
-            bucket.due = now + deferred.deferral.ready_in_s
-        elif not bucket.rows and bucket.offered is None:  # the first row of this bucket to wait
+        elif not bucket.rows:  # the first row of this bucket to wait: its wait starts now
             held.waiting_since = now
             bucket.rows.append(held)
-            bucket.due = now + deferred.deferral.ready_in_s
-        else:  # another row of the bucket waits already (or is out): queue behind it
+        else:  # rows of the bucket wait already: queue behind them
             bucket.rows.append(held)
         self._count += 1
-
-    def settled(self, row: OutboundDelivery, sent: bool) -> None:
-        """A row came back settled (or given up on). If it was its bucket's offered row, the next one may go a
-        quota interval after it (at once when this one sent nothing)."""
-        bucket = self._bucket_of(row)
-        if bucket is None or bucket.offered != row.id:
-            return
-        bucket.offered = None
-        bucket.due = bucket.offered_at + bucket.spacing_s if sent else self.clock()
+        self._schedule(key, bucket, now + deferred.deferral.ready_in_s)  # the bucket's latest word on its room
 
     def due(self) -> Iterator[Held]:
-        """Rows to offer now: the first row of each bucket whose time has come (and none of whose rows is out)."""
+        """Rows to offer now: the first held row of each bucket whose time has come; the bucket's next row one
+        quota interval later."""
         now = self.clock()
-        for bucket in self._buckets.values():
-            if bucket.rows and bucket.offered is None and bucket.due <= now:
-                held = bucket.rows.popleft()
-                self._count -= 1
-                if held.waiting_since is None:
-                    held.waiting_since = now
-                self._offer(bucket, held.row.id)
-                yield held
+        while self._dues and self._dues[0][0] <= now:
+            due, _, key = heapq.heappop(self._dues)
+            bucket = self._buckets[key]
+            if not bucket.rows or bucket.due != due:
+                continue  # stale: rescheduled, or nothing left to offer
+            held = bucket.rows.popleft()
+            self._count -= 1
+            if held.waiting_since is None:
+                held.waiting_since = now
+            bucket.due = now + bucket.spacing_s
+            if bucket.rows:
+                self._schedule(key, bucket, bucket.due)
+            yield held
 
     def next_due_in(self) -> float | None:
-        """Seconds until the next row is due (0 when one is), None when nothing is waiting for time."""
-        dues = [b.due for b in self._buckets.values() if b.rows and b.offered is None]
-        if not dues:
-            return None
-        return max(0.0, min(dues) - self.clock())
+        """Seconds until the next row is due (0 when one is), None when no row is held."""
+        while self._dues:
+            due, _, key = self._dues[0]
+            bucket = self._buckets[key]
+            if bucket.rows and bucket.due == due:
+                return max(0.0, due - self.clock())
+            heapq.heappop(self._dues)
+        return None
 
     def take_all(self) -> list[Held]:
         """Every row held (the run stops sending): they are left unsent, their claims released with the run's."""
         taken = [held for bucket in self._buckets.values() for held in bucket.rows]
         for bucket in self._buckets.values():
             bucket.rows.clear()
+        self._dues.clear()
         self._count = 0
         return taken
 
-    # -- internals -----------------------------------------------------------------------------------------
-    def _bucket_of(self, row: OutboundDelivery) -> _Bucket | None:
-        key = self._key_of.get(row.company_id)
-        return None if key is None else self._buckets.get(key)
-
-    def _offer(self, bucket: _Bucket, row_id: str) -> None:
-        bucket.offered = row_id
-        bucket.offered_at = self.clock()
+    def _schedule(self, key: str, bucket: _Bucket, due: float) -> None:
+        bucket.due = due
+        heapq.heappush(self._dues, (due, next(self._pushed), key))

@@ -20,7 +20,13 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from impactin_pipelines.connectors.base import AttemptResult, Connector, Deferral, OutboundDelivery
+from impactin_pipelines.connectors.base import (
+    AttemptResult,
+    Connector,
+    Deferral,
+    DeferringConnector,
+    OutboundDelivery,
+)
 from impactin_pipelines.connectors.registry import ConnectorFactory
 from impactin_pipelines.connectors.retry import Decision, RetryPolicy, Spent, Step
 from impactin_pipelines.domain.errors import ConfigError
@@ -176,7 +182,7 @@ class DeliveryRun:
         self._halted = threading.Event()
         self._deferred = DeferredRows()  # rows held for their quota (services/deferred), by the drain loop only
         self._defers: bool | None = None  # does this provider's connector defer for a quota (known once one is built)
-        self._quota_keys: dict[str, str | None] = {}
+        self._quotas: dict[str, tuple[str, float] | None] = {}
 
     # -- the pass --------------------------------------------------------------------------------------------
     def run(self) -> DeliveryReport:
@@ -259,7 +265,7 @@ class DeliveryRun:
                 batch = self._claim(dead)
                 exhausted = not batch
                 for row in batch:
-                    if self._deferred.admit_fresh(row, self._quota_key(row.company_id)):
+                    if self._deferred.admit_fresh(row, self._quota(row.company_id)):
                         submit(row)
                 continue
             if not in_flight and not len(self._deferred):
@@ -274,25 +280,24 @@ class DeliveryRun:
                 if isinstance(outcome, Deferred):
                     self._deferred.hold(outcome)
                 else:
-                    self._deferred.settled(outcome.row, sent=outcome.attempts > 0)
                     self.report.add(outcome)
 
-    def _quota_key(self, company_id: str) -> str | None:
-        """The quota bucket a company's rows draw on, when its provider's connector can defer for one (None: send
-        as claimed). Asked of the company's connector, built once per factory (a config error: None, the send path
-        settles the row)."""
+    def _quota(self, company_id: str) -> tuple[str, float] | None:
+        """The quota a company's rows draw on (bucket key, interval between requests), when its provider's
+        connector can defer for one (None: send as claimed). Asked of the company's connector, built once per
+        factory (a config error: None, and the send path settles the row)."""
         if self._defers is False:
             return None
-        found = self._quota_keys.get(company_id, "")
-        if found != "":
-            return found
+        if company_id in self._quotas:
+            return self._quotas[company_id]
         try:
             connector = self.factory.connector(company_id, self.provider)
         except ConfigError:
             return None
-        self._defers = callable(getattr(connector, "try_send", None))  # one connector class per provider
-        key = self._quota_keys[company_id] = getattr(connector, "quota_key", None) if self._defers else None
-        return key
+        self._defers = isinstance(connector, DeferringConnector)  # one connector class per provider
+        quota = (connector.quota_key, connector.quota_spacing_s) if isinstance(connector, DeferringConnector) else None
+        self._quotas[company_id] = quota
+        return quota
 
     def _wait_for_foreign_claims(self, pool: ThreadPoolExecutor) -> None:
         """Rows held by another claimant: wait for their lease unless the claimant shows it is alive (its lease
@@ -392,12 +397,10 @@ class DeliveryRun:
     @staticmethod
     def _offer(connector: Connector, row: OutboundDelivery, waiting_since: float | None) -> AttemptResult | Deferral:
         """One send, unless the connector has a quota it can check without waiting and it has no slot now."""
-        try_send: Callable[[OutboundDelivery, float], AttemptResult | Deferral] | None
-        try_send = getattr(connector, "try_send", None)
-        if try_send is None:
+        if not isinstance(connector, DeferringConnector):
             return connector.send(row)
         waited_s = 0.0 if waiting_since is None else max(0.0, time.monotonic() - waiting_since)
-        return try_send(row, waited_s)
+        return connector.try_send(row, waited_s)
 
     def _settlement(self, row: OutboundDelivery, result: AttemptResult, decision: Decision) -> Settlement:
         response = (result.response_body or "")[:PROVIDER_RESPONSE_CHARS] or None

@@ -139,6 +139,11 @@ class GooderaConnector:
         """The shared bucket's name for these credentials (a hash, never the credential); opens nothing."""
         return limit_key(self.provider.value, self.oauth.credential_key)
 
+    @property
+    def quota_spacing_s(self) -> float:
+        """The interval the quota keeps between two requests."""
+        return self.config.rate.spacing_s
+
     def prepare(self, delivery: OutboundDelivery, token: str | None = None) -> PreparedRequest:
         return PreparedRequest(
             method="POST",
