@@ -271,7 +271,7 @@ class DeliveryRun:
             if not in_flight and not len(self._deferred):
                 return
             due_in = self._deferred.next_due_in()
-            if due_in is None and not in_flight:  # held rows all wait on rows out in the pool: cannot happen
+            if due_in is None and not in_flight:  # defensive: a held row always has a due time
                 due_in = 0.05
             done, in_flight = wait(in_flight, timeout=due_in, return_when=FIRST_COMPLETED)
             fresh -= done
