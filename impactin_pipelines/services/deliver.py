@@ -240,41 +240,50 @@ class DeliveryRun:
         no slot comes back deferred: it is held (still claimed) and offered again when its bucket should have
         room, while the send threads take other rows; claiming goes on while rows are held, up to a bound."""
         in_flight: set[Future[RowResult | Deferred]] = set()
-        fresh: set[Future[RowResult | Deferred]] = set()  # newly claimed rows among them (not held ones offered again)
         held_limit = self.settings.claim_batch * HELD_CLAIM_BATCHES
         exhausted = False
+        # The last batch went to busy buckets only (nothing of it could go now): claiming more would most likely
+        # bring rows of the same buckets, so the run claims again only once few rows are held (as few as it would
+        # have in its pool), and leaves the rest to other runs meanwhile.
+        stalled = False
 
         def submit(row: OutboundDelivery, held: Held | None = None) -> None:
-            future = pool.submit(self._deliver_row, row, held)
-            in_flight.add(future)
-            if held is None:
-                fresh.add(future)
+            in_flight.add(pool.submit(self._deliver_row, row, held))
+
+        def room() -> bool:  # the pool has (nearly) nothing queued
+            return len(in_flight) < self.settings.concurrency * 2
 
         while True:
             if self._halted.is_set():
                 for held in self._deferred.take_all():  # nothing more goes out: leave them to a later run
                     self.report.add(RowResult(held.row, RowOutcome.NOT_SENT, None, held.attempts, HALTED_NOT_SENT))
-            for held in self._deferred.due():
-                submit(held.row, held)
+            if room():
+                for held in self._deferred.due():  # the longest due first; the rest stay due until there is room
+                    submit(held.row, held)
+                    if not room():
+                        break
             if (
                 not exhausted
                 and not self._halted.is_set()
-                and len(fresh) < self.settings.concurrency * 2  # held rows offered again do not stop claiming
+                and room()
                 and len(self._deferred) < held_limit
+                and (not stalled or len(self._deferred) < self.settings.concurrency * 2)
             ):
                 batch = self._claim(dead)
                 exhausted = not batch
+                submitted = 0
                 for row in batch:
                     if self._deferred.admit_fresh(row, self._quota(row.company_id)):
                         submit(row)
+                        submitted += 1
+                stalled = bool(batch) and not submitted
                 continue
             if not in_flight and not len(self._deferred):
                 return
-            due_in = self._deferred.next_due_in()
+            due_in = self._deferred.next_due_in() if room() else None  # a full pool: wait for it, not for the time
             if due_in is None and not in_flight:  # defensive: a held row always has a due time
                 due_in = 0.05
             done, in_flight = wait(in_flight, timeout=due_in, return_when=FIRST_COMPLETED)
-            fresh -= done
             for future in done:
                 outcome = future.result()
                 if isinstance(outcome, Deferred):
