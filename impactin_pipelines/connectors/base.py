@@ -3,7 +3,7 @@
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import requests
 from sqlalchemy.engine import Engine
@@ -67,6 +67,38 @@ class AttemptResult:
     request_body: str | None = None  # set when what went out differs from the stored payload (SOAP)
     provider_reference: str | None = None  # the id the provider gave what it stored, when its reply names one
     token_stale: bool = False  # AUTH_EXPIRED only: the refused token had expired or been replaced before the answer
+
+
+@dataclass(frozen=True)
+class Deferral:
+    """Not sent, and no attempt: the quota `key` (a provider credential's bucket, never the credential itself) has
+    no slot for `ready_in_s`. The caller holds the row and offers it again then, doing other work meanwhile;
+    `spacing_s` is the quota's interval between two requests, for guessing when the next row of the same key may go.
+    Holding it longer than the connector allows turns the next offer into a RATE_LIMITED attempt."""
+
+    key: str
+    ready_in_s: float
+    spacing_s: float
+
+
+@runtime_checkable
+class DeferringConnector(Protocol):
+    """A connector with a quota it can check without waiting (Goodera)."""
+
+    @property
+    def quota_key(self) -> str:
+        """The bucket this connector's requests draw on (shared by every connector with the same credential)."""
+        ...
+
+    @property
+    def quota_spacing_s(self) -> float:
+        """The interval the quota keeps between two requests."""
+        ...
+
+    def try_send(self, delivery: OutboundDelivery, waited_s: float = 0.0) -> AttemptResult | Deferral:
+        """`send`, unless the quota has no slot now: then a Deferral and nothing sent. `waited_s`: how long this
+        row has been held for the quota so far; past the connector's max wait it is settled as rate limited."""
+        ...
 
 
 @dataclass(frozen=True)

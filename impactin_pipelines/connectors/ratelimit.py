@@ -11,6 +11,11 @@ counts arrivals on its own clock, and a burst of a whole window at its edges wou
 When the provider itself says stop (`429` with `Retry-After`, or `X-RateLimit-Remaining: 0` with a reset), a shared
 pause is recorded next to the bucket and every sender for that key waits it out. Waiting happens before a request
 is made, so it never costs a delivery attempt.
+
+Admission never has to sleep: `try_acquire()` takes a slot or says how long until one may be free (a provider pause
+included), so a caller with other work (the delivery run, with other companies' rows) defers the request and does
+that work meanwhile. `admit()` adds the caller's patience (past it: `RateLimitWait`), and `acquire()` is the blocking
+form for callers with nothing else to do, built on the same two.
 """
 
 import math
@@ -25,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from pyrate_limiter import AbstractBucket, Limiter, PostgresBucket, Rate, SQLiteBucket
+from pyrate_limiter import AbstractBucket, Limiter, PostgresBucket, Rate, RateItem, SQLiteBucket
+from pyrate_limiter.limiter import combined_lock
 from sqlalchemy.engine import Engine
 
 from impactin_pipelines.connectors.retry import parse_retry_after
@@ -52,6 +58,9 @@ _UNITS_S = {
 _EPOCH_THRESHOLD_S = 1_000_000_000  # an X-RateLimit-Reset above this is a Unix time, below it a delay
 _MAX_PAUSE_S = 3600.0  # a provider header asking for more is capped: the retry policy parks the row anyway
 PAUSE_CACHE_S = 0.5  # how stale this process's view of another process's provider pause may be
+BUSY_RETRY_S = 0.02  # another sender held the bucket's lock (or the bucket reported no wait): look again this soon
+CLOCK_SYNC_S = 10.0  # how often a PostgreSQL bucket reads the database's clock again
+LOCK_WAIT_S = 1.0  # the longest a slot check waits for the bucket's lock (held for one check-and-put at a time)
 
 
 @dataclass(frozen=True)
@@ -152,17 +161,19 @@ class PauseStore:
     """`until` per key, only ever moved forward. Kept beside the bucket (same file or same database), created on
     first use like pyrate-limiter's own bucket tables.
 
-    Reads are cached per key for `cache_s` (a send checks the pause twice; without the cache each check is a
-    round trip): a pause this process records is seen at once, one another process records within `cache_s`.
-    Requests sent in between still take their slot from the shared bucket; at worst they meet the provider's own
-    429, which the retry policy handles."""
+    Reads are cached for `cache_s`, for every key at once: one query returns the pauses still running (few, if
+    any), so a process sending for fifty credentials reads the table twice a second, not fifty times. A pause this
+    process records is seen at once, one another process records within `cache_s`. Requests sent in between still
+    take their slot from the shared bucket; at worst they meet the provider's own 429, which the retry policy
+    handles."""
 
     def __init__(self, engine: Engine, cache_s: float = PAUSE_CACHE_S) -> None:
         self.engine = engine
         self.cache_s = cache_s
         self._ready = False
         self._lock = threading.Lock()
-        self._cached: dict[str, tuple[float, float]] = {}  # key -> (until_epoch, monotonic time read)
+        self._known: dict[str, float] = {}  # key -> until_epoch, for the pauses running when last read
+        self._read_at = -math.inf  # monotonic time of the last read
 
     def _ensure(self) -> None:
         if self._ready:
@@ -177,23 +188,29 @@ class PauseStore:
             self._ready = True
 
     def remaining_s(self, key: str, now: float | None = None) -> float:
-        cached = self._cached.get(key)
-        if cached is not None and time.monotonic() - cached[1] < self.cache_s:
-            until = cached[0]
-        else:
-            self._ensure()
-            with self.engine.connect() as conn:
-                found = conn.execute(sa.select(_pauses.c.until_epoch).where(_pauses.c.limit_key == key)).scalar()
-            until = float(found) if found is not None else 0.0
-            self._remember(key, until)
+        if time.monotonic() - self._read_at >= self.cache_s:
+            self._refresh()
+        with self._lock:
+            until = self._known.get(key, 0.0)
         return max(0.0, until - (now if now is not None else time.time()))
+
+    def _refresh(self) -> None:
+        self._ensure()
+        read_at, wall = time.monotonic(), time.time()
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(_pauses.c.limit_key, _pauses.c.until_epoch).where(_pauses.c.until_epoch > wall)
+            )
+            found = {key: float(until) for key, until in rows}
+        with self._lock:
+            for key, until in self._known.items():  # pauses only move forward (one recorded while we read)
+                if until > found.get(key, 0.0) and until > wall:
+                    found[key] = until
+            self._known, self._read_at = found, read_at
 
     def _remember(self, key: str, until_epoch: float) -> None:
         with self._lock:
-            previous = self._cached.get(key)
-            if previous is not None and time.monotonic() - previous[1] < self.cache_s:
-                until_epoch = max(until_epoch, previous[0])  # pauses only move forward
-            self._cached[key] = (until_epoch, time.monotonic())
+            self._known[key] = max(until_epoch, self._known.get(key, 0.0))
 
     def extend(self, key: str, until_epoch: float) -> None:
         self._ensure()
@@ -242,6 +259,29 @@ class _EnginePool:
         return None  # the engine belongs to the warehouse
 
 
+class _WarehouseBucket(PostgresBucket):
+    """pyrate-limiter's PostgreSQL bucket on the database's clock, read once every `CLOCK_SYNC_S` and carried
+    forward on this process's monotonic clock: every process stamps items on the same time base (the database's),
+    without a clock query (a connection checkout and a round trip) before every slot."""
+
+    def __init__(self, pool: Any, table: str, rates: list[Rate]) -> None:
+        super().__init__(pool, table, rates)
+        self._offset_ms: float | None = None
+        self._synced_at = -math.inf
+        self._clock_lock = threading.Lock()
+
+    def now(self) -> int:
+        mono = time.monotonic()
+        with self._clock_lock:
+            if self._offset_ms is None or mono - self._synced_at >= CLOCK_SYNC_S:
+                before = time.monotonic()
+                database_ms = super().now()
+                after = time.monotonic()
+                self._offset_ms = database_ms - (before + after) * 500  # against the middle of the round trip
+                self._synced_at = mono = after
+            return int(mono * 1000 + self._offset_ms)
+
+
 def _rates(rate: RateLimit) -> list[Rate]:
     """At most one request per spacing, and at most `limit` per (margined) window."""
     spacing_ms = math.ceil(rate.enforced_window_s * 1000 / rate.limit)
@@ -267,35 +307,68 @@ class SharedRateLimiter:
         self.limiter = limiter
         self.pauses = pauses
         self.sleep = sleep
-        self._slice_s = max(0.05, rate.spacing_s)
+
+    def try_acquire(self) -> float:
+        """Take a slot now if there is one: 0.0 when taken (send at once), otherwise the seconds until one may be
+        free (a provider pause included). Never sleeps; nothing is taken when it returns more than 0."""
+        return self._try()[0]
+
+    def admit(self, max_wait_s: float, waited_s: float = 0.0) -> float:
+        """`try_acquire`, for a caller that has already held its request back for `waited_s` and holds it at most
+        `max_wait_s` in all: 0.0 (slot taken) or the seconds to hold it further. Raises RateLimitWait (nothing
+        sent, nothing taken) when the quota or a provider pause would keep it past `max_wait_s`."""
+        wait_s, paused = self._try()
+        if wait_s > 0 and waited_s + wait_s > max_wait_s:
+            if paused:
+                message = f"the provider asked to pause {wait_s:.1f} s (over the {max_wait_s:g} s we wait)"
+                raise RateLimitWait(message, wait_s)
+            raise RateLimitWait(f"no room in the shared {self.rate} quota within {max_wait_s:g} s", self.rate.spacing_s)
+        return wait_s
 
     def acquire(self, max_wait_s: float) -> float:
         """Block until this process may send one request; returns the seconds waited. Raises RateLimitWait
         (nothing sent) when the quota or a provider pause would keep us longer than `max_wait_s`."""
         started = time.monotonic()
-        deadline = started + max_wait_s
         for _ in range(100_000):  # every round waits; the deadline ends the loop long before this
-            pause = self.pauses.remaining_s(self.key)
-            if pause > 0:
-                if time.monotonic() + pause > deadline:
-                    message = f"the provider asked to pause {pause:.1f} s (over the {max_wait_s:g} s we wait)"
-                    raise RateLimitWait(message, pause)
-                self.sleep(pause)
-                continue
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise RateLimitWait(
-                    f"no room in the shared {self.rate} quota within {max_wait_s:g} s", self.rate.spacing_s
-                )
-            # Short slices: pyrate-limiter advances a waiting item's timestamp by the time it meant to sleep, not
-            # by the time that passed (lock waits, oversleep), so a long wait would record the request earlier
-            # than it really goes out. A fresh item per slice keeps the recorded time honest.
-            if not self.limiter.try_acquire(self.key, blocking=True, timeout=min(left, self._slice_s)):
-                continue
-            if self.pauses.remaining_s(self.key) <= 0:
-                return time.monotonic() - started
-            # a pause arrived while we queued for the slot: the slot is spent, the pause wins
+            waited = time.monotonic() - started
+            wait_s = self.admit(max_wait_s, waited)
+            if wait_s <= 0:
+                return waited
+            self.sleep(wait_s)
         raise RateLimitWait("rate limiter gave up waiting", self.rate.spacing_s)
+
+    def _try(self) -> tuple[float, bool]:
+        """(seconds until a slot may be free, whether that is a provider pause); (0.0, False): a slot was taken."""
+        pause = self.pauses.remaining_s(self.key)
+        if pause > 0:
+            return pause, True
+        wait_s = self._take_slot()
+        if wait_s > 0:
+            return wait_s, False
+        pause = self.pauses.remaining_s(self.key)
+        if pause > 0:  # a pause arrived while we took the slot: the slot is spent, the pause wins
+            return pause, True
+        return 0.0, False
+
+    def _take_slot(self) -> float:
+        """One check-and-put into the shared bucket, under the limiter's lock (with the SQLite bucket, a file lock
+        shared by every process): 0.0 when the slot is ours, otherwise the bucket's own estimate of the wait.
+        The item is stamped when it goes in, so the recorded time is the time the request leaves."""
+        factory = self.limiter.bucket_factory
+        try:
+            with combined_lock(self.limiter.lock, blocking=True, timeout=LOCK_WAIT_S):
+                item = factory.wrap_item(self.key, 1)
+                assert isinstance(item, RateItem)  # our buckets are synchronous
+                bucket = factory.get(item)
+                assert isinstance(bucket, AbstractBucket)
+                if bucket.put(item):
+                    return 0.0
+                wait_ms = bucket.waiting(item)
+                assert isinstance(wait_ms, int)
+        except TimeoutError:  # the lock stayed busy: another sender is taking a slot right now
+            return BUSY_RETRY_S
+        # PostgreSQL's bucket answers a contended table lock with "no" and no wait: look again shortly
+        return max(BUSY_RETRY_S, wait_ms / 1000)
 
     def observe(self, status: int, headers: Mapping[str, str]) -> float | None:
         """Record a pause for every sender when the response asks for one; returns its length."""
@@ -307,7 +380,7 @@ class SharedRateLimiter:
 
 _registry: dict[tuple[str, str, RateLimit], SharedRateLimiter] = {}
 _registry_lock = threading.Lock()
-_sqlite_stores: dict[str, PauseStore] = {}
+_pause_stores: dict[str, PauseStore] = {}  # one per bucket location: one read serves every credential's pause
 
 
 def _location(engine: Engine) -> str:
@@ -331,13 +404,15 @@ def shared_limiter(engine: Engine, provider: str, credential_key: str, rate: Rat
             bucket: AbstractBucket = SQLiteBucket.init_from_file(
                 _rates(rate), table=f"ratelimit_{key}", db_path=str(path), use_file_lock=True
             )
-            pauses = _sqlite_stores.get(str(path))
+            pauses = _pause_stores.get(registry_key[0])
             if pauses is None:
-                pauses = _sqlite_stores[str(path)] = PauseStore(make_engine(f"sqlite:///{path}"))
+                pauses = _pause_stores[registry_key[0]] = PauseStore(make_engine(f"sqlite:///{path}"))
             limiter = Limiter(bucket, buffer_ms=0)
         else:
-            bucket = PostgresBucket(_EnginePool(engine), key, _rates(rate))
-            pauses = PauseStore(engine)
+            bucket = _WarehouseBucket(_EnginePool(engine), key, _rates(rate))
+            pauses = _pause_stores.get(registry_key[0])
+            if pauses is None or pauses.engine is not engine:
+                pauses = _pause_stores[registry_key[0]] = PauseStore(engine)
             limiter = Limiter(bucket, buffer_ms=1)  # lock contention can report no wait: never spin at 0
         found = _registry[registry_key] = SharedRateLimiter(key, rate, limiter, pauses)
         return found
@@ -349,6 +424,7 @@ def close_shared_limiters() -> None:
         for limiter in _registry.values():
             limiter.limiter.close()
         _registry.clear()
-        for store in _sqlite_stores.values():
-            store.engine.dispose()
-        _sqlite_stores.clear()
+        for store in _pause_stores.values():
+            if is_sqlite(store.engine):  # ours; a PostgreSQL store uses the warehouse's engine
+                store.engine.dispose()
+        _pause_stores.clear()

@@ -76,6 +76,7 @@ class OAuthTokenIssuer:
         self.api_refuses_tokens = False  # True: the API answers 401 to every token, valid or not
         self.expired: set[str] = set()  # tokens that were refused once for being past their expiry
         self.bearer_refusals: dict[str, int] = {"missing": 0, "expired": 0, "unknown": 0, "refused": 0}
+        self.clients: dict[str, str] = {}  # more accepted client ids -> secrets, each its own credential
 
     # -- control -----------------------------------------------------------------------------------------
     def configure(self, spec: Mapping[str, Any]) -> None:
@@ -83,7 +84,8 @@ class OAuthTokenIssuer:
         `token_fail_next`: faults for the token endpoint only, consumed in order, e.g. {"status": 503, "count": 2},
         {"status": 401, "body": "<html>no</html>", "content_type": "text/html"}, {"mode": "hang", "seconds": 5};
         `expire_tokens`: true makes every token issued so far unknown (a provider-side revocation);
-        `api_refuses_tokens`: true makes the API refuse every token, valid or not (credentials it does not accept)."""
+        `api_refuses_tokens`: true makes the API refuse every token, valid or not (credentials it does not accept);
+        `clients`: {client_id: client_secret, ...} accepted besides the default one (one credential per company)."""
         with self.lock:
             if "token_expires_in" in spec:
                 self.expires_in = float(spec["token_expires_in"])
@@ -94,6 +96,8 @@ class OAuthTokenIssuer:
                 self.tokens.clear()
             if "api_refuses_tokens" in spec:
                 self.api_refuses_tokens = bool(spec["api_refuses_tokens"])
+            if "clients" in spec:
+                self.clients.update({str(k): str(v) for k, v in dict(spec["clients"] or {}).items()})
 
     def reset(self) -> None:
         with self.lock:
@@ -105,6 +109,7 @@ class OAuthTokenIssuer:
             self.api_refuses_tokens = False
             self.expired.clear()
             self.bearer_refusals = dict.fromkeys(self.bearer_refusals, 0)
+            self.clients.clear()
 
     def revoke_all(self) -> None:
         with self.lock:
@@ -140,10 +145,9 @@ class OAuthTokenIssuer:
         client_id, client_secret = self._credentials(request, form)
         if client_id is None:
             return _oauth_error(401, "invalid_client", "client authentication is required")
-        if not (
-            secrets.compare_digest(client_id.encode(), self.client_id.encode())
-            and secrets.compare_digest((client_secret or "").encode(), self.client_secret.encode())
-        ):
+        with self.lock:
+            expected = self.client_secret if client_id == self.client_id else self.clients.get(client_id)
+        if expected is None or not secrets.compare_digest((client_secret or "").encode(), expected.encode()):
             return _oauth_error(401, "invalid_client", "unknown client or wrong secret")
         now = self.clock()
         with self.lock:
@@ -212,6 +216,12 @@ class OAuthTokenIssuer:
     def bearer_token(self, request: Request) -> str | None:
         scheme, _, value = (request.header("Authorization") or "").partition(" ")
         return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+    def client_of(self, token: str | None) -> str | None:
+        """The client a token was issued to (None when unknown)."""
+        with self.lock:
+            issued = self.tokens.get(token or "")
+            return issued.client_id if issued is not None else None
 
     def is_valid(self, token: str | None) -> bool:
         return self._problem(token) is None

@@ -20,13 +20,20 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from impactin_pipelines.connectors.base import AttemptResult, OutboundDelivery
+from impactin_pipelines.connectors.base import (
+    AttemptResult,
+    Connector,
+    Deferral,
+    DeferringConnector,
+    OutboundDelivery,
+)
 from impactin_pipelines.connectors.registry import ConnectorFactory
 from impactin_pipelines.connectors.retry import Decision, RetryPolicy, Spent, Step
 from impactin_pipelines.domain.errors import ConfigError
 from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.domain.statuses import DeliveryStatus, ErrorKind, RowOutcome
 from impactin_pipelines.observability import log_delivery
+from impactin_pipelines.services.deferred import Deferred, DeferredRows, Held
 from impactin_pipelines.settings import DeliverySettings
 from impactin_pipelines.store.circuits import CircuitGate, Hold
 from impactin_pipelines.store.claimants import Claimant
@@ -38,6 +45,8 @@ PROVIDER_RESPONSE_CHARS = 16 * 1024
 ROWS_KEPT = 1000  # per-row results a report keeps for rows that did not succeed (the counts cover every row)
 LOST_AT_SEND = "claim lost before sending (taken over or lapsed): not sent"
 LOST_AT_SETTLE = "claim lost before settling (another claimant holds it now): attempt recorded, row left to it"
+HALTED_NOT_SENT = "not sent: this run could no longer record deliveries"
+HELD_CLAIM_BATCHES = 5  # rows held for their quota, at most, in claim batches: a run does not claim the whole outbox
 
 
 @dataclass(frozen=True)
@@ -174,6 +183,9 @@ class DeliveryRun:
         # run sends nothing more, since what it sent could not be recorded; its unsent rows come back when released
         # or when their lease lapses. Without it, every claimed row would go out unrecorded and be sent again.
         self._halted = threading.Event()
+        self._deferred = DeferredRows()  # rows held for their quota (services/deferred), by the drain loop only
+        self._defers: bool | None = None  # does this provider's connector defer for a quota (known once one is built)
+        self._quotas: dict[str, tuple[str, float] | None] = {}
 
     # -- the pass --------------------------------------------------------------------------------------------
     def run(self) -> DeliveryReport:
@@ -225,19 +237,80 @@ class DeliveryRun:
         dead = self.outbox.dead_claimants(self.provider.value, self.company_ids)
         if dead:
             self.log.warning(f"reclaiming rows of {len(dead)} dead claimant(s): {', '.join(dead)}")
-        in_flight: set[Future[RowResult]] = set()
+        self._drain_with(pool, dead)
+
+    def _drain_with(self, pool: ThreadPoolExecutor, dead: Sequence[str]) -> None:
+        """Claim and send until nothing claimable is left and no row is held for its quota. A row whose quota has
+        no slot comes back deferred: it is held (still claimed) and offered again when its bucket should have
+        room, while the send threads take other rows; claiming goes on while rows are held, up to a bound."""
+        in_flight: set[Future[RowResult | Deferred]] = set()
+        held_limit = self.settings.claim_batch * HELD_CLAIM_BATCHES
         exhausted = False
+        # The last batch went to busy buckets only (nothing of it could go now): claiming more would most likely
+        # bring rows of the same buckets, so the run claims again only once few rows are held (as few as it would
+        # have in its pool), and leaves the rest to other runs meanwhile.
+        stalled = False
+
+        def submit(row: OutboundDelivery, held: Held | None = None) -> None:
+            in_flight.add(pool.submit(self._deliver_row, row, held))
+
+        def room() -> bool:  # the pool has (nearly) nothing queued
+            return len(in_flight) < self.settings.concurrency * 2
+
         while True:
-            if not exhausted and not self._halted.is_set() and len(in_flight) < self.settings.concurrency * 2:
+            if self._halted.is_set():
+                for held in self._deferred.take_all():  # nothing more goes out: leave them to a later run
+                    self.report.add(RowResult(held.row, RowOutcome.NOT_SENT, None, held.attempts, HALTED_NOT_SENT))
+            if room():
+                for held in self._deferred.due():  # the longest due first; the rest stay due until there is room
+                    submit(held.row, held)
+                    if not room():
+                        break
+            if (
+                not exhausted
+                and not self._halted.is_set()
+                and room()
+                and len(self._deferred) < held_limit
+                and (not stalled or len(self._deferred) < self.settings.concurrency * 2)
+            ):
                 batch = self._claim(dead)
                 exhausted = not batch
-                in_flight.update(pool.submit(self._deliver_row, row) for row in batch)
+                submitted = 0
+                for row in batch:
+                    if self._deferred.admit_fresh(row, self._quota(row.company_id)):
+                        submit(row)
+                        submitted += 1
+                stalled = bool(batch) and not submitted
                 continue
-            if not in_flight:
+            if not in_flight and not len(self._deferred):
                 return
-            done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+            due_in = self._deferred.next_due_in() if room() else None  # a full pool: wait for it, not for the time
+            if due_in is None and not in_flight:  # defensive: a held row always has a due time
+                due_in = 0.05
+            done, in_flight = wait(in_flight, timeout=due_in, return_when=FIRST_COMPLETED)
             for future in done:
-                self.report.add(future.result())
+                outcome = future.result()
+                if isinstance(outcome, Deferred):
+                    self._deferred.hold(outcome)
+                else:
+                    self.report.add(outcome)
+
+    def _quota(self, company_id: str) -> tuple[str, float] | None:
+        """The quota a company's rows draw on (bucket key, interval between requests), when its provider's
+        connector can defer for one (None: send as claimed). Asked of the company's connector, built once per
+        factory (a config error: None, and the send path settles the row)."""
+        if self._defers is False:
+            return None
+        if company_id in self._quotas:
+            return self._quotas[company_id]
+        try:
+            connector = self.factory.connector(company_id, self.provider)
+        except ConfigError:
+            return None
+        self._defers = isinstance(connector, DeferringConnector)  # one connector class per provider
+        quota = (connector.quota_key, connector.quota_spacing_s) if isinstance(connector, DeferringConnector) else None
+        self._quotas[company_id] = quota
+        return quota
 
     def _wait_for_foreign_claims(self, pool: ThreadPoolExecutor) -> None:
         """Rows held by another claimant: wait for their lease unless the claimant shows it is alive (its lease
@@ -260,24 +333,19 @@ class DeliveryRun:
                 pause = (soonest - utcnow()).total_seconds() + 0.05
                 self.sleep(min(1.0, max(0.05, pause)))
 
-    def _drain_with(self, pool: ThreadPoolExecutor, dead: Sequence[str]) -> None:
-        while batch := self._claim(dead):
-            for future in [pool.submit(self._deliver_row, row) for row in batch]:
-                self.report.add(future.result())
-
     # -- one row ---------------------------------------------------------------------------------------------
-    def _deliver_row(self, row: OutboundDelivery) -> RowResult:
+    def _deliver_row(self, row: OutboundDelivery, held: Held | None = None) -> RowResult | Deferred:
         if self._halted.is_set():
-            return RowResult(row, RowOutcome.NOT_SENT, None, 0, "not sent: this run could no longer record deliveries")
+            return RowResult(row, RowOutcome.NOT_SENT, None, held.attempts if held else 0, HALTED_NOT_SENT)
         try:
-            return self._send_until_settled(row)
+            return self._send_until_settled(row, held)
         except Exception as exc:  # the warehouse went away mid-row: the lease brings the row back later
             self._halted.set()
             message = f"delivery could not be recorded (no more sends in this run): {type(exc).__name__}: {exc}"
             self._log_row(logging.ERROR, message, row, row.status, row.attempt_count)
             return RowResult(row, RowOutcome.UNRECORDED, None, 0, f"{type(exc).__name__}: {exc}")
 
-    def _send_until_settled(self, row: OutboundDelivery) -> RowResult:
+    def _send_until_settled(self, row: OutboundDelivery, held: Held | None = None) -> RowResult | Deferred:
         if not row.payload:
             settlement = Settlement(
                 DeliveryStatus.FAILED, ErrorKind.INVALID_EVENT, "no payload was built for this event"
@@ -293,7 +361,8 @@ class DeliveryRun:
             self._log_row(logging.ERROR, "delivery not configured", row, DeliveryStatus.FAILED, row.attempt_count)
             return RowResult(row, RowOutcome.FAILED, ErrorKind.CONFIG, 0)
 
-        spent, attempts = Spent(), 0
+        spent, attempts = (held.spent, held.attempts) if held else (Spent(), 0)
+        waiting_since = held.waiting_since if held else None  # its quota wait so far (until it sends)
         while True:
             if attempts and self._halted.is_set():  # its last attempt is recorded; the next waits for a later run
                 return RowResult(
@@ -304,7 +373,11 @@ class DeliveryRun:
                 return RowResult(row, RowOutcome.HELD, None, attempts, ticket.reason)
             if not self.outbox.confirm(self.claimant, row.id, row.claim_version, self.settings.lease_s):
                 return self._claim_lost(row, attempts, LOST_AT_SEND)
-            result = connector.send(row)
+            sent = self._offer(connector, row, waiting_since)
+            if isinstance(sent, Deferral):  # no quota slot now: nothing sent, no attempt; the run holds the row
+                self.circuits.release(ticket)
+                return Deferred(row, sent, spent, attempts, waiting_since)
+            result, waiting_since = sent, None
             attempts += 1
             decision = self.policy.decide(
                 result.outcome,
@@ -333,6 +406,14 @@ class DeliveryRun:
                 return RowResult(row, RowOutcome.settled(settlement.status), settlement.error_kind, attempts)
             spent = decision.spent
             self.sleep(decision.delay_s)
+
+    @staticmethod
+    def _offer(connector: Connector, row: OutboundDelivery, waiting_since: float | None) -> AttemptResult | Deferral:
+        """One send, unless the connector has a quota it can check without waiting and it has no slot now."""
+        if not isinstance(connector, DeferringConnector):
+            return connector.send(row)
+        waited_s = 0.0 if waiting_since is None else max(0.0, time.monotonic() - waiting_since)
+        return connector.try_send(row, waited_s)
 
     def _settlement(self, row: OutboundDelivery, result: AttemptResult, decision: Decision) -> Settlement:
         response = (result.response_body or "")[:PROVIDER_RESPONSE_CHARS] or None

@@ -215,6 +215,17 @@ class CircuitGate:
         until = f" until {circuit.open_until:%Y-%m-%d %H:%M:%S}Z" if circuit.open_until else ""
         return f"held: the circuit for {self.provider} is open{until} after {circuit.failures} transient failure(s)"
 
+    def release(self, ticket: Ticket) -> None:
+        """The leave went unused (the row was deferred for its quota, nothing sent): a probe's turn is given back
+        at once instead of holding the breaker half-open until the probe times out. Advisory, like `report`."""
+        if not ticket.probe:
+            return
+        now = self.clock()
+        try:
+            self._remember(self.store.change(self.provider, ticket.scope, lambda cur: cur.probe_undecided(now))[0])
+        except Exception as exc:
+            self.log.warning(f"circuit {self.provider} {ticket.scope}: probe not released: {type(exc).__name__}")
+
     def report(self, ticket: Ticket, row: OutboundDelivery, result: AttemptResult) -> None:
         """Count a transient failure, close after a success; write only when that changes something. Advisory: a
         warehouse error here is logged, never raised (the attempt itself is already recorded)."""

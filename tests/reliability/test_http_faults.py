@@ -44,11 +44,13 @@ def test_connection_reset(engine, sandbox, case) -> None:
 
 
 def test_429_storm_with_retry_after(engine, sandbox, case) -> None:
-    """16 refusals for 4 workers: some row is refused at least 4 times, more than the 3 attempts a row has, yet
-    everything goes out in the first run, because a rate-limit wait costs no attempt; each wait is the
-    provider's Retry-After (scaled down to 0.2 s, like every delay in the tests)."""
+    """16 refusals for 4 rows and 4 workers: some row is refused at least 4 times (by pigeonhole: where the
+    refusals land depends on scheduling, and a run holds rows behind a provider's pause instead of blocking its
+    workers on them), more than the 3 attempts a row has, yet everything goes out in the first run, because a
+    rate-limit wait costs no attempt; each wait is the provider's Retry-After (scaled down to 0.2 s, like every
+    delay in the tests)."""
     faults = {"fail_next": {"status": 429, "retry_after": "0.2", "count": 16}}
-    out = deliver_with_fault(engine, sandbox, case, "429 storm", faults, max_runs=1)
+    out = deliver_with_fault(engine, sandbox, case, "429 storm", faults, n=4, max_runs=1)
     out.ledger.check()
     _all_consumed(sandbox, case)
     assert out.ledger.runs == 1

@@ -2,7 +2,9 @@
 
 Per send: a bearer token (stored, encrypted, re-fetched on time; asked for first so a row that cannot get one never
 takes a quota slot), then a slot in the quota every process shares, then the token again -- a wait for a slot can
-outlast a short-lived token, and the request must leave with a fresh one -- then exactly one request. A 401 forgets
+outlast a short-lived token, and the request must leave with a fresh one -- then exactly one request. The delivery
+run uses `try_send`, which never waits for the slot: with none free it answers a `Deferral` and the run sends other
+companies' rows meanwhile; `send` waits. A 401 forgets
 the token, so the delivery loop's free retry fetches a new one; a provider "slow down" (429, or
 X-RateLimit-Remaining: 0) pauses every sender of these credentials until its reset.
 """
@@ -18,6 +20,7 @@ from impactin_pipelines.connectors.base import (
     AttemptResult,
     ConnectivityResult,
     ConnectorContext,
+    Deferral,
     OutboundDelivery,
     PreparedRequest,
 )
@@ -34,6 +37,7 @@ from impactin_pipelines.connectors.ratelimit import (
     RateLimit,
     RateLimitWait,
     SharedRateLimiter,
+    limit_key,
     parse_rate_limit,
     shared_limiter,
 )
@@ -130,6 +134,16 @@ class GooderaConnector:
                 )
             return self._limiter
 
+    @property
+    def quota_key(self) -> str:
+        """The shared bucket's name for these credentials (a hash, never the credential); opens nothing."""
+        return limit_key(self.provider.value, self.oauth.credential_key)
+
+    @property
+    def quota_spacing_s(self) -> float:
+        """The interval the quota keeps between two requests."""
+        return self.config.rate.spacing_s
+
     def prepare(self, delivery: OutboundDelivery, token: str | None = None) -> PreparedRequest:
         return PreparedRequest(
             method="POST",
@@ -144,10 +158,28 @@ class GooderaConnector:
         )
 
     def send(self, delivery: OutboundDelivery) -> AttemptResult:
+        """Exactly one request, waiting (up to the max wait) for a quota slot first."""
+        sent = self._send(delivery, wait=True)
+        assert isinstance(sent, AttemptResult)
+        return sent
+
+    def try_send(self, delivery: OutboundDelivery, waited_s: float = 0.0) -> AttemptResult | Deferral:
+        """Exactly one request if the quota has a slot now; otherwise a Deferral, nothing sent and nothing spent
+        (the delivery run offers the row again when the slot should be free, and sends other rows meanwhile).
+        A row held past the max wait in all (`waited_s` so far) is answered as `send` would after waiting that
+        long: RATE_LIMITED, not sent."""
+        return self._send(delivery, wait=False, waited_s=waited_s)
+
+    def _send(self, delivery: OutboundDelivery, *, wait: bool, waited_s: float = 0.0) -> AttemptResult | Deferral:
         started = _now()
         try:
             self.oauth.token()  # no token, no slot: a row that cannot be sent must not spend the quota
-            self.limiter.acquire(self.max_wait_s)
+            if wait:
+                self.limiter.acquire(self.max_wait_s)
+            else:
+                ready_in_s = self.limiter.admit(self.max_wait_s, waited_s)
+                if ready_in_s > 0:
+                    return Deferral(self.limiter.key, ready_in_s, self.limiter.rate.spacing_s)
             token = self.oauth.token()  # fresh when the request leaves, however long the slot took
         except TokenEndpointUnavailable as exc:
             return self._unsent(AttemptOutcome.RETRYABLE, started, str(exc), exc.retry_after_s)

@@ -1,8 +1,10 @@
 """Fake Goodera: OAuth2 client credentials at `/oauth/token`, `POST /v2/events/impact` with a sliding-window rate
 limit (429 + Retry-After + X-RateLimit-*), dedup by idempotency key, and the shared fault knobs.
 
-Every admitted API request's arrival time is kept (`admitted_at` in the snapshot), so tests and the quota benchmark
-can check that no window ever held more than the limit.
+The quota belongs to the credential, as Goodera's does: each client id (the default one, or those added with the
+`clients` knob) has its own window of `limit` requests. Every admitted API request's arrival time is kept
+(`admitted_at` in the snapshot, and per client in `admitted_by_client`), so tests and the quota benchmarks can check
+that no window ever held more than the limit.
 """
 
 import itertools
@@ -81,9 +83,10 @@ class GooderaSandbox(ProviderSandbox):
         self.oauth = OAuthTokenIssuer(client_id, client_secret, expires_in=token_expires_in, clock=clock)
         self.limit = limit
         self.window_s = window_s
-        self._window: deque[float] = deque()  # arrival times of admitted API requests inside the window
+        self._windows: dict[str, deque[float]] = {}  # per client: arrival times of admitted requests in the window
         self._window_lock = threading.Lock()
         self.admitted_at: list[float] = []
+        self.admitted_by_client: dict[str, list[float]] = {}
         self.rate_limited = 0
         self.rate_limit_headers = True  # False: successes carry no X-RateLimit-* (the provider only ever says 429)
         self._ids = itertools.count(1)
@@ -117,8 +120,9 @@ class GooderaSandbox(ProviderSandbox):
     def reset_extra(self) -> None:
         self.oauth.reset()
         with self._window_lock:
-            self._window.clear()
+            self._windows.clear()
             self.admitted_at.clear()
+            self.admitted_by_client.clear()
             self.rate_limited = 0
             self.rate_limit_headers = True
 
@@ -126,6 +130,7 @@ class GooderaSandbox(ProviderSandbox):
         snap = super().snapshot()
         with self._window_lock:
             snap["admitted_at"] = list(self.admitted_at)
+            snap["admitted_by_client"] = {client: list(times) for client, times in self.admitted_by_client.items()}
             snap["rate_limited"] = self.rate_limited
             snap["limit"] = {"limit": self.limit, "window_s": self.window_s}
         snap["oauth"] = self.oauth.stats()
@@ -142,7 +147,7 @@ class GooderaSandbox(ProviderSandbox):
         refused = self.oauth.refuse_bearer(request)
         if refused is not None:
             return refused
-        admitted, remaining, reset_s = self._admit()
+        admitted, remaining, reset_s = self._admit(self.oauth.client_of(self.oauth.bearer_token(request)) or "")
         limit_headers = {
             "X-RateLimit-Limit": str(self.limit),
             "X-RateLimit-Remaining": str(remaining),
@@ -157,19 +162,22 @@ class GooderaSandbox(ProviderSandbox):
             response.headers.update(limit_headers)
         return response
 
-    def _admit(self) -> tuple[bool, int, float]:
-        """Sliding window over admitted requests: (admitted, remaining after this one, seconds until reset)."""
+    def _admit(self, client_id: str) -> tuple[bool, int, float]:
+        """Sliding window over the client's admitted requests: (admitted, remaining after this one, seconds until
+        reset)."""
         with self._window_lock:
             now = self.clock()
-            while self._window and self._window[0] <= now - self.window_s:
-                self._window.popleft()
-            if len(self._window) >= self.limit:
+            window = self._windows.setdefault(client_id, deque())
+            while window and window[0] <= now - self.window_s:
+                window.popleft()
+            if len(window) >= self.limit:
                 self.rate_limited += 1
-                return False, 0, max(0.0, self._window[0] + self.window_s - now)
-            self._window.append(now)
+                return False, 0, max(0.0, window[0] + self.window_s - now)
+            window.append(now)
             self.admitted_at.append(now)
-            remaining = self.limit - len(self._window)
-            reset_s = self._window[0] + self.window_s - now
+            self.admitted_by_client.setdefault(client_id, []).append(now)
+            remaining = self.limit - len(window)
+            reset_s = window[0] + self.window_s - now
             return True, remaining, max(0.0, reset_s)
 
     def _accept(self, request: Request) -> Response:
