@@ -8,12 +8,13 @@ over or lapsed while it waited in the pool, or between retries, is left to its n
 """
 
 import logging
+import queue
 import random
 import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -113,6 +114,22 @@ class DeliveryReport:
         for counts in self.by_company.values():
             total.update(counts)
         return total
+
+
+def _finished(
+    finished: "queue.SimpleQueue[Future[RowResult | Deferred]]", timeout: float | None
+) -> list[Future[RowResult | Deferred]]:
+    """The futures that finished: waits up to `timeout` (None: until one does) for the first, then takes the rest
+    that are ready."""
+    try:
+        done = [finished.get(timeout=timeout)]
+    except queue.Empty:
+        return []
+    while True:
+        try:
+            done.append(finished.get_nowait())
+        except queue.Empty:
+            return done
 
 
 class _Heartbeat:
@@ -251,8 +268,14 @@ class DeliveryRun:
         # have in its pool), and leaves the rest to other runs meanwhile.
         stalled = False
 
+        # Finished rows arrive here (one callback each), so noticing one costs the same however many are in flight;
+        # `concurrent.futures.wait` would visit every future in flight (a claim batch of them) each time.
+        finished: queue.SimpleQueue[Future[RowResult | Deferred]] = queue.SimpleQueue()
+
         def submit(row: OutboundDelivery, held: Held | None = None) -> None:
-            in_flight.add(pool.submit(self._deliver_row, row, held))
+            future = pool.submit(self._deliver_row, row, held)
+            in_flight.add(future)
+            future.add_done_callback(finished.put)
 
         def room() -> bool:  # the pool has (nearly) nothing queued
             return len(in_flight) < self.settings.concurrency * 2
@@ -287,8 +310,8 @@ class DeliveryRun:
             due_in = self._deferred.next_due_in() if room() else None  # a full pool: wait for it, not for the time
             if due_in is None and not in_flight:  # defensive: a held row always has a due time
                 due_in = 0.05
-            done, in_flight = wait(in_flight, timeout=due_in, return_when=FIRST_COMPLETED)
-            for future in done:
+            for future in _finished(finished, due_in):
+                in_flight.discard(future)
                 outcome = future.result()
                 if isinstance(outcome, Deferred):
                     self._deferred.hold(outcome)
