@@ -1,33 +1,24 @@
-"""Run every benchmark in turn (each measures its own baseline)."""
+"""Run every benchmark in turn (each measures its own baseline): the others first, then the scale goals (B1-B5 and
+Benevity's throughput, `benchmarks/scale.py`), which end with one table of every goal."""
 
 from benchmarks import (
-    benevity_throughput,
-    claims,
     deep_pages,
-    empty_night,
     goodera_quota,
-    many_quotas,
     metrics_scrape,
-    night,
     partition_fanout,
     priority,
     replay_and_stats,
-    staging,
+    scale,
 )
 
 BENCHMARKS = [
-    benevity_throughput,
     partition_fanout,
-    empty_night,
     goodera_quota,
-    many_quotas,
     replay_and_stats,
-    staging,
-    claims,
     metrics_scrape,
     deep_pages,
     priority,
-    night,
+    scale,
 ]
 
 
