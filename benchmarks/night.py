@@ -158,6 +158,7 @@ def _night(env: dict[str, str], profile: Path | None) -> tuple[float, float, flo
                     "--format",
                     "raw",
                     "--nonblocking",
+                    "--gil",  # only the thread holding the GIL: each run is GIL-bound, so that is where time goes
                     "--subprocesses",
                     "-o",
                     str(out),

@@ -7,12 +7,16 @@ The loop that retries is the delivery service's, driven by `connectors.retry`.
 import ipaddress
 import socket
 import threading
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from requests.structures import CaseInsensitiveDict
+from requests.utils import check_header_validity
 from urllib3.exceptions import NameResolutionError
 
 from impactin_pipelines.connectors.base import AttemptResult, PreparedRequest
@@ -54,6 +58,47 @@ class Session(requests.Session):
         copy = settings.copy()
         copy["proxies"] = dict(settings["proxies"])
         return copy
+
+    def send_body(
+        self, method: str, url: str, body: bytes, headers: Mapping[str, str], timeout: tuple[float, float]
+    ) -> requests.Response:
+        """One request with a body of bytes, no redirects, read in full: what every provider send is.
+
+        It goes through the same transport adapter as `request` (the environment's proxies and CA bundle, TLS
+        verification, requests' exceptions), but skips the generic preparation a send does not need and that costs
+        as much CPU as the exchange itself: the URL is parsed once per URL, and no cookie jar, hook or `~/.netrc`
+        is consulted (no provider API sets cookies, and netrc credentials have no business going to a provider)."""
+        prepared = requests.PreparedRequest()
+        prepared.method = method.upper()
+        prepared.url = _prepared_url(url)
+        merged: CaseInsensitiveDict[str] = CaseInsensitiveDict(cast("Mapping[str, str]", self.headers))
+        for header in headers.items():
+            check_header_validity(header)  # a newline in a value would let it write a header of its own
+            merged[header[0]] = header[1]
+        merged["Content-Length"] = str(len(body))
+        prepared.headers = merged
+        prepared.body = body
+        prepared.hooks = {"response": []}
+        settings = self.merge_environment_settings(prepared.url, {}, None, None, None)
+        response = self.get_adapter(prepared.url).send(
+            prepared,
+            stream=False,
+            timeout=timeout,
+            verify=True if settings["verify"] is None else settings["verify"],
+            cert=settings["cert"],
+            proxies=settings["proxies"],
+        )
+        response.content  # noqa: B018 - read the body now, inside the exchange's timing and error handling
+        return response
+
+
+@lru_cache(maxsize=1024)
+def _prepared_url(url: str) -> str:
+    """requests' own URL preparation (IDNA, quoting, validation), once per URL; raises requests' InvalidURL."""
+    prepared = requests.PreparedRequest()
+    prepared.prepare_url(url, None)
+    assert prepared.url is not None
+    return prepared.url
 
 
 def new_session(pool_size: int = 10) -> requests.Session:
@@ -111,11 +156,25 @@ def classify_exception(exc: requests.RequestException) -> tuple[AttemptOutcome, 
         return AttemptOutcome.CONFIG, f"host does not resolve: {cause}"
     if isinstance(exc, requests.exceptions.InvalidURL | requests.exceptions.MissingSchema):
         return AttemptOutcome.CONFIG, f"invalid URL: {exc}"
+    if isinstance(exc, requests.exceptions.ProxyError):
+        return AttemptOutcome.RETRYABLE, f"proxy error: {type(cause).__name__}: {cause}"
     if isinstance(exc, requests.exceptions.Timeout):
         return AttemptOutcome.RETRYABLE, f"timeout: {type(exc).__name__}"
     if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.ChunkedEncodingError):
         return AttemptOutcome.RETRYABLE, f"connection error: {type(cause).__name__}: {cause}"
     return AttemptOutcome.RETRYABLE, f"{type(exc).__name__}: {exc}"
+
+
+def _refused_header(request: PreparedRequest) -> str | None:
+    """Why a header cannot be sent (a newline would let its value write headers of its own), naming the header and,
+    unless it is a secret, the value; None when every header is sendable."""
+    for name, value in request.headers.items():
+        try:
+            check_header_validity((name, value))
+        except requests.exceptions.InvalidHeader:
+            shown = "(secret, not shown)" if name.lower() in request.secret_headers else repr(value)
+            return f"header {name!r} has a value that cannot be sent (leading space or a line break): {shown}"
+    return None
 
 
 def _is_html(response: requests.Response) -> bool:
@@ -136,15 +195,21 @@ def exchange(
     """Send once; classify by status whatever the body is (an HTML 502 is still a 502). The body is scrubbed before
     any excerpt of it is cut, so a secret straddling the cut cannot leave its first half behind."""
     started = _now()
+    refused = _refused_header(request)
+    if refused is not None:
+        return AttemptResult(AttemptOutcome.CONFIG, started, _now(), error=redactor.scrub(refused)), None
     try:
-        response = session.request(
-            request.method,
-            request.url,
-            data=request.body,
-            headers=dict(request.headers),
-            timeout=timeout,
-            allow_redirects=False,
-        )
+        if isinstance(session, Session):
+            response = session.send_body(request.method, request.url, request.body, request.headers, timeout)
+        else:
+            response = session.request(
+                request.method,
+                request.url,
+                data=request.body,
+                headers=dict(request.headers),
+                timeout=timeout,
+                allow_redirects=False,
+            )
         body = redactor.excerpt(response.text, RESPONSE_KEEP_CHARS) or ""
     except requests.RequestException as exc:
         outcome, message = classify_exception(exc)
