@@ -101,6 +101,19 @@ class DeferringConnector(Protocol):
         ...
 
 
+_defers_by_class: dict[type, bool] = {}
+
+
+def defers_for_quota(connector: object) -> bool:
+    """`isinstance(connector, DeferringConnector)`, answered once per class: a runtime protocol check inspects every
+    member on each call, and the send path asks it for every row."""
+    cls = type(connector)
+    found = _defers_by_class.get(cls)
+    if found is None:
+        found = _defers_by_class[cls] = isinstance(connector, DeferringConnector)
+    return found
+
+
 @dataclass(frozen=True)
 class ConnectivityResult:
     """`ok`: authentication was proven. `inconclusive`: the provider answered, but in a way that cannot tell good

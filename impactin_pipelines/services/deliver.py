@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy.engine import Engine
 
@@ -27,6 +27,7 @@ from impactin_pipelines.connectors.base import (
     Deferral,
     DeferringConnector,
     OutboundDelivery,
+    defers_for_quota,
 )
 from impactin_pipelines.connectors.registry import ConnectorFactory
 from impactin_pipelines.connectors.retry import Decision, RetryPolicy, Spent, Step
@@ -433,10 +434,10 @@ class DeliveryRun:
     @staticmethod
     def _offer(connector: Connector, row: OutboundDelivery, waiting_since: float | None) -> AttemptResult | Deferral:
         """One send, unless the connector has a quota it can check without waiting and it has no slot now."""
-        if not isinstance(connector, DeferringConnector):
+        if not defers_for_quota(connector):
             return connector.send(row)
         waited_s = 0.0 if waiting_since is None else max(0.0, time.monotonic() - waiting_since)
-        return connector.try_send(row, waited_s)
+        return cast(DeferringConnector, connector).try_send(row, waited_s)
 
     def _settlement(self, row: OutboundDelivery, result: AttemptResult, decision: Decision) -> Settlement:
         response = (result.response_body or "")[:PROVIDER_RESPONSE_CHARS] or None
