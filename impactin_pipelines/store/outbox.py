@@ -326,11 +326,7 @@ class Outbox:
         )
         with self.engine.begin() as conn:
             rows = conn.execute(stmt).all()
-        rows = sorted(rows, key=lambda r: r.id)
-        return [
-            OutboundDelivery(**{**row._mapping, "payload": row.payload or "", "status": DeliveryStatus(row.status)})
-            for row in rows
-        ]
+        return sorted((_claimed(row) for row in rows), key=lambda c: c.id)
 
     def confirm(
         self, claimant: str, row_id: str, claim_version: int, lease_s: float, *, now: datetime | None = None
@@ -521,6 +517,24 @@ class Outbox:
                 raise LookupError(f"no outbox row with delivery_id {delivery_id!r} to record an attempt for")
             return -1, False
         return (row.attempt_count if row.owned else -1), bool(row.owned)
+
+
+def _claimed(row: Sequence[Any]) -> OutboundDelivery:
+    """A claimed row (the claim's RETURNING columns, in order) as the send path takes it. Unpacked by position: a
+    claim converts a batch of rows, and each named access on a Row is a lookup of its own."""
+    row_id, company_id, provider, event_id, delivery_id, payload, status, attempt_count, run_count, version = row
+    return OutboundDelivery(
+        delivery_id=delivery_id,
+        company_id=company_id,
+        provider=provider,
+        event_id=event_id,
+        payload=payload or "",
+        id=row_id,
+        status=DeliveryStatus(status),
+        attempt_count=attempt_count,
+        run_count=run_count,
+        claim_version=version,
+    )
 
 
 def _unless_rejected_meanwhile() -> dict[str, sa.ColumnElement[Any]]:
