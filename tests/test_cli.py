@@ -1,6 +1,12 @@
 """The operator's commands, run as a subprocess: db upgrade, deliveries list/show, stats, demo."""
 
 import json
+import shlex
+import signal
+import subprocess
+import sys
+
+import pytest
 
 from tests.cli_support import cli_env, run_cli
 from tests.support import add_events, add_integration, events
@@ -115,3 +121,24 @@ def test_help_lists_every_command_with_a_help_line_and_each_one_loads() -> None:
         assert f"  {name} " in shown and summary in shown
         command = cli.get_command(Context(cli), name)
         assert command is not None and command.name == name
+
+
+@pytest.mark.parametrize("name", ["TERM", "INT"])
+def test_the_sandbox_stops_on_a_signal_even_when_it_inherited_an_ignore(name: str) -> None:
+    """As PID 1 of a container, started in the background, or by a parent that ignores the signal, a process without
+    a handler of its own would keep running after `docker stop`, a benchmark's terminate() or a `kill -INT`."""
+    command = f"trap '' {name}; exec {shlex.quote(sys.executable)} -m impactin_pipelines.cli sandbox --port 0"
+    proc = subprocess.Popen(["sh", "-c", command], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("# sandbox ready at "):
+                break
+        else:
+            raise AssertionError("the sandbox exited before announcing its address")
+        proc.send_signal(getattr(signal, f"SIG{name}"))
+        assert proc.wait(timeout=60) == 0  # stopped cleanly, through the same path as Ctrl-C
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -1,13 +1,20 @@
 """`impactin sandbox`: the fake providers on loopback, in the foreground."""
 
 import shlex
+import signal
 import sys
+import threading
+from types import FrameType
 
 import click
 
 from impactin_pipelines.sandbox.server import SandboxServer
 
 DEFAULT_PORT = 8765
+
+
+def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # the same clean stop as Ctrl-C
 
 
 @click.command()
@@ -29,13 +36,19 @@ def sandbox(host: str, port: int, print_env: bool, webhooks: str | None) -> None
     if webhooks:
         for name, fake in server.providers.items():
             fake.configure({"callbacks": {"url": f"{webhooks.rstrip('/')}/{name}"}})
-    click.echo(f"sandbox listening on {server.url}; faults: POST {server.url}/_sandbox/<provider>/faults", err=True)
-    for name, value in server.env().items():
-        click.echo(f"export {name}={shlex.quote(value)}")
-    click.echo(f"# sandbox ready at {server.url}")
-    sys.stdout.flush()
+    server.start()  # serving in its own thread: the main thread only waits for a signal to stop
     try:
-        server.serve_forever()
+        # SIGTERM and SIGINT stop it whatever it inherited: as PID 1 of a container, or started in the background
+        # or by a parent that ignores them, the default action would leave it running. Installed before "ready", so
+        # whoever waits for that line and then stops the sandbox is never ignored.
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        click.echo(f"sandbox listening on {server.url}; faults: POST {server.url}/_sandbox/<provider>/faults", err=True)
+        for name, value in server.env().items():
+            click.echo(f"export {name}={shlex.quote(value)}")
+        click.echo(f"# sandbox ready at {server.url}")
+        sys.stdout.flush()
+        threading.Event().wait()  # until Ctrl-C or SIGTERM
     except KeyboardInterrupt:
         pass
     finally:
