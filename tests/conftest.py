@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.engine.url import make_url
 
+from impactin_pipelines.connectors.ratelimit import close_shared_limiters
 from impactin_pipelines.sandbox.server import SandboxServer
 from impactin_pipelines.store import migrations
 from impactin_pipelines.store.engine import make_engine
@@ -38,6 +39,14 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pyt
     monkeypatch.delenv("OAUTHLIB_INSECURE_TRANSPORT", raising=False)
     monkeypatch.setenv("IMPACTIN_STATE_DIR", str(tmp_path_factory.mktemp("state")))
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _no_shared_limiter_left_behind() -> Iterator[None]:
+    """Rate limiters are shared per process and bucket location (connectors/ratelimit); each test's are closed after
+    it, so none outlives the database or state folder it was built on, nor leaks its slots into the next test."""
+    yield
+    close_shared_limiters()
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,6 @@ import time
 import pytest
 
 from impactin_pipelines.connectors.base import OutboundDelivery
-from impactin_pipelines.connectors.ratelimit import close_shared_limiters
 from impactin_pipelines.connectors.registry import ConnectorFactory
 from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.domain.statuses import RowOutcome
@@ -35,10 +34,8 @@ GOODERA = Provider.GOODERA
 
 
 @pytest.fixture(autouse=True)
-def _env(monkeypatch: pytest.MonkeyPatch):
+def _env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IMPACTIN_ENCRYPTION_KEY", generate_key())
-    yield
-    close_shared_limiters()
 
 
 @pytest.fixture

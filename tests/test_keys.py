@@ -11,7 +11,6 @@ import pytest
 import sqlalchemy as sa
 from cryptography.fernet import Fernet
 
-from impactin_pipelines.connectors.ratelimit import close_shared_limiters
 from impactin_pipelines.connectors.registry import ConnectorFactory
 from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.providers.env import ProviderEnv
@@ -29,12 +28,6 @@ NOW = datetime.now(UTC).replace(microsecond=0)
 
 def ring(*keys: str) -> KeyRing:
     return KeyRing(list(keys))
-
-
-@pytest.fixture(autouse=True)
-def _env():
-    yield
-    close_shared_limiters()
 
 
 def save_token(engine, keyring: KeyRing, company: str, provider: str, access: str, cred: str = "cred") -> None:

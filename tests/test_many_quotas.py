@@ -9,7 +9,7 @@ import time
 import pytest
 
 from impactin_pipelines.connectors.base import Deferral, OutboundDelivery
-from impactin_pipelines.connectors.ratelimit import RateLimit, RateLimitWait, close_shared_limiters, shared_limiter
+from impactin_pipelines.connectors.ratelimit import RateLimit, RateLimitWait, shared_limiter
 from impactin_pipelines.connectors.registry import ConnectorFactory
 from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.domain.statuses import RowOutcome
@@ -25,10 +25,8 @@ GOODERA = Provider.GOODERA
 
 
 @pytest.fixture(autouse=True)
-def _env(monkeypatch: pytest.MonkeyPatch):
+def _env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IMPACTIN_ENCRYPTION_KEY", generate_key())
-    yield
-    close_shared_limiters()
 
 
 class Slept(Exception):

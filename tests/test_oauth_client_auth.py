@@ -7,13 +7,11 @@ deliveries and checks run end to end over loopback, on both backends."""
 
 import json
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from impactin_pipelines.connectors.http import new_session
 from impactin_pipelines.connectors.oauth import OAuthClientCredentials, TokenRejected
-from impactin_pipelines.connectors.ratelimit import close_shared_limiters
 from impactin_pipelines.connectors.registry import ConnectorFactory
 from impactin_pipelines.domain.errors import ConfigError
 from impactin_pipelines.domain.providers import Provider
@@ -33,10 +31,8 @@ KEY = generate_key()
 
 
 @pytest.fixture(autouse=True)
-def _env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IMPACTIN_ENCRYPTION_KEY", KEY)
-    yield
-    close_shared_limiters()
 
 
 @pytest.fixture(params=[BASIC, POST])

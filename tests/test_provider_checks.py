@@ -6,7 +6,6 @@ import json
 import dagster as dg
 import pytest
 
-from impactin_pipelines.connectors.ratelimit import close_shared_limiters
 from impactin_pipelines.providers.env import ProviderEnv
 from impactin_pipelines.providers.goodera.fake import CLIENT_SECRET
 from impactin_pipelines.security.crypto import generate_key, load_keyring
@@ -19,10 +18,8 @@ WRONG = "globex-has-a-stale-goodera-secret"
 
 
 @pytest.fixture(autouse=True)
-def _env(monkeypatch: pytest.MonkeyPatch):
+def _env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IMPACTIN_ENCRYPTION_KEY", KEY)
-    yield
-    close_shared_limiters()
 
 
 def seed(engine) -> None:

@@ -14,7 +14,6 @@ from impactin_pipelines.connectors.ratelimit import (
     PauseStore,
     RateLimit,
     RateLimitWait,
-    close_shared_limiters,
     parse_rate_limit,
     pause_requested_s,
     reset_after_s,
@@ -42,12 +41,6 @@ report = DeliveryRun(engine, factory, provider=Provider.GOODERA, company_ids=[co
 factory.close()
 print(dict(report.totals.outcomes))
 """
-
-
-@pytest.fixture(autouse=True)
-def _clean():
-    yield
-    close_shared_limiters()
 
 
 class Stop(Exception):

@@ -36,7 +36,6 @@ from zeep.exceptions import DTDForbidden, EntitiesForbidden, XMLSyntaxError
 from zeep.loader import parse_xml
 
 from impactin_pipelines.connectors.http import new_session, require_secure_url
-from impactin_pipelines.connectors.ratelimit import close_shared_limiters
 from impactin_pipelines.connectors.registry import ConnectorFactory
 from impactin_pipelines.domain.errors import ConfigError
 from impactin_pipelines.domain.providers import Provider
@@ -52,10 +51,8 @@ SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
 
 
 @pytest.fixture(autouse=True)
-def _env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")  # as the sandbox sets it; http must still be refused
-    yield
-    close_shared_limiters()
 
 
 # -- hostile XML ---------------------------------------------------------------------------------------------------

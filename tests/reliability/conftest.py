@@ -1,20 +1,15 @@
 """Fixtures of the fault-injection suite: the provider cases, OAuth over the loopback sandbox, an encryption key."""
 
-from collections.abc import Iterator
-
 import pytest
 
-from impactin_pipelines.connectors.ratelimit import close_shared_limiters
 from impactin_pipelines.sandbox.server import SandboxServer
 from impactin_pipelines.security.crypto import generate_key
 from tests.reliability.ledger import CASES, GOODERA_QUOTA, Case
 
 
 @pytest.fixture(autouse=True)
-def _reliability_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _reliability_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IMPACTIN_ENCRYPTION_KEY", generate_key())
-    yield
-    close_shared_limiters()
 
 
 @pytest.fixture(params=CASES, ids=str)
