@@ -95,13 +95,21 @@ def _alive(pgid: int) -> bool:
     return True
 
 
+def _stoppable() -> None:
+    """In the child, before exec: SIGTERM and SIGINT at their defaults. An ignored signal stays ignored across exec,
+    so a child of a parent that ignores SIGTERM (a container's PID 1, a background job) could not be stopped by
+    `down`, only killed."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(folder: Path, name: str, args: list[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
     (folder / "logs").mkdir(parents=True, exist_ok=True)
     (folder / "pids").mkdir(parents=True, exist_ok=True)
     with open(folder / "logs" / f"{name}.log", "ab") as log:
         proc = subprocess.Popen(  # noqa: S603 (our own command lines)
             args, cwd=ROOT, env=dict(env), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=_stoppable,
         )  # fmt: skip
     _pid_file(folder, name).write_text(str(proc.pid))
     return proc
@@ -238,21 +246,34 @@ def up(folder: Path, webserver_port: int, code_server_port: int, sandbox_port: i
     return 0
 
 
-def down(folder: Path, grace_s: float = 20.0) -> int:
-    """SIGTERM each process group we started, SIGKILL what is still there after the grace period."""
+def _gone_within(pgid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while _alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return not _alive(pgid)
+
+
+def down(folder: Path, grace_s: float = 20.0, kill_wait_s: float = 10.0) -> int:
+    """SIGTERM each process group we started, SIGKILL what is still there after the grace period, and return once
+    each group is gone (1 if one outlived SIGKILL's wait, naming it)."""
     files = {p.stem: p for p in (folder / "pids").glob("*.pid")} if (folder / "pids").exists() else {}
     order = [n for n in STOP_ORDER if n in files] + sorted(set(files) - set(STOP_ORDER))
+    left = []
     for name in order:
         pgid = int(files[name].read_text())
         if _alive(pgid):
             os.killpg(pgid, signal.SIGTERM)
-            deadline = time.monotonic() + grace_s
-            while _alive(pgid) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            if _alive(pgid):
+            if not _gone_within(pgid, grace_s):
+                print(f"{name} did not stop within {grace_s:g} s of SIGTERM: killing it", file=sys.stderr)
                 os.killpg(pgid, signal.SIGKILL)
+                if not _gone_within(pgid, kill_wait_s):  # SIGKILL is asynchronous: wait for the group to go
+                    left.append(name)
+                    continue  # keep its pid file: a second `down` can still find it
             print(f"stopped {name}")
         files[name].unlink()
+    if left:
+        print(f"still running after SIGKILL: {', '.join(left)}", file=sys.stderr)
+        return 1
     return 0
 
 

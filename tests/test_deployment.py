@@ -4,11 +4,14 @@ the daemon's nightly schedule (cron every minute here) splits each provider's ni
 (IMPACTIN_RUNS_PER_PROVIDER), the run queue launches them through the code server, and every event reaches its
 provider exactly once. `deploy/loopback.py down` (`make prod-down`) stops everything, runs included."""
 
+import importlib.util
 import itertools
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -109,6 +112,57 @@ def _group_alive(pgid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def _loopback() -> Any:
+    """deploy/loopback.py as a module (it is a script, not part of the package)."""
+    spec = importlib.util.spec_from_file_location("impactin_deploy_loopback", ROOT / "deploy" / "loopback.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _ignores(pid: int, signum: int) -> bool:
+    ignored = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("SigIgn:"))
+    return bool(int(ignored.split()[1], 16) >> (signum - 1) & 1)
+
+
+def test_down_stops_what_up_started_even_under_a_parent_that_ignores_sigterm(tmp_path) -> None:
+    """A process started by a parent that ignores SIGTERM (a container's PID 1, a background job) inherits the
+    ignore, and `down` could then only kill it. `up` gives its children the default back; one that ignores SIGTERM
+    by itself is killed after the grace period, and `down` returns only once it is gone."""
+    loopback = _loopback()
+    sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+    stubborn = [
+        sys.executable,
+        "-c",
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)",
+    ]
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        polite = loopback._start(tmp_path, "polite", sleeper, os.environ)
+        deaf = loopback._start(tmp_path, "deaf", stubborn, os.environ)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    reapers = [threading.Thread(target=proc.wait, daemon=True) for proc in (polite, deaf)]  # as init would
+    for reaper in reapers:
+        reaper.start()
+    try:
+        assert not _ignores(polite.pid, signal.SIGTERM)
+        time.sleep(1)  # the stubborn one has installed its own ignore
+        assert _ignores(deaf.pid, signal.SIGTERM)
+        assert loopback.down(tmp_path, grace_s=1.0) == 0
+        assert not _group_alive(polite.pid) and not _group_alive(deaf.pid)  # gone when `down` returns
+        for reaper in reapers:
+            reaper.join(timeout=10)
+        assert polite.returncode == -signal.SIGTERM  # stopped, not killed
+        assert deaf.returncode == -signal.SIGKILL
+        assert not list((tmp_path / "pids").glob("*.pid"))
+    finally:
+        for proc in (polite, deaf):
+            if proc.poll() is None:
+                proc.kill()
 
 
 def _logs(folder: Path) -> str:
