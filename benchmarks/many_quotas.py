@@ -30,20 +30,12 @@ import time
 from pathlib import Path
 
 from benchmarks.common import SandboxProcess
-from benchmarks.pg import run_sql, scratch_postgres
+from benchmarks.pg import SEED_COMPANY_EVENTS, company_ids, run_sql, scratch_postgres
 from impactin_pipelines.connectors.ratelimit import parse_rate_limit
 from impactin_pipelines.providers.goodera.fake import max_in_window
 from impactin_pipelines.security.crypto import generate_key, load_keyring
 
 RUN_TIMEOUT_S = 600
-SEED_EVENTS = """
-INSERT INTO impact_events (event_id, company_id, user_id, event_type, occurred_at, value, unit, outcome_scores,
-                           metadata)
-SELECT 'evt_' || c || '_' || lpad(e::text, 4, '0'), 'mq' || lpad(c::text, 4, '0'), 'user_' || (e %% 97),
-       'volunteer_hours', '2025-11-14T10:00:00+00:00', '2.5', 'hours', '{"community_engagement": 0.5}',
-       '{"program": "bench"}'
-FROM generate_series(1, %(companies)s) AS c, generate_series(1, %(events)s) AS e
-"""
 SEED_INTEGRATION = """
 INSERT INTO company_integrations (company_id, provider, enabled, settings)
 VALUES (%(company)s, 'goodera', true, %(settings)s)
@@ -60,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     quota = f"{args.limit}/{args.window_s:g}s"
     rate = parse_rate_limit(quota, name="quota")
-    companies = [f"mq{c:04d}" for c in range(1, args.companies + 1)]
+    companies = company_ids("mq", 4, args.companies)
     key = generate_key()
     keyring = load_keyring({"IMPACTIN_ENCRYPTION_KEY": key})
     with (
@@ -68,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         SandboxProcess() as sandbox,
         tempfile.TemporaryDirectory(prefix="impactin-bench-b5-") as tmp,
     ):
-        run_sql(engine, SEED_EVENTS, companies=args.companies, events=args.events)
+        run_sql(engine, SEED_COMPANY_EVENTS, prefix="mq", digits=4, companies=args.companies, events=args.events)
         for company in companies:
             settings = {
                 "client_id": f"client-{company}",

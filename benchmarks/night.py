@@ -36,20 +36,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine.url import make_url
 
 from benchmarks.common import SandboxProcess
-from benchmarks.pg import ADMIN_URL, run_sql, scratch_postgres
+from benchmarks.pg import ADMIN_URL, SEED_COMPANY_EVENTS, company_ids, run_sql, scratch_postgres
 from impactin_pipelines.security.crypto import generate_key
 
 PROVIDERS = ("benevity", "goodera", "workday")
 RUN_TIMEOUT_S = 3600
 
-SEED_EVENTS = """
-INSERT INTO impact_events (event_id, company_id, user_id, event_type, occurred_at, value, unit, outcome_scores,
-                           metadata)
-SELECT 'evt_' || c || '_' || lpad(e::text, 4, '0'), 'co' || lpad(c::text, 5, '0'), 'user_' || (e %% 97),
-       'volunteer_hours', '2025-11-14T10:00:00+00:00', '2.5', 'hours', '{"community_engagement": 0.5}',
-       '{"program": "bench"}'
-FROM generate_series(1, %(companies)s) AS c, generate_series(1, %(events)s) AS e
-"""
 SEED_INTEGRATIONS = """
 INSERT INTO company_integrations (company_id, provider, enabled, settings)
 SELECT 'co' || lpad(c::text, 5, '0'), p, true, NULL
@@ -299,7 +291,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         SandboxProcess() as sandbox,
         tempfile.TemporaryDirectory(prefix="impactin-night-") as tmp,
     ):
-        run_sql(engine, SEED_EVENTS, companies=args.companies, events=args.events)
+        run_sql(engine, SEED_COMPANY_EVENTS, prefix="co", digits=5, companies=args.companies, events=args.events)
         run_sql(engine, SEED_INTEGRATIONS, companies=args.companies)
         home = Path(tmp) / "dagster_home"
         home.mkdir()
@@ -319,7 +311,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             DAGSTER_HOME=str(home),
         )
         env.pop("IMPACTIN_RUN_LOG_LEVEL", None)  # the default level
-        companies = [f"co{c:05d}" for c in range(1, args.companies + 1)]
+        companies = company_ids("co", 5, args.companies)
         subprocess.run([sys.executable, "-c", _ADD_PARTITIONS, json.dumps(companies)], env=env, check=True, timeout=600)
         if args.profile:
             args.profile.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,21 @@ SELECT 'evt_' || lpad(g::text, 8, '0'), %(company)s, 'user_' || (g %% 97), 'volu
 FROM generate_series(1, %(n)s) AS g
 """
 
+# `events` events for each of `companies` companies, named PREFIX + the company's number in `digits` digits.
+SEED_COMPANY_EVENTS = """
+INSERT INTO impact_events (event_id, company_id, user_id, event_type, occurred_at, value, unit, outcome_scores,
+                           metadata)
+SELECT 'evt_' || c || '_' || lpad(e::text, 4, '0'), %(prefix)s || lpad(c::text, %(digits)s, '0'),
+       'user_' || (e %% 97), 'volunteer_hours', '2025-11-14T10:00:00+00:00', '2.5', 'hours',
+       '{"community_engagement": 0.5}', '{"program": "bench"}'
+FROM generate_series(1, %(companies)s) AS c, generate_series(1, %(events)s) AS e
+"""
+
+
+def company_ids(prefix: str, digits: int, companies: int) -> list[str]:
+    """The company ids `SEED_COMPANY_EVENTS` writes, in order."""
+    return [f"{prefix}{c:0{digits}d}" for c in range(1, companies + 1)]
+
 
 @contextmanager
 def scratch_postgres() -> Iterator[tuple[Engine, str]]:

@@ -331,8 +331,11 @@ class DeliveryRun:
             connector = self.factory.connector(company_id, self.provider)
         except ConfigError:
             return None
-        self._defers = isinstance(connector, DeferringConnector)  # one connector class per provider
-        quota = (connector.quota_key, connector.quota_spacing_s) if isinstance(connector, DeferringConnector) else None
+        self._defers = defers_for_quota(connector)  # one connector class per provider
+        quota = None
+        if self._defers:
+            deferring = cast(DeferringConnector, connector)
+            quota = (deferring.quota_key, deferring.quota_spacing_s)
         self._quotas[company_id] = quota
         return quota
 
