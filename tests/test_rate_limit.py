@@ -178,3 +178,21 @@ def test_max_in_window_counts_a_sliding_window() -> None:
     assert max_in_window([], 5) == 0
     assert max_in_window([0, 1, 2, 4.9, 5.0, 9.9], 5) == 4  # (0, 5] holds 1, 2, 4.9, 5.0
     assert max_in_window([0, 0, 0], 1) == 3
+
+
+def test_threads_opening_limiters_at_once_get_one_per_credential(engine) -> None:
+    """Opening a limiter creates its bucket: threads open different credentials side by side, and a credential
+    opened by several threads at once is opened once, so they all share its one bucket."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rate = RateLimit(1, 30.0, 0.15)
+    with ThreadPoolExecutor(8) as pool:
+        same = list(pool.map(lambda _: shared_limiter(engine, "goodera", "1" * 64, rate), range(8)))
+        different = list(pool.map(lambda i: shared_limiter(engine, "goodera", f"{i}" * 64, rate), range(2, 10)))
+    assert len({id(limiter) for limiter in same}) == 1
+    assert len({limiter.key for limiter in different}) == 8
+    same[0].acquire(max_wait_s=1)
+    with pytest.raises(RateLimitWait):  # the slot the first took is gone for every thread's view of it
+        same[-1].acquire(max_wait_s=0.1)
+    for limiter in different:
+        limiter.acquire(max_wait_s=1)

@@ -380,6 +380,8 @@ class SharedRateLimiter:
 
 _registry: dict[tuple[str, str, RateLimit], SharedRateLimiter] = {}
 _registry_lock = threading.Lock()
+_opening: dict[tuple[str, str, RateLimit], threading.Lock] = {}  # one per limiter while it is being opened
+_sqlite_opening = threading.Lock()
 _pause_stores: dict[str, PauseStore] = {}  # one per bucket location: one read serves every credential's pause
 
 
@@ -391,31 +393,45 @@ def _location(engine: Engine) -> str:
 
 def shared_limiter(engine: Engine, provider: str, credential_key: str, rate: RateLimit) -> SharedRateLimiter:
     """The process-wide limiter for (provider, credential). Its bucket lives in the state folder when the
-    warehouse is SQLite (embedded default), in the warehouse when it is PostgreSQL."""
+    warehouse is SQLite (embedded default), in the warehouse when it is PostgreSQL. Opening one creates its
+    bucket table (a round trip or more each): different credentials open side by side, the same one once."""
     key = limit_key(provider, credential_key)
     registry_key = (_location(engine), key, rate)
     with _registry_lock:
         found = _registry.get(registry_key)
         if found is not None:
             return found
-        if is_sqlite(engine):
-            path: Path = state_dir() / RATE_LIMIT_DB
-            path.parent.mkdir(parents=True, exist_ok=True)
+        opening = _opening.setdefault(registry_key, threading.Lock())
+    with opening:
+        with _registry_lock:
+            found = _registry.get(registry_key)
+            if found is not None:
+                return found
+        found = _open_limiter(engine, key, rate, registry_key[0])
+        with _registry_lock:
+            _registry[registry_key] = found
+            _opening.pop(registry_key, None)
+        return found
+
+
+def _open_limiter(engine: Engine, key: str, rate: RateLimit, location: str) -> SharedRateLimiter:
+    if is_sqlite(engine):
+        path: Path = state_dir() / RATE_LIMIT_DB
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _sqlite_opening:  # one local file: its tables are created one at a time, as they always were
             bucket: AbstractBucket = SQLiteBucket.init_from_file(
                 _rates(rate), table=f"ratelimit_{key}", db_path=str(path), use_file_lock=True
             )
-            pauses = _pause_stores.get(registry_key[0])
-            if pauses is None:
-                pauses = _pause_stores[registry_key[0]] = PauseStore(make_engine(f"sqlite:///{path}"))
-            limiter = Limiter(bucket, buffer_ms=0)
-        else:
-            bucket = _WarehouseBucket(_EnginePool(engine), key, _rates(rate))
-            pauses = _pause_stores.get(registry_key[0])
-            if pauses is None or pauses.engine is not engine:
-                pauses = _pause_stores[registry_key[0]] = PauseStore(engine)
-            limiter = Limiter(bucket, buffer_ms=1)  # lock contention can report no wait: never spin at 0
-        found = _registry[registry_key] = SharedRateLimiter(key, rate, limiter, pauses)
-        return found
+        limiter = Limiter(bucket, buffer_ms=0)
+    else:
+        bucket = _WarehouseBucket(_EnginePool(engine), key, _rates(rate))
+        limiter = Limiter(bucket, buffer_ms=1)  # lock contention can report no wait: never spin at 0
+    with _registry_lock:
+        pauses = _pause_stores.get(location)
+        if pauses is None or (not is_sqlite(engine) and pauses.engine is not engine):
+            store_engine = make_engine(f"sqlite:///{state_dir() / RATE_LIMIT_DB}") if is_sqlite(engine) else engine
+            pauses = _pause_stores[location] = PauseStore(store_engine)
+    return SharedRateLimiter(key, rate, limiter, pauses)
 
 
 def close_shared_limiters() -> None:
