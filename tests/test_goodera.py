@@ -280,3 +280,37 @@ def test_check_fetches_a_token_and_sends_no_impact_data(engine, sandbox, fake) -
     assert not bad.ok and "refused the client credentials" in bad.detail and wrong not in bad.detail
     assert fake.oauth.stats()["token_requests"] == 2  # the bad check asked, rather than reusing the stored token
     assert api_requests(fake) == [] and fake.snapshot()["accepted"] == []
+
+
+def test_settings_read_ahead_build_each_company_its_own_connector_without_reading_them_again(engine, sandbox) -> None:
+    """A run reads the settings of a claim batch's companies in one query (`preload`); building their connectors
+    then reads nothing more, each still gets its own settings, and a company without an integration gets what it
+    would get without the read-ahead (the environment's settings)."""
+    from sqlalchemy import event as sa_event
+
+    add_integration(engine, "alpha", "goodera", settings={"client_id": "alpha-client", "rate_limit": "10/minute"})
+    add_integration(engine, "beta", "goodera", settings={"client_id": "beta-client", "rate_limit": "20/minute"})
+    built = factory(engine, sandbox)
+    built.preload(GOODERA, ["alpha", "beta", "nobody"])
+    reads: list[str] = []
+
+    def count(conn, cursor, statement, parameters, context, executemany) -> None:
+        if "company_integrations" in statement:
+            reads.append(statement)
+
+    sa_event.listen(engine, "before_cursor_execute", count)
+    try:
+        alpha, beta = built.connector("alpha", GOODERA), built.connector("beta", GOODERA)
+        without_preload = factory(engine, sandbox).connector("nobody", GOODERA)
+        reads_without_preload = len(reads)
+        nobody = built.connector("nobody", GOODERA)
+    finally:
+        sa_event.remove(engine, "before_cursor_execute", count)
+    assert isinstance(alpha, GooderaConnector) and isinstance(beta, GooderaConnector)
+    assert isinstance(nobody, GooderaConnector) and isinstance(without_preload, GooderaConnector)
+    assert nobody.config == without_preload.config  # no integration: the environment's settings, either way
+    assert (alpha.config.client_id, alpha.config.rate.limit) == ("alpha-client", 10)
+    assert (beta.config.client_id, beta.config.rate.limit) == ("beta-client", 20)
+    assert reads_without_preload == 1 and len(reads) == 1  # only the factory without the read-ahead read them
+    built.preload(GOODERA, ["alpha", "nobody"])  # built already: nothing to read
+    assert len(reads) == 1

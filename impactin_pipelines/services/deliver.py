@@ -299,6 +299,7 @@ class DeliveryRun:
             ):
                 batch = self._claim(dead)
                 exhausted = not batch
+                self._preload_settings(batch)
                 submitted = 0
                 for row in batch:
                     if self._deferred.admit_fresh(row, self._quota(row.company_id)):
@@ -318,6 +319,16 @@ class DeliveryRun:
                     self._deferred.hold(outcome)
                 else:
                     self.report.add(outcome)
+
+    def _preload_settings(self, batch: Sequence[OutboundDelivery]) -> None:
+        """Read the settings of the batch's companies met for the first time in one query: their connectors are
+        built next (by `_quota` here, or by the send threads), and one query each would pace this loop."""
+        if not batch:
+            return
+        try:
+            self.factory.preload(self.provider, {row.company_id for row in batch})
+        except Exception as exc:  # each connector then reads its own settings, as without the read-ahead
+            self.log.warning(f"could not read ahead the settings of a claim batch: {type(exc).__name__}: {exc}")
 
     def _quota(self, company_id: str) -> tuple[str, float] | None:
         """The quota a company's rows draw on (bucket key, interval between requests), when its provider's
