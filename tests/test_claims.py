@@ -5,7 +5,8 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -286,3 +287,38 @@ def test_without_a_proc_of_its_own_pid_namespace_nothing_is_proved_dead() -> Non
         timeout=60,
     )
     assert child.stdout.strip() == "False"
+
+
+def test_confirming_a_lease_with_most_of_it_left_reads_and_one_close_to_lapsing_is_pushed(engine) -> None:
+    """Confirm writes only a lease that has run down to half its length: the heartbeat keeps leases above that, so
+    a confirm is a read (on PostgreSQL no new row version); a lease closer to lapsing is pushed to a whole one,
+    and a claim taken over is refused either way."""
+    _seed(engine, 2)
+    outbox = Outbox(engine)
+    start = utcnow()
+    mine, other = outbox.claim(claimant="a", provider="benevity", company_ids=None, limit=2, lease_s=10, now=start)
+
+    def lease_and_version(row_id: str) -> tuple[Any, Any]:
+        (row,) = [r for r in rows(engine) if r["id"] == row_id]
+        if engine.dialect.name != "postgresql":
+            return row["lease_expires_at"], None
+        with engine.connect() as conn:
+            xmin = conn.exec_driver_sql("SELECT xmin::text FROM impact_deliveries WHERE id = %(id)s", {"id": row_id})
+            return row["lease_expires_at"], xmin.scalar_one()
+
+    claimed = lease_and_version(mine.id)
+    assert outbox.confirm("a", mine.id, mine.claim_version, 10, now=start + timedelta(seconds=4))  # 6 s of 10 left
+    if engine.dialect.name == "postgresql":
+        assert lease_and_version(mine.id) == claimed  # not written: same lease, same row version
+    assert outbox.confirm("a", mine.id, mine.claim_version, 10, now=start + timedelta(seconds=6))  # 4 s left
+    pushed, _ = lease_and_version(mine.id)
+    assert _aware(pushed) == start + timedelta(seconds=16)
+    assert _take_over_at(engine, mine.id, start + timedelta(seconds=12)) == []  # within the pushed lease
+
+    assert _take_over(engine, [other.id]) == [other.id]
+    assert not outbox.confirm("a", other.id, other.claim_version, 10, now=start + timedelta(seconds=1))
+    assert not outbox.confirm("a", other.id, other.claim_version, 10, now=start + timedelta(seconds=8))
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -111,11 +111,24 @@ def _new_row(row: NewDelivery) -> dict[str, Any]:
 
 # The per-row statements of a delivery on PostgreSQL, written out so they are built once (not per row) and psycopg
 # prepares them on a connection that runs them often. Each is one statement: atomic in autocommit.
+# Confirm reads the claim, and writes only a lease that has run down to half its length (`push_before`): the run's
+# heartbeat renews its leases every third of one, so a confirm nearly always finds plenty left and costs a read by
+# primary key instead of a new version of the wide row in each of its indexes. The write re-checks the claim.
 _CONFIRM_PG = """
-UPDATE impact_deliveries SET lease_expires_at = %(lease_expires_at)s
-WHERE id = %(id)s AND claimed_by = %(claimant)s AND claim_version = %(claim_version)s
-  AND lease_expires_at > %(now)s AND status <> 'success'
-RETURNING id
+WITH mine AS (
+    SELECT id, lease_expires_at FROM impact_deliveries
+    WHERE id = %(id)s AND claimed_by = %(claimant)s AND claim_version = %(claim_version)s
+      AND lease_expires_at > %(now)s AND status <> 'success'
+), pushed AS (
+    UPDATE impact_deliveries AS d SET lease_expires_at = %(lease_expires_at)s
+    FROM mine
+    WHERE d.id = mine.id AND mine.lease_expires_at <= %(push_before)s
+      AND d.claimed_by = %(claimant)s AND d.claim_version = %(claim_version)s
+      AND d.lease_expires_at > %(now)s AND d.status <> 'success'
+    RETURNING d.id
+)
+SELECT mine.id, mine.lease_expires_at <= %(push_before)s AS needed_push, pushed.id IS NOT NULL AS pushed
+FROM mine LEFT JOIN pushed ON pushed.id = mine.id
 """
 # Lock the row and read whether we still hold the claim; bump its attempt count if an attempt is recorded; settle it
 # only if we hold the claim (a success the provider has meanwhile rejected by webhook settles failed/rejected,
@@ -331,8 +344,9 @@ class Outbox:
     def confirm(
         self, claimant: str, row_id: str, claim_version: int, lease_s: float, *, now: datetime | None = None
     ) -> bool:
-        """Just before a request: do we still hold this claim, unlapsed? If so, push its lease, so it cannot lapse
-        between this check and the request. One statement by primary key."""
+        """Just before a request: do we still hold this claim, unlapsed, with at least half a lease left? If less
+        is left, push it to a whole lease, so it cannot lapse between this check and the request. One statement by
+        primary key; on PostgreSQL it writes only when it pushes."""
         now = now or utcnow()
         lease_expires_at = now + timedelta(seconds=lease_s)
         if self.engine.dialect.name == "postgresql":
@@ -342,9 +356,12 @@ class Outbox:
                 "claim_version": claim_version,
                 "now": _utc(now),
                 "lease_expires_at": _utc(lease_expires_at),
+                "push_before": _utc(now + timedelta(seconds=lease_s / 2)),
             }
             with self._row_statement() as conn:
-                return conn.exec_driver_sql(_CONFIRM_PG, params).first() is not None
+                found = conn.exec_driver_sql(_CONFIRM_PG, params).first()
+            # a push that found the row changed under it (taken over meanwhile) does not confirm
+            return found is not None and (found.pushed or not found.needed_push)
         stmt = (
             sa.update(d)
             .where(
