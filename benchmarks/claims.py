@@ -23,7 +23,7 @@ BATCH = 200
 SEED_ROWS = """
 INSERT INTO impact_deliveries (id, company_id, provider, event_id, delivery_id, payload, payload_hash, status,
                                attempt_count, run_count, created_at, updated_at)
-SELECT gen_random_uuid()::text, CASE WHEN g %% 5 = 0 THEN 'co' || lpad((g %% 500)::text, 3, '0') ELSE 'big' END,
+SELECT impactin_new_row_id(), CASE WHEN g %% 5 = 0 THEN 'co' || lpad((g %% 500)::text, 3, '0') ELSE 'big' END,
        'benevity', 'evt_' || g, gen_random_uuid()::text, '{"schema_version":"v1.0"}', md5(g::text),
        CASE WHEN g <= 2000 THEN 'success' ELSE 'pending' END, 0, 0,
        now() - interval '1 day' + g * interval '1 ms', now()

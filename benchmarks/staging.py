@@ -28,7 +28,7 @@ COMPANY = "acme"
 INSERT_SELECT = """
 INSERT INTO impact_deliveries (id, company_id, provider, event_id, delivery_id, payload, payload_hash, status,
                                attempt_count, run_count, created_at, updated_at)
-SELECT gen_random_uuid()::text, company_id, 'benevity', event_id, gen_random_uuid()::text, body,
+SELECT impactin_new_row_id(), company_id, 'benevity', event_id, gen_random_uuid()::text, body,
        encode(sha256(convert_to(body, 'UTF8')), 'hex'), 'pending', 0, 0, now(), now()
 FROM (
     SELECT company_id, event_id, json_build_object(

@@ -6,7 +6,6 @@ confirms it right before each request (`confirm`) and every settlement checks it
 that went out is a fact whoever holds the claim now.
 """
 
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from impactin_pipelines.domain.statuses import DeliveryStatus, ErrorKind
 from impactin_pipelines.store.claimants import is_provably_dead
 from impactin_pipelines.store.engine import read_connection
 from impactin_pipelines.store.held_connections import HeldConnections
+from impactin_pipelines.store.ids import new_row_id
 from impactin_pipelines.store.schema import impact_deliveries as d
 from impactin_pipelines.store.schema import impact_delivery_attempts as a
 
@@ -84,7 +84,7 @@ _COPY_STAGED = "COPY impactin_staged_deliveries FROM STDIN"
 _MOVE_STAGED = """
 INSERT INTO impact_deliveries (id, company_id, provider, event_id, delivery_id, payload, payload_hash, status,
                                error_kind, last_error, priority, attempt_count, run_count, created_at, updated_at)
-SELECT gen_random_uuid()::text, company_id, provider, event_id, delivery_id, payload, payload_hash, status,
+SELECT impactin_new_row_id(), company_id, provider, event_id, delivery_id, payload, payload_hash, status,
        error_kind, last_error, priority, 0, 0, %(now)s, %(now)s
 FROM impactin_staged_deliveries
 ON CONFLICT DO NOTHING
@@ -95,7 +95,7 @@ def _new_row(row: NewDelivery) -> dict[str, Any]:
     """The columns of a new outbox row that come from the delivery itself (the counters and times are added by
     the statement that inserts it)."""
     return {
-        "id": str(uuid.uuid4()),
+        "id": new_row_id(),
         "company_id": row.company_id,
         "provider": row.provider,
         "event_id": row.event_id,
