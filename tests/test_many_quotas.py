@@ -37,6 +37,9 @@ def no_sleep(seconds: float) -> None:
     raise Slept(seconds)
 
 
+ARRIVAL_JITTER_S = 0.5
+
+
 def own_credentials(engine, sandbox, quotas: dict[str, str], n_events: dict[str, int]) -> None:
     """Each company its own Goodera client (accepted by the fake) and its own quota, events extracted in order."""
     goodera = sandbox.providers["goodera"]
@@ -119,7 +122,11 @@ def test_one_busy_bucket_does_not_hold_back_other_companies(engine, sandbox) -> 
     snap = sandbox.providers["goodera"].snapshot()
     assert snap["rate_limited"] == 0
     by_client = snap["admitted_by_client"]
-    assert max_in_window(by_client["client-slow"], 2.0) <= 2  # each credential's own quota, measured at the fake
+    # Each credential's own quota, measured at the fake. Arrivals carry the send path's scheduling jitter after the
+    # slot is taken (a loaded CI machine delayed one request 0.34 s), which the quota's margin covers at a real
+    # quota's scale but not at this compressed one; a third request within the window less that jitter would be
+    # the limiter's doing.
+    assert max_in_window(by_client["client-slow"], 2.0 - ARRIVAL_JITTER_S) <= 2
     assert report.totals.attempts == 18
 
 
