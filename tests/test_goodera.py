@@ -6,6 +6,7 @@ import json
 import time
 
 import pytest
+from sqlalchemy import event as sa_event
 
 from impactin_pipelines.connectors.base import OutboundDelivery
 from impactin_pipelines.connectors.registry import ConnectorFactory
@@ -286,8 +287,6 @@ def test_settings_read_ahead_build_each_company_its_own_connector_without_readin
     """A run reads the settings of a claim batch's companies in one query (`preload`); building their connectors
     then reads nothing more, each still gets its own settings, and a company without an integration gets what it
     would get without the read-ahead (the environment's settings)."""
-    from sqlalchemy import event as sa_event
-
     add_integration(engine, "alpha", "goodera", settings={"client_id": "alpha-client", "rate_limit": "10/minute"})
     add_integration(engine, "beta", "goodera", settings={"client_id": "beta-client", "rate_limit": "20/minute"})
     built = factory(engine, sandbox)

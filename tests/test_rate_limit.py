@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
@@ -183,8 +184,6 @@ def test_max_in_window_counts_a_sliding_window() -> None:
 def test_threads_opening_limiters_at_once_get_one_per_credential(engine) -> None:
     """Opening a limiter creates its bucket: threads open different credentials side by side, and a credential
     opened by several threads at once is opened once, so they all share its one bucket."""
-    from concurrent.futures import ThreadPoolExecutor
-
     rate = RateLimit(1, 30.0, 0.15)
     with ThreadPoolExecutor(8) as pool:
         same = list(pool.map(lambda _: shared_limiter(engine, "goodera", "1" * 64, rate), range(8)))

@@ -423,14 +423,17 @@ def _open_limiter(engine: Engine, key: str, rate: RateLimit, location: str) -> S
                 _rates(rate), table=f"ratelimit_{key}", db_path=str(path), use_file_lock=True
             )
         limiter = Limiter(bucket, buffer_ms=0)
+        with _registry_lock:
+            pauses = _pause_stores.get(location)
+            if pauses is None:
+                pauses = _pause_stores[location] = PauseStore(make_engine(f"sqlite:///{path}"))
     else:
         bucket = _WarehouseBucket(_EnginePool(engine), key, _rates(rate))
         limiter = Limiter(bucket, buffer_ms=1)  # lock contention can report no wait: never spin at 0
-    with _registry_lock:
-        pauses = _pause_stores.get(location)
-        if pauses is None or (not is_sqlite(engine) and pauses.engine is not engine):
-            store_engine = make_engine(f"sqlite:///{state_dir() / RATE_LIMIT_DB}") if is_sqlite(engine) else engine
-            pauses = _pause_stores[location] = PauseStore(store_engine)
+        with _registry_lock:
+            pauses = _pause_stores.get(location)
+            if pauses is None or pauses.engine is not engine:
+                pauses = _pause_stores[location] = PauseStore(engine)
     return SharedRateLimiter(key, rate, limiter, pauses)
 
 

@@ -127,7 +127,7 @@ WITH mine AS (
       AND d.lease_expires_at > %(now)s AND d.status <> 'success'
     RETURNING d.id
 )
-SELECT mine.id, mine.lease_expires_at <= %(push_before)s AS needed_push, pushed.id IS NOT NULL AS pushed
+SELECT mine.lease_expires_at > %(push_before)s OR pushed.id IS NOT NULL AS confirmed
 FROM mine LEFT JOIN pushed ON pushed.id = mine.id
 """
 # Lock the row and read whether we still hold the claim; bump its attempt count if an attempt is recorded; settle it
@@ -359,9 +359,8 @@ class Outbox:
                 "push_before": _utc(now + timedelta(seconds=lease_s / 2)),
             }
             with self._row_statement() as conn:
-                found = conn.exec_driver_sql(_CONFIRM_PG, params).first()
-            # a push that found the row changed under it (taken over meanwhile) does not confirm
-            return found is not None and (found.pushed or not found.needed_push)
+                # a push that found the row changed under it (taken over meanwhile) does not confirm
+                return bool(conn.exec_driver_sql(_CONFIRM_PG, params).scalar())
         stmt = (
             sa.update(d)
             .where(
