@@ -14,7 +14,9 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from impactin_pipelines.connectors.base import OutboundDelivery
-from impactin_pipelines.store.outbox import Outbox
+from impactin_pipelines.domain.providers import Provider
+from impactin_pipelines.services.extract import STATISTICS_CHECK_ROWS, extract
+from impactin_pipelines.store.outbox import STALE_ROWS, Outbox
 from impactin_pipelines.store.schema import company_integrations, impact_deliveries, impact_events
 from impactin_pipelines.store.source import work_by_provider
 
@@ -165,3 +167,73 @@ def test_claims_use_the_claim_index_on_sqlite(sqlite_engine) -> None:
     with sqlite_engine.connect() as conn:
         due = conn.execute(sa.text("SELECT count(*) FROM impact_deliveries WHERE claimed_by = 'planner'")).scalar()
     assert due == 200
+
+
+def test_extraction_keeps_probing_the_outbox_per_event_while_it_grows_from_empty(pg_engine) -> None:
+    """Extraction fills the outbox while it reads it. Planned as a join, or from the statistics of the empty table
+    it started with, each page would read every row the company already has, and staging would grow with the square
+    of its size. Once it has staged many rows, its page query must reach the outbox only through one index look-up
+    per event."""
+    events = [f"e{i:06d}" for i in range(3 * STATISTICS_CHECK_ROWS)]
+    with pg_engine.begin() as conn:
+        conn.execute(company_integrations.insert().values(company_id=BIG, provider="benevity", enabled=True))
+        conn.execute(impact_events.insert(), [{"event_id": ev, "company_id": BIG} for ev in events])
+    with pg_engine.connect() as conn:  # the statistics of an empty outbox, as on a deployment's first night
+        conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("ANALYZE")
+    with _captured(pg_engine, "SELECT") as seen:
+        report = extract(pg_engine, BIG, Provider.BENEVITY, batch_size=1000, workers=1)
+    assert report.new_rows == len(events), report
+    pages = [(sql, params) for sql, params in seen if "FROM impact_events" in sql]
+    assert len(pages) == len(events) // 1000 + 1, pages  # the last read finds nothing left
+    sql, params = pages[-2]
+    with pg_engine.connect() as conn:
+        raw = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + sql, params).scalar_one()
+    plan = (json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"]
+    shown = json.dumps(plan, indent=1)
+    nodes = list(_nodes(plan))
+    assert not [n for n in nodes if "Join" in n["Node Type"] or n["Node Type"] in ("Sort", "Hash")], shown
+    outbox = [n for n in nodes if n.get("Relation Name") == "impact_deliveries"]
+    assert outbox, shown
+    for scan in outbox:
+        assert scan["Node Type"] in ("Index Scan", "Index Only Scan"), shown
+        assert "event_id = impact_events.event_id" in scan["Index Cond"], shown
+
+
+def _known_rows(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return conn.exec_driver_sql(
+            "SELECT reltuples::bigint FROM pg_class WHERE oid = 'impact_deliveries'::regclass"
+        ).scalar_one()
+
+
+def test_the_outbox_is_analyzed_once_it_holds_more_rows_than_its_statistics_know_of(pg_engine) -> None:
+    with pg_engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("ANALYZE impact_deliveries")
+    outbox = Outbox(pg_engine)
+    assert not outbox.refresh_statistics(changed=STALE_ROWS)  # a few rows more than it knows of: close enough
+    rows = 3 * STALE_ROWS
+    with pg_engine.begin() as conn:
+        conn.execute(
+            impact_deliveries.insert(),
+            [
+                {
+                    "id": str(uuid.uuid4()),
+                    "company_id": BIG,
+                    "provider": "benevity",
+                    "event_id": f"e{i}",
+                    "delivery_id": str(uuid.uuid4()),
+                    "payload": "{}",
+                    "status": "pending",
+                    "created_at": T0,
+                    "updated_at": T0,
+                }
+                for i in range(rows)
+            ],
+        )
+    assert outbox.refresh_statistics(changed=rows)
+    assert _known_rows(pg_engine) == rows
+    assert not outbox.refresh_statistics(changed=rows)  # the same rows again: now known
+
+
+def test_refreshing_statistics_is_a_no_op_on_sqlite(sqlite_engine) -> None:
+    assert not Outbox(sqlite_engine).refresh_statistics(changed=10 * STALE_ROWS)

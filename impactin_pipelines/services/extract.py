@@ -142,10 +142,12 @@ def extract(
     pages = itertools.chain([first], pages)
     if workers is None:  # processes pay for their start-up only over full pages of thousands
         workers = min(MAX_WORKERS, os.cpu_count() or 1) if batch_size >= PARALLEL_MIN_PAGE else 1
+    outbox = Outbox(engine)
+    count = _Tally(report, outbox)
     if workers > 1 and len(first) == batch_size and engine.dialect.name == "postgresql" and _picklable(build):
-        _stage_in_processes(engine, provider, build, pages, workers, report)
+        _stage_in_processes(engine, provider, build, pages, workers, count)
     else:
-        _stage_in_thread(Outbox(engine), provider, build, pages, report)
+        _stage_in_thread(outbox, provider, build, pages, count)
     return report
 
 
@@ -153,12 +155,35 @@ MAX_WORKERS = 4
 PARALLEL_MIN_PAGE = 1000  # smaller pages are staged in-process unless workers are asked for
 
 
+class _Tally:
+    """Counts the rows staged into the report and, every STATISTICS_CHECK_ROWS of them, has the outbox's statistics
+    refreshed if this extraction has made them stale: the next pages and the night's claims are planned from them,
+    and a table that grew from empty to a million rows under the planner's feet gets plans that read all of it."""
+
+    def __init__(self, report: ExtractReport, outbox: Outbox) -> None:
+        self.report, self.outbox = report, outbox
+        self.checked_at = self.analyzed_at = 0
+
+    def __call__(self, staged: tuple[int, int]) -> None:
+        # Counted as inserted: an event whose id is not UTF-8 is read again by every extraction (see _writable).
+        new_rows, quarantined = staged
+        self.report.new_rows += new_rows
+        self.report.invalid += quarantined
+        if self.report.new_rows - self.checked_at >= STATISTICS_CHECK_ROWS:
+            self.checked_at = self.report.new_rows
+            if self.outbox.refresh_statistics(changed=self.report.new_rows - self.analyzed_at):
+                self.analyzed_at = self.report.new_rows
+
+
+STATISTICS_CHECK_ROWS = 10_000
+
+
 def _stage_in_thread(
     outbox: Outbox,
     provider: Provider,
     build: PayloadBuilder,
     pages: Iterator[list[Mapping[str, Any]]],
-    report: ExtractReport,
+    count: _Tally,
 ) -> None:
     """Set-based in batches: the database hands over a page of events still without a row, they are mapped here,
     and the page's rows go back in one statement. Writing a page overlaps with mapping the next (the write waits on
@@ -168,10 +193,10 @@ def _stage_in_thread(
         for batch in pages:
             rows = [outbox_row(raw, provider, build=build) for raw in batch]
             if writing is not None:
-                _count(report, writing.result())
+                count(writing.result())
             writing = writer.submit(_stage, outbox, rows)
         if writing is not None:
-            _count(report, writing.result())
+            count(writing.result())
 
 
 def _stage_in_processes(
@@ -180,7 +205,7 @@ def _stage_in_processes(
     build: PayloadBuilder,
     pages: Iterator[list[Mapping[str, Any]]],
     workers: int,
-    report: ExtractReport,
+    count: _Tally,
 ) -> None:
     """Many pages: mapping is pure CPU work in Python, so it runs in worker processes, each writing its own pages
     over its own connection while this process reads the next ones. At most `workers + 1` pages are in flight, so
@@ -196,10 +221,10 @@ def _stage_in_processes(
             if len(in_flight) > workers:
                 done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
                 for future in done:
-                    _count(report, future.result())
+                    count(future.result())
             in_flight.add(pool.submit(_map_and_stage, batch))
         for future in in_flight:
-            _count(report, future.result())
+            count(future.result())
 
 
 @dataclass
@@ -236,13 +261,6 @@ def _stage(outbox: Outbox, rows: list[NewDelivery]) -> tuple[int, int]:
     """Insert one page of rows; return (new rows, new quarantined rows)."""
     quarantined = outbox.add([row for row in rows if row.error_kind is ErrorKind.INVALID_EVENT])
     return outbox.add([row for row in rows if row.error_kind is not ErrorKind.INVALID_EVENT]) + quarantined, quarantined
-
-
-def _count(report: ExtractReport, staged: tuple[int, int]) -> None:
-    # Counted as inserted: an event whose id is not UTF-8 is read again by every extraction (see _writable).
-    new_rows, quarantined = staged
-    report.new_rows += new_rows
-    report.invalid += quarantined
 
 
 def unpartitionable_integrations(engine: Engine) -> list[source.Integration]:

@@ -170,6 +170,15 @@ SELECT attempt_count, owned FROM moved
 """
 
 
+STALE_ROWS = 1000
+# The rows the planner's statistics know of (-1: never analyzed) and the rows changed since they were taken.
+_STATISTICS_AGE = """
+SELECT c.reltuples::bigint, coalesce(s.n_mod_since_analyze, 0)
+FROM pg_class AS c LEFT JOIN pg_stat_user_tables AS s ON s.relid = c.oid
+WHERE c.oid = CAST(:table AS regclass)
+"""
+
+
 class Outbox:
     """`held`: connections the calling threads keep (a delivery run's); the per-row statements (`confirm`,
     `record`) then use them, on PostgreSQL, instead of a pooled transaction each."""
@@ -228,6 +237,23 @@ class Outbox:
                 cursor.close()
             moved = conn.execution_options(preserve_rowcount=True).exec_driver_sql(_MOVE_STAGED, {"now": now})
             return moved.rowcount
+
+    def refresh_statistics(self, *, changed: int = 0) -> bool:
+        """ANALYZE the outbox (PostgreSQL) when the planner's picture of it is stale: more rows changed since its
+        last ANALYZE than it knows of, plus STALE_ROWS. `changed` is the caller's own count, for a server whose
+        statistics count nothing. Extraction and claims are planned from these statistics, and autovacuum may be
+        off, or a minute behind a table that grew from nothing. Returns whether it analyzed; another ANALYZE
+        holding the table makes it skip (the statistics will be as fresh). SQLite's planner ranks indexes by their
+        columns, not by statistics: a no-op there."""
+        if self.engine.dialect.name != "postgresql":
+            return False
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            known, counted = conn.execute(sa.text(_STATISTICS_AGE), {"table": d.name}).one()
+            if max(changed, counted) <= max(known, 0) + STALE_ROWS:
+                return False
+            conn.exec_driver_sql(f"ANALYZE (SKIP_LOCKED) {d.name}")
+        return True
 
     # -- claims --------------------------------------------------------------------------------------------
     def dead_claimants(self, provider: str, company_ids: Sequence[str] | None) -> list[str]:

@@ -17,6 +17,7 @@ from impactin_pipelines.domain.statuses import ErrorKind, RowOutcome
 from impactin_pipelines.observability import run_delivery_logger
 from impactin_pipelines.services.deliver import DeliveryCounts, DeliveryReport, DeliveryRun
 from impactin_pipelines.services.extract import ExtractReport, extract, quarantine_unpartitionable
+from impactin_pipelines.store.outbox import Outbox
 from impactin_pipelines.store.source import companies_with_new_events
 
 GROUP = "impact_in"
@@ -70,6 +71,8 @@ def impact_outbox(
                     metadata["error"] = report.error
                 attention[partition_key(company, provider.value)] = metadata
     _add_attention_metadata(context, attention)
+    # The night's claims are planned from the outbox's statistics, which a first night finds empty.
+    Outbox(warehouse.engine).refresh_statistics(changed=totals["new_rows"])
     # Companies that cannot be partitions are in no run's range: every run quarantines them for its providers.
     for report in quarantine_unpartitionable(warehouse.engine, _companies_by_provider(context), env=env):
         totals["new_rows"] += report.new_rows
