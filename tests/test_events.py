@@ -27,6 +27,8 @@ from tests.support import SPEC_EVENT
         ("occurred_at", None, "missing"),
         ("unit", None, "missing or blank"),
         ("metadata", "{not json", "not valid JSON"),
+        ("metadata", '\ufeff{"program": "x"}', "not valid JSON (it starts with a byte order mark)"),
+        ("metadata", '{"x": 1e400}', "JSON-serialisable"),
         ("metadata", "[1, 2]", "must be a JSON object"),
         ("metadata", {"x": float("nan")}, "JSON-serialisable"),
         ("metadata", {"blob": "x" * 70_000}, "larger than"),

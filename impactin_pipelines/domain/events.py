@@ -93,6 +93,8 @@ def _text(raw: Mapping[str, Any], name: str, *, required: bool = True) -> str:
         raise InvalidEvent(name, value, f"is longer than {MAX_TEXT_CHARS} characters")
     if _CONTROL.search(value):  # C0, DEL and C1 (`\x85` included)
         raise InvalidEvent(name, value, "contains control characters")
+    if value.isascii():  # the usual case, checked once per field of every staged event: no surrogate, noncharacter
+        return value.strip()  # or blank letter can be in it, and a space is all it can have that does not show
     if not is_utf8_text(value):
         raise InvalidEvent(name, value, "is not valid UTF-8")
     if _NONCHARACTER.search(value):  # not for interchange; U+FFFE and U+FFFF cannot be written in XML
@@ -208,8 +210,10 @@ def parse_json_object(value: Any, name: str) -> dict[str, Any]:
             raise InvalidEvent(name, value, "is not valid UTF-8")
         if len(value.encode("utf-8")) > MAX_METADATA_BYTES:
             raise InvalidEvent(name, f"<{len(value)} characters>", f"is larger than {MAX_METADATA_BYTES} bytes")
+        if value.startswith("\ufeff"):  # what `json.loads` refuses before decoding
+            raise InvalidEvent(name, value, "is not valid JSON (it starts with a byte order mark)")
         try:
-            value = json.loads(value, parse_constant=_reject_constant, object_pairs_hook=unique_keys)
+            value = _DECODER.decode(value)
         except DuplicateKey as exc:
             raise InvalidEvent(name, value, f"has the key {exc.key!r} more than once in one object") from None
         except (ValueError, RecursionError) as exc:
@@ -217,7 +221,7 @@ def parse_json_object(value: Any, name: str) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise InvalidEvent(name, value, "must be a JSON object")
     try:
-        size = len(json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8"))
+        size = len(_SIZE_ENCODER.encode(value).encode("utf-8"))
     except (TypeError, ValueError, RecursionError) as exc:  # UnicodeEncodeError is a ValueError
         raise InvalidEvent(name, value, f"is not JSON-serialisable UTF-8 ({type(exc).__name__}: {exc})") from None
     if size > MAX_METADATA_BYTES:
@@ -258,6 +262,11 @@ def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             raise DuplicateKey(key)
         found[key] = item
     return found
+
+
+# Built once: `json.loads` and `json.dumps` with options build a new decoder or encoder on every call.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=unique_keys)
+_SIZE_ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False)  # how large the payload will hold it
 
 
 def parse_event(raw: Mapping[str, Any]) -> ImpactEvent:

@@ -10,6 +10,9 @@ def json_number(value: Decimal) -> float | int:
     return float(value)
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)  # built once: hot path
+
+
 def encode_json(payload: Any) -> bytes:
     """Compact like JSON.stringify (what Benevity's signature formula names), UTF-8, no NaN."""
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    return _ENCODER.encode(payload).encode("utf-8")
