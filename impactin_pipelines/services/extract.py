@@ -33,7 +33,7 @@ from impactin_pipelines.providers import PayloadBuilder
 from impactin_pipelines.providers.env import ProviderEnv
 from impactin_pipelines.store import source
 from impactin_pipelines.store.engine import make_engine
-from impactin_pipelines.store.outbox import NewDelivery, Outbox
+from impactin_pipelines.store.outbox import STALE_ROWS, NewDelivery, Outbox
 
 
 @dataclass
@@ -156,9 +156,10 @@ PARALLEL_MIN_PAGE = 1000  # smaller pages are staged in-process unless workers a
 
 
 class _Tally:
-    """Counts the rows staged into the report and, every STATISTICS_CHECK_ROWS of them, has the outbox's statistics
-    refreshed if this extraction has made them stale: the next pages and the night's claims are planned from them,
-    and a table that grew from empty to a million rows under the planner's feet gets plans that read all of it."""
+    """Counts the rows staged into the report and, once the first page has staged STALE_ROWS and then every
+    STATISTICS_CHECK_ROWS, has the outbox's statistics refreshed if this extraction has made them stale: the next
+    pages and the night's claims are planned from them, and a table that grew from empty (or whose statistics are
+    missing) under the planner's feet gets plans that read all of a company's rows for each event."""
 
     def __init__(self, report: ExtractReport, outbox: Outbox) -> None:
         self.report, self.outbox = report, outbox
@@ -169,7 +170,7 @@ class _Tally:
         new_rows, quarantined = staged
         self.report.new_rows += new_rows
         self.report.invalid += quarantined
-        if self.report.new_rows - self.checked_at >= STATISTICS_CHECK_ROWS:
+        if self.report.new_rows - self.checked_at >= (STATISTICS_CHECK_ROWS if self.checked_at else STALE_ROWS):
             self.checked_at = self.report.new_rows
             if self.outbox.refresh_statistics(changed=self.report.new_rows - self.analyzed_at):
                 self.analyzed_at = self.report.new_rows
@@ -187,7 +188,12 @@ def _stage_in_thread(
 ) -> None:
     """Set-based in batches: the database hands over a page of events still without a row, they are mapped here,
     and the page's rows go back in one statement. Writing a page overlaps with mapping the next (the write waits on
-    the database, the mapping on the CPU), and at most two pages are ever held."""
+    the database, the mapping on the CPU), and at most two pages are ever held. The first page is staged before
+    the next is read, for the statistics (_Tally)."""
+    first = next(pages, None)
+    if first is None:
+        return
+    count(_stage(outbox, [outbox_row(raw, provider, build=build) for raw in first]))
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="impactin-stage") as writer:
         writing: Future[tuple[int, int]] | None = None
         for batch in pages:
@@ -210,12 +216,16 @@ def _stage_in_processes(
     """Many pages: mapping is pure CPU work in Python, so it runs in worker processes, each writing its own pages
     over its own connection while this process reads the next ones. At most `workers + 1` pages are in flight, so
     memory stays flat however many events there are. Pages are independent (a row exists or it is inserted), so
-    their order of arrival does not matter."""
+    their order of arrival does not matter. The first page is staged before the next is read, for the statistics
+    (_Tally)."""
     url = engine.url.render_as_string(hide_password=False)
     context = multiprocessing.get_context("spawn")  # never fork a process that may run threads (Dagster's)
     with ProcessPoolExecutor(
         workers, mp_context=context, initializer=_start_worker, initargs=(url, provider.value, build)
     ) as pool:
+        first = next(pages, None)
+        if first is not None:
+            count(pool.submit(_map_and_stage, first).result())
         in_flight: set[Future[tuple[int, int]]] = set()
         for batch in pages:
             if len(in_flight) > workers:

@@ -239,8 +239,8 @@ class Outbox:
             return moved.rowcount
 
     def refresh_statistics(self, *, changed: int = 0) -> bool:
-        """ANALYZE the outbox (PostgreSQL) when the planner's picture of it is stale: more rows changed since its
-        last ANALYZE than it knows of, plus STALE_ROWS. `changed` is the caller's own count, for a server whose
+        """ANALYZE the outbox (PostgreSQL) when the planner's picture of it is stale: as many rows changed since
+        its last ANALYZE as it knows of, plus STALE_ROWS. `changed` is the caller's own count, for a server whose
         statistics count nothing. Extraction and claims are planned from these statistics, and autovacuum may be
         off, or a minute behind a table that grew from nothing. Returns whether it analyzed; another ANALYZE
         holding the table makes it skip (the statistics will be as fresh). SQLite's planner ranks indexes by their
@@ -250,7 +250,7 @@ class Outbox:
         with self.engine.connect() as conn:
             conn = conn.execution_options(isolation_level="AUTOCOMMIT")
             known, counted = conn.execute(sa.text(_STATISTICS_AGE), {"table": d.name}).one()
-            if max(changed, counted) <= max(known, 0) + STALE_ROWS:
+            if max(changed, counted) < max(known, 0) + STALE_ROWS:
                 return False
             conn.exec_driver_sql(f"ANALYZE (SKIP_LOCKED) {d.name}")
         return True
