@@ -62,7 +62,8 @@ def undelivered_events(
     engine: Engine, company_id: str, provider: str, *, batch_size: int = 1000
 ) -> Iterator[list[Mapping[str, Any]]]:
     """Events of the company that have no outbox row for this provider yet, in batches, keyset-paginated
-    (each batch is a fresh short transaction, so extraction never holds a lock for long)."""
+    (each batch is a fresh short transaction, so extraction never holds a lock for long). Events written after a
+    page that came back short are left for the next extraction."""
     # The outbox grows while extraction reads, so its statistics are stale by design: planned as a join, a page
     # could hash or sort every row the company already has (a page of a 1M-row staging took seconds). An OFFSET
     # keeps PostgreSQL from turning the probe into a join, so each event is one look-up in the unique index.
@@ -83,9 +84,10 @@ def undelivered_events(
         )
         with read_connection(engine) as conn:
             rows: list[Mapping[str, Any]] = [dict(row._mapping) for row in conn.execute(stmt).all()]
-        if not rows:
+        if rows:
+            yield rows
+        if len(rows) < batch_size:  # a short page is the last: most companies' nights are one page, one query
             return
-        yield rows
         after = rows[-1]["event_id"]
 
 
