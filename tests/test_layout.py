@@ -2,6 +2,8 @@
 holds definitions, its helpers in `defs/orchestration/`."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import impactin_pipelines
@@ -32,3 +34,11 @@ def test_defs_holds_definitions_and_its_helpers_live_in_orchestration() -> None:
     assert not top_level & {"planning", "runner", "partitions", "loggers"}
     helpers = {p.stem for p in (PACKAGE / "defs" / "orchestration").glob("*.py")}
     assert {"planning", "runner", "partitions"} <= helpers
+
+
+def test_loading_the_code_location_does_not_import_pandas() -> None:
+    """Every run process, code server and CLI command loads the definitions; pandas (a third of that load) is
+    imported only when statistics are computed."""
+    probe = "import sys, impactin_pipelines.definitions; print(sorted(m for m in sys.modules if m == 'pandas'))"
+    loaded = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True).stdout
+    assert loaded.strip() == "[]"

@@ -3,20 +3,21 @@ returned as materialization metadata: stable numeric keys (plotted by the UI ove
 and row count, each analyst table (pandas) as a table value, and a markdown summary."""
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-import pandas as pd
 from pydantic import Field
 
 from impactin_pipelines.defs.assets.delivery import GROUP, impact_deliveries
 from impactin_pipelines.defs.resources import WarehouseResource
 from impactin_pipelines.domain.providers import PROVIDERS
 from impactin_pipelines.domain.statuses import ErrorKind
-from impactin_pipelines.services.analytics import TABLE_COLUMNS, analyse, records, snapshot_rows
 from impactin_pipelines.services.metrics import metrics_metadata
 from impactin_pipelines.services.stats import COUNT_NAME_OF_STATUS, STATUS_NAMES, StatsFilter, success_rate
 from impactin_pipelines.store.stats_snapshots import SNAPSHOT_COLUMNS, write_snapshot
+
+if TYPE_CHECKING:  # pandas is imported when statistics are computed: every run process loads this module
+    import pandas as pd
 
 MARKDOWN_ROWS = 20  # companies / days shown in the markdown; the table in SQL has all of them
 TABLE_ROWS = 100  # rows of each analyst table kept in the metadata (`impactin stats --csv` writes them all)
@@ -114,9 +115,11 @@ def stats_metadata(stats: dict) -> dict[str, float | int]:
     return values
 
 
-def table_metadata(tables: dict[str, pd.DataFrame], snapshot_rows_written: int) -> dict[str, Any]:
+def table_metadata(tables: "dict[str, pd.DataFrame]", snapshot_rows_written: int) -> dict[str, Any]:
     """What the UI shows as tables: the schema and row count of this snapshot in `impact_delivery_stats` (the
     asset's SQL table), and each analyst table (first TABLE_ROWS rows) under `table_<name>`."""
+    from impactin_pipelines.services.analytics import TABLE_COLUMNS, records
+
     metadata: dict[str, Any] = {
         "dagster/column_schema": dg.TableSchema(
             columns=[dg.TableColumn(name, kind, description=text) for name, kind, text in SNAPSHOT_COLUMNS]
@@ -140,6 +143,8 @@ def delivery_stats(
     """Delivery statistics over a period: totals by status, by provider x status with average attempts (the
     spec's /stats shape), by company, by day, by error kind, success rate and created->delivered latency.
     Each materialization appends a snapshot to `impact_delivery_stats`."""
+    from impactin_pipelines.services.analytics import analyse, snapshot_rows
+
     now = datetime.now(UTC)
     since = now - timedelta(days=config.period_days) if config.period_days else None
     analysis = analyse(warehouse.engine, StatsFilter(since=since))
