@@ -170,7 +170,7 @@ SELECT attempt_count, owned FROM moved
 """
 
 
-STALE_ROWS = 1000
+STALE_ROWS = 1000  # changed rows beyond those the statistics know of that make them worth taking again
 # The rows the planner's statistics know of (-1: never analyzed) and the rows changed since they were taken.
 _STATISTICS_AGE = """
 SELECT c.reltuples::bigint, coalesce(s.n_mod_since_analyze, 0)
