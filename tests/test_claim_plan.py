@@ -42,23 +42,31 @@ def _seed(engine: Engine) -> None:
         conn.execute(
             impact_deliveries.insert(),
             [
-                {
-                    "id": str(uuid.uuid4()),
-                    "company_id": c,
-                    "provider": "benevity",
-                    "event_id": f"e{i}",
-                    "delivery_id": str(uuid.uuid4()),
-                    "payload": "{}",
-                    "status": "success" if i < SETTLED else "pending",
-                    "created_at": T0 + timedelta(milliseconds=i),
-                    "updated_at": T0,
-                }
+                _outbox_row(c, f"e{i}", "success" if i < SETTLED else "pending", T0 + timedelta(milliseconds=i))
                 for i, c in enumerate(companies)
             ],
         )
     if engine.dialect.name == "postgresql":
-        with engine.connect() as conn:
-            conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("ANALYZE")
+        _analyze(engine)
+
+
+def _outbox_row(company_id: str, event_id: str, status: str, created_at: datetime) -> dict[str, Any]:
+    return {
+        "id": str(uuid.uuid4()),
+        "company_id": company_id,
+        "provider": "benevity",
+        "event_id": event_id,
+        "delivery_id": str(uuid.uuid4()),
+        "payload": "{}",
+        "status": status,
+        "created_at": created_at,
+        "updated_at": T0,
+    }
+
+
+def _analyze(engine: Engine, table: str = "") -> None:
+    with engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql(f"ANALYZE {table}")
 
 
 @contextmanager
@@ -178,8 +186,7 @@ def test_extraction_keeps_probing_the_outbox_per_event_while_it_grows_from_empty
     with pg_engine.begin() as conn:
         conn.execute(company_integrations.insert().values(company_id=BIG, provider="benevity", enabled=True))
         conn.execute(impact_events.insert(), [{"event_id": ev, "company_id": BIG} for ev in events])
-    with pg_engine.connect() as conn:  # the statistics of an empty outbox, as on a deployment's first night
-        conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("ANALYZE")
+    _analyze(pg_engine)  # the statistics of an empty outbox, as on a deployment's first night
     plans: list[dict[str, Any]] = []
 
     def explain(conn, cursor, statement, parameters, context, executemany):
@@ -215,29 +222,12 @@ def _known_rows(engine: Engine) -> int:
 
 
 def test_the_outbox_is_analyzed_once_it_holds_more_rows_than_its_statistics_know_of(pg_engine) -> None:
-    with pg_engine.connect() as conn:
-        conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("ANALYZE impact_deliveries")
+    _analyze(pg_engine, "impact_deliveries")
     outbox = Outbox(pg_engine)
     assert not outbox.refresh_statistics(changed=STALE_ROWS - 1)  # a few rows more than it knows of: close enough
     rows = 3 * STALE_ROWS
     with pg_engine.begin() as conn:
-        conn.execute(
-            impact_deliveries.insert(),
-            [
-                {
-                    "id": str(uuid.uuid4()),
-                    "company_id": BIG,
-                    "provider": "benevity",
-                    "event_id": f"e{i}",
-                    "delivery_id": str(uuid.uuid4()),
-                    "payload": "{}",
-                    "status": "pending",
-                    "created_at": T0,
-                    "updated_at": T0,
-                }
-                for i in range(rows)
-            ],
-        )
+        conn.execute(impact_deliveries.insert(), [_outbox_row(BIG, f"e{i}", "pending", T0) for i in range(rows)])
     assert outbox.refresh_statistics(changed=rows)
     assert _known_rows(pg_engine) == rows
     assert not outbox.refresh_statistics(changed=rows)  # the same rows again: now known

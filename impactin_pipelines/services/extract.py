@@ -193,11 +193,11 @@ def _stage_in_thread(
     first = next(pages, None)
     if first is None:
         return
-    count(_stage(outbox, [outbox_row(raw, provider, build=build) for raw in first]))
+    count(_stage(outbox, _mapped(first, provider, build)))
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="impactin-stage") as writer:
         writing: Future[tuple[int, int]] | None = None
         for batch in pages:
-            rows = [outbox_row(raw, provider, build=build) for raw in batch]
+            rows = _mapped(batch, provider, build)
             if writing is not None:
                 count(writing.result())
             writing = writer.submit(_stage, outbox, rows)
@@ -254,7 +254,7 @@ def _start_worker(url: str, provider: str, build: PayloadBuilder) -> None:
 
 def _map_and_stage(batch: list[Mapping[str, Any]]) -> tuple[int, int]:
     assert _WORKER is not None, "started by _start_worker"
-    return _stage(_WORKER.outbox, [outbox_row(raw, _WORKER.provider, build=_WORKER.build) for raw in batch])
+    return _stage(_WORKER.outbox, _mapped(batch, _WORKER.provider, _WORKER.build))
 
 
 def _picklable(build: PayloadBuilder) -> bool:
@@ -265,6 +265,10 @@ def _picklable(build: PayloadBuilder) -> bool:
     except (pickle.PicklingError, AttributeError, TypeError):
         return False
     return True
+
+
+def _mapped(batch: list[Mapping[str, Any]], provider: Provider, build: PayloadBuilder) -> list[NewDelivery]:
+    return [outbox_row(raw, provider, build=build) for raw in batch]
 
 
 def _stage(outbox: Outbox, rows: list[NewDelivery]) -> tuple[int, int]:
