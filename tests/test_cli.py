@@ -98,7 +98,7 @@ def test_commands_import_only_what_they_use(tmp_path) -> None:
         "    cli(sys.argv[1:], standalone_mode=False)\n"
         "except SystemExit:\n"
         "    pass\n"
-        "heavy = {'zeep', 'dagster', 'starlette', 'uvicorn', 'pandas', 'requests_oauthlib', 'pyrate_limiter'}\n"
+        "heavy = {'zeep', 'dagster', 'starlette', 'uvicorn', 'pandas', 'requests_oauthlib'}\n"
         "print(sorted({name.split('.')[0] for name in sys.modules} & heavy))\n"
     )
     env = cli_env(tmp_path, f"sqlite:///{tmp_path / 'w.db'}")

@@ -71,7 +71,7 @@ def arrivals(sandbox) -> dict[str, list[float]]:
 
 
 # -- the limiter ----------------------------------------------------------------------------------------------------
-SLOT_S = 30.15 + 0.001  # the 30 s window plus its 0.15 s margin; pyrate-limiter adds 1 ms to every wait it reports
+SLOT_S = 30.15  # the 30 s window plus its 0.15 s margin
 
 
 def test_try_acquire_takes_a_slot_or_says_how_long_without_sleeping(engine) -> None:

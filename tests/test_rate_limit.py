@@ -10,11 +10,13 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
+import sqlalchemy as sa
 
 from impactin_pipelines.connectors.ratelimit import (
     PauseStore,
     RateLimit,
     RateLimitWait,
+    SlotStore,
     parse_rate_limit,
     pause_requested_s,
     reset_after_s,
@@ -136,6 +138,35 @@ def test_buckets_are_per_credential(engine) -> None:
     other.acquire(max_wait_s=1)  # another credential's quota is untouched
     with pytest.raises(RateLimitWait):
         one.acquire(max_wait_s=0.1)
+
+
+def test_a_quota_is_one_row_however_many_requests_it_admits(engine) -> None:
+    """A slot costs one row look-up: the bucket keeps when the next request may leave, not a log of requests (a
+    log is counted on every request and grows with the quota: 30,000 rows for a night at a raised quota)."""
+    limiter = shared_limiter(engine, "goodera", "a1" * 32, RateLimit(1_000_000, 60.0, 0.15))  # 60 µs apart
+    taken = 0
+    for _ in range(2000):
+        wait_s = limiter.try_acquire()
+        if wait_s == 0:
+            taken += 1
+        else:
+            assert wait_s < 0.01  # never more than a spacing (or a look-again) away
+            time.sleep(wait_s)
+    assert taken > 1000
+    with limiter.slots.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT limit_key FROM impactin_rate_limit_slots")).scalars().all()
+    assert rows == [limiter.key]
+
+
+def test_slots_are_timed_by_the_database_clock_not_the_hosts(pg_engine) -> None:
+    """Two senders on hosts whose clocks are an hour apart still keep one quota: on PostgreSQL the database's clock
+    times every slot (the embedded SQLite file is one machine's, on its own clock)."""
+    here = SlotStore(pg_engine)
+    ahead = SlotStore(pg_engine, clock=lambda: time.time() + 3600)
+    behind = SlotStore(pg_engine, clock=lambda: time.time() - 3600)
+    assert here.take("goodera_clock", 30.0) == 0.0
+    assert 29 < ahead.take("goodera_clock", 30.0) <= 30  # a host an hour ahead sees the same 30 s to wait
+    assert 29 < behind.take("goodera_clock", 30.0) <= 30
 
 
 # -- two processes, one quota ---------------------------------------------------------------------------------------

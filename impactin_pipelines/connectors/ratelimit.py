@@ -1,9 +1,10 @@
-"""Provider rate limits shared by every process and run on the machine or deployment (pyrate-limiter 4).
+"""Provider rate limits shared by every process and run on the machine or deployment.
 
 A quota belongs to the provider credential, not to a connector object (a counter per client object, with an object
-per request, would limit nothing). The bucket lives where every sender sees it:
-a SQLite file in the state folder (`ratelimit.db`, with pyrate-limiter's file lock, exact across processes) for the
-embedded default, or the PostgreSQL warehouse in production. One bucket per (provider, credential hash).
+per request, would limit nothing). The bucket lives where every sender sees it: a SQLite file in the state folder
+(`ratelimit.db`) for the embedded default, or the PostgreSQL warehouse in production. One bucket per (provider,
+credential hash): a row holding when its next request may leave (`SlotStore`), taken by one conditional upsert,
+so a slot costs the same whatever the quota.
 
 Requests are spread evenly (at most one per `window / limit`), with a small safety margin on the window: a provider
 counts arrivals on its own clock, and a burst of a whole window at its edges would turn network jitter into 429s.
@@ -23,16 +24,12 @@ import re
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import sqlalchemy as sa
-from pyrate_limiter import AbstractBucket, Limiter, PostgresBucket, Rate, RateItem, SQLiteBucket
-from pyrate_limiter.limiter import combined_lock
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from impactin_pipelines.connectors.retry import parse_retry_after
 from impactin_pipelines.domain.errors import ConfigError
@@ -58,9 +55,7 @@ _UNITS_S = {
 _EPOCH_THRESHOLD_S = 1_000_000_000  # an X-RateLimit-Reset above this is a Unix time, below it a delay
 _MAX_PAUSE_S = 3600.0  # a provider header asking for more is capped: the retry policy parks the row anyway
 PAUSE_CACHE_S = 0.5  # how stale this process's view of another process's provider pause may be
-BUSY_RETRY_S = 0.02  # another sender held the bucket's lock (or the bucket reported no wait): look again this soon
-CLOCK_SYNC_S = 10.0  # how often a PostgreSQL bucket reads the database's clock again
-LOCK_WAIT_S = 1.0  # the longest a slot check waits for the bucket's lock (held for one check-and-put at a time)
+BUSY_RETRY_S = 0.005  # a slot was free, but another sender took it first: look again this soon
 
 
 @dataclass(frozen=True)
@@ -148,6 +143,20 @@ def pause_requested_s(status: int, headers: Mapping[str, str]) -> float | None:
     return reset_after_s(headers)
 
 
+def _create_once(engine: Engine, table: sa.Table, ready: threading.Event, lock: threading.Lock) -> None:
+    """Create a quota table on first use in this process (a no-op once `ready` is set)."""
+    if ready.is_set():
+        return
+    with lock:
+        if ready.is_set():
+            return
+        with engine.begin() as conn:
+            if not is_sqlite(engine):  # concurrent CREATE ... IF NOT EXISTS can still collide
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(zlib.crc32(table.name.encode()))))
+            table.create(conn, checkfirst=True)
+        ready.set()
+
+
 # -- the shared pause ----------------------------------------------------------------------------------------
 _pauses = sa.Table(
     "impactin_rate_limit_pauses",
@@ -159,7 +168,7 @@ _pauses = sa.Table(
 
 class PauseStore:
     """`until` per key, only ever moved forward. Kept beside the bucket (same file or same database), created on
-    first use like pyrate-limiter's own bucket tables.
+    first use.
 
     Reads are cached for `cache_s`, for every key at once: one query returns the pauses still running (few, if
     any), so a process sending for fifty credentials reads the table twice a second, not fifty times. A pause this
@@ -170,22 +179,10 @@ class PauseStore:
     def __init__(self, engine: Engine, cache_s: float = PAUSE_CACHE_S) -> None:
         self.engine = engine
         self.cache_s = cache_s
-        self._ready = False
+        self._ready = threading.Event()
         self._lock = threading.Lock()
         self._known: dict[str, float] = {}  # key -> until_epoch, for the pauses running when last read
         self._read_at = -math.inf  # monotonic time of the last read
-
-    def _ensure(self) -> None:
-        if self._ready:
-            return
-        with self._lock:
-            if self._ready:
-                return
-            with self.engine.begin() as conn:
-                if not is_sqlite(self.engine):  # concurrent CREATE ... IF NOT EXISTS can still collide
-                    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(zlib.crc32(_pauses.name.encode()))))
-                _pauses.create(conn, checkfirst=True)
-            self._ready = True
 
     def remaining_s(self, key: str, now: float | None = None) -> float:
         if time.monotonic() - self._read_at >= self.cache_s:
@@ -195,7 +192,7 @@ class PauseStore:
         return max(0.0, until - (now if now is not None else time.time()))
 
     def _refresh(self) -> None:
-        self._ensure()
+        _create_once(self.engine, _pauses, self._ready, self._lock)
         read_at, wall = time.monotonic(), time.time()
         with self.engine.connect() as conn:
             rows = conn.execute(
@@ -213,7 +210,7 @@ class PauseStore:
             self._known[key] = max(until_epoch, self._known.get(key, 0.0))
 
     def extend(self, key: str, until_epoch: float) -> None:
-        self._ensure()
+        _create_once(self.engine, _pauses, self._ready, self._lock)
         from sqlalchemy.dialects import postgresql, sqlite
 
         insert = sqlite.insert if is_sqlite(self.engine) else postgresql.insert
@@ -225,69 +222,58 @@ class PauseStore:
         self._remember(key, until_epoch)
 
 
-# -- buckets -------------------------------------------------------------------------------------------------
-class _EnginePool:
-    """The slice of `psycopg_pool.ConnectionPool` that PostgresBucket uses, served from the warehouse engine's
-    own pool: no second pool, and the same connection options (search_path) as everything else."""
+# -- the shared bucket ----------------------------------------------------------------------------------------
+_slots = sa.Table(
+    "impactin_rate_limit_slots",
+    sa.MetaData(),
+    sa.Column("limit_key", sa.Text, primary_key=True),
+    sa.Column("next_at", sa.Float, nullable=False),  # Unix time: the earliest the next request may leave
+)
+# Take the slot if its time has come (and move it one spacing past now); nothing is returned when it has not.
+# One statement: the row lock (PostgreSQL) or the write lock (SQLite) makes check-and-take exact across processes.
+_TAKE = """
+INSERT INTO impactin_rate_limit_slots AS s (limit_key, next_at) VALUES (:key, {now} + :spacing)
+ON CONFLICT (limit_key) DO UPDATE SET next_at = excluded.next_at WHERE s.next_at <= excluded.next_at - :spacing
+RETURNING next_at
+"""
+_WAIT = "SELECT next_at - {now} FROM impactin_rate_limit_slots WHERE limit_key = :key"
+_DATABASE_NOW = "extract(epoch FROM clock_timestamp())::float8"  # every host sees the database's clock
 
-    closed = False
 
-    def __init__(self, engine: Engine) -> None:
+class SlotStore:
+    """Each credential's quota as one row: when its next request may leave. A request takes the slot when that time
+    has come, which moves it one spacing on; otherwise the row says how long to wait. One conditional upsert per
+    request, whatever the quota (a log of recent requests would be counted on every request, and grows with the
+    quota). Kept beside the pauses (same file or same database), created on first use.
+
+    Requests at least one spacing apart are never more than `limit` in any window of `limit` spacings, so the
+    spacing alone keeps the quota. On PostgreSQL the database's clock times every slot, so senders on hosts with
+    drifting clocks agree; the embedded SQLite file is one machine's, on its clock."""
+
+    def __init__(self, engine: Engine, clock: Callable[[], float] = time.time) -> None:
         self.engine = engine
+        self.clock = clock
+        sqlite_file = is_sqlite(engine)
+        now = ":now" if sqlite_file else _DATABASE_NOW
+        self._take, self._wait = sa.text(_TAKE.format(now=now)), sa.text(_WAIT.format(now=now))
+        self._ready = threading.Event()
+        self._lock = threading.Lock()
 
-    @contextmanager
-    def connection(self) -> Iterator[Any]:
-        import psycopg
+    def take(self, key: str, spacing_s: float) -> float:
+        """0.0 when the slot is taken (send now), otherwise the seconds until it may be free (nothing taken)."""
+        _create_once(self.engine, _slots, self._ready, self._lock)
+        params: dict[str, object] = {"key": key, "spacing": spacing_s, "now": self.clock()}
+        if is_sqlite(self.engine):
+            with self.engine.begin() as conn:  # BEGIN IMMEDIATE: the take and the wait under one write lock
+                return self._take_on(conn, params)
+        with self.engine.connect() as conn:
+            return self._take_on(conn.execution_options(isolation_level="AUTOCOMMIT"), params)
 
-        raw = self.engine.raw_connection()
-        try:
-            conn = raw.driver_connection
-            assert isinstance(conn, psycopg.Connection)
-            try:
-                yield conn
-            except BaseException:
-                conn.rollback()
-                raise
-            if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
-                conn.rollback()  # the bucket swallowed LockNotAvailable: nothing to keep
-            else:
-                conn.commit()
-        finally:
-            raw.close()
-
-    def close(self) -> None:
-        return None  # the engine belongs to the warehouse
-
-
-class _WarehouseBucket(PostgresBucket):
-    """pyrate-limiter's PostgreSQL bucket on the database's clock, read once every `CLOCK_SYNC_S` and carried
-    forward on this process's monotonic clock: every process stamps items on the same time base (the database's),
-    without a clock query (a connection checkout and a round trip) before every slot."""
-
-    def __init__(self, pool: Any, table: str, rates: list[Rate]) -> None:
-        super().__init__(pool, table, rates)
-        self._offset_ms: float | None = None
-        self._synced_at = -math.inf
-        self._clock_lock = threading.Lock()
-
-    def now(self) -> int:
-        mono = time.monotonic()
-        with self._clock_lock:
-            if self._offset_ms is None or mono - self._synced_at >= CLOCK_SYNC_S:
-                before = time.monotonic()
-                database_ms = super().now()
-                after = time.monotonic()
-                self._offset_ms = database_ms - (before + after) * 500  # against the middle of the round trip
-                self._synced_at = mono = after
-            return int(mono * 1000 + self._offset_ms)
-
-
-def _rates(rate: RateLimit) -> list[Rate]:
-    """At most one request per spacing, and at most `limit` per (margined) window."""
-    spacing_ms = math.ceil(rate.enforced_window_s * 1000 / rate.limit)
-    if rate.limit == 1:
-        return [Rate(1, spacing_ms)]
-    return [Rate(1, spacing_ms), Rate(rate.limit, spacing_ms * rate.limit)]  # whole spacings: never denser
+    def _take_on(self, conn: Connection, params: dict[str, object]) -> float:
+        if conn.execute(self._take, params).first() is not None:
+            return 0.0
+        wait_s = float(conn.execute(self._wait, params).scalar() or 0.0)
+        return wait_s if wait_s > 0 else BUSY_RETRY_S
 
 
 class SharedRateLimiter:
@@ -297,14 +283,14 @@ class SharedRateLimiter:
         self,
         key: str,
         rate: RateLimit,
-        limiter: Limiter,
+        slots: SlotStore,
         pauses: PauseStore,
         *,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.key = key
         self.rate = rate
-        self.limiter = limiter
+        self.slots = slots
         self.pauses = pauses
         self.sleep = sleep
 
@@ -351,24 +337,8 @@ class SharedRateLimiter:
         return 0.0, False
 
     def _take_slot(self) -> float:
-        """One check-and-put into the shared bucket, under the limiter's lock (with the SQLite bucket, a file lock
-        shared by every process): 0.0 when the slot is ours, otherwise the bucket's own estimate of the wait.
-        The item is stamped when it goes in, so the recorded time is the time the request leaves."""
-        factory = self.limiter.bucket_factory
-        try:
-            with combined_lock(self.limiter.lock, blocking=True, timeout=LOCK_WAIT_S):
-                item = factory.wrap_item(self.key, 1)
-                assert isinstance(item, RateItem)  # our buckets are synchronous
-                bucket = factory.get(item)
-                assert isinstance(bucket, AbstractBucket)
-                if bucket.put(item):
-                    return 0.0
-                wait_ms = bucket.waiting(item)
-                assert isinstance(wait_ms, int)
-        except TimeoutError:  # the lock stayed busy: another sender is taking a slot right now
-            return BUSY_RETRY_S
-        # PostgreSQL's bucket answers a contended table lock with "no" and no wait: look again shortly
-        return max(BUSY_RETRY_S, wait_ms / 1000)
+        """The shared bucket's slot, if its time has come: 0.0 when it is ours, otherwise the wait until it may be."""
+        return self.slots.take(self.key, self.rate.spacing_s)
 
     def observe(self, status: int, headers: Mapping[str, str]) -> float | None:
         """Record a pause for every sender when the response asks for one; returns its length."""
@@ -380,9 +350,7 @@ class SharedRateLimiter:
 
 _registry: dict[tuple[str, str, RateLimit], SharedRateLimiter] = {}
 _registry_lock = threading.Lock()
-_opening: dict[tuple[str, str, RateLimit], threading.Lock] = {}  # one per limiter while it is being opened
-_sqlite_opening = threading.Lock()
-_pause_stores: dict[str, PauseStore] = {}  # one per bucket location: one read serves every credential's pause
+_stores: dict[str, tuple[SlotStore, PauseStore]] = {}  # one per bucket location: one read serves every pause
 
 
 def _location(engine: Engine) -> str:
@@ -393,57 +361,36 @@ def _location(engine: Engine) -> str:
 
 def shared_limiter(engine: Engine, provider: str, credential_key: str, rate: RateLimit) -> SharedRateLimiter:
     """The process-wide limiter for (provider, credential). Its bucket lives in the state folder when the
-    warehouse is SQLite (embedded default), in the warehouse when it is PostgreSQL. Opening one creates its
-    bucket table (a round trip or more each): different credentials open side by side, the same one once."""
+    warehouse is SQLite (embedded default), in the warehouse when it is PostgreSQL."""
     key = limit_key(provider, credential_key)
-    registry_key = (_location(engine), key, rate)
+    location = _location(engine)
     with _registry_lock:
-        found = _registry.get(registry_key)
-        if found is not None:
-            return found
-        opening = _opening.setdefault(registry_key, threading.Lock())
-    with opening:
-        with _registry_lock:
-            found = _registry.get(registry_key)
-            if found is not None:
-                return found
-        found = _open_limiter(engine, key, rate, registry_key[0])
-        with _registry_lock:
-            _registry[registry_key] = found
-            _opening.pop(registry_key, None)
+        found = _registry.get((location, key, rate))
+        if found is None:
+            slots, pauses = _stores_at(location, engine)
+            found = _registry[(location, key, rate)] = SharedRateLimiter(key, rate, slots, pauses)
         return found
 
 
-def _open_limiter(engine: Engine, key: str, rate: RateLimit, location: str) -> SharedRateLimiter:
+def _stores_at(location: str, engine: Engine) -> tuple[SlotStore, PauseStore]:
+    """The slot and pause stores of a bucket location (under the registry lock): the warehouse's engine, or an
+    engine of the state folder's SQLite file."""
+    stores = _stores.get(location)
+    if stores is not None and (is_sqlite(engine) or stores[0].engine is engine):
+        return stores
     if is_sqlite(engine):
         path: Path = state_dir() / RATE_LIMIT_DB
         path.parent.mkdir(parents=True, exist_ok=True)
-        with _sqlite_opening:  # one local file: its tables are created one at a time, as they always were
-            bucket: AbstractBucket = SQLiteBucket.init_from_file(
-                _rates(rate), table=f"ratelimit_{key}", db_path=str(path), use_file_lock=True
-            )
-        limiter = Limiter(bucket, buffer_ms=0)
-        with _registry_lock:
-            pauses = _pause_stores.get(location)
-            if pauses is None:
-                pauses = _pause_stores[location] = PauseStore(make_engine(f"sqlite:///{path}"))
-    else:
-        bucket = _WarehouseBucket(_EnginePool(engine), key, _rates(rate))
-        limiter = Limiter(bucket, buffer_ms=1)  # lock contention can report no wait: never spin at 0
-        with _registry_lock:
-            pauses = _pause_stores.get(location)
-            if pauses is None or pauses.engine is not engine:
-                pauses = _pause_stores[location] = PauseStore(engine)
-    return SharedRateLimiter(key, rate, limiter, pauses)
+        engine = make_engine(f"sqlite:///{path}")
+    stores = _stores[location] = (SlotStore(engine), PauseStore(engine))
+    return stores
 
 
 def close_shared_limiters() -> None:
     """For tests and benchmarks that change the state folder: drop every cached bucket."""
     with _registry_lock:
-        for limiter in _registry.values():
-            limiter.limiter.close()
         _registry.clear()
-        for store in _pause_stores.values():
-            if is_sqlite(store.engine):  # ours; a PostgreSQL store uses the warehouse's engine
-                store.engine.dispose()
-        _pause_stores.clear()
+        for slots, _pauses_store in _stores.values():
+            if is_sqlite(slots.engine):  # ours; a PostgreSQL store uses the warehouse's engine
+                slots.engine.dispose()
+        _stores.clear()
