@@ -17,7 +17,7 @@ from impactin_pipelines.providers.env import ProviderEnv
 from impactin_pipelines.providers.goodera.connector import GooderaConnector
 from impactin_pipelines.providers.goodera.fake import ENDPOINT, max_in_window
 from impactin_pipelines.security.crypto import generate_key, load_keyring
-from impactin_pipelines.services.deferred import Deferred, DeferredRows, Held
+from impactin_pipelines.services.deferred import EARLY_S, Deferred, DeferredRows, Held
 from impactin_pipelines.services.extract import extract
 from tests.support import add_events, add_integration, attempts, deliver, events, fast_settings, rows, statuses
 
@@ -211,3 +211,23 @@ def test_rows_of_one_bucket_go_a_quota_interval_apart_and_the_bucket_retimes_the
     now[0] = 104.8
     assert [h.row for h in held.due()] == [row[3]]  # in arrival order
     assert held.take_all() == [Held(row[4])] and len(held) == 0
+
+
+def test_a_quota_faster_than_the_drain_loop_lets_the_rows_due_by_its_next_look_go_together() -> None:
+    """A raised quota's interval can be microseconds, far less than one turn of the run's loop: the rows due by the
+    next look go together, each one interval after the last (never denser than the quota over time), instead of
+    one row per turn. A real quota's rows still go one at a time (the test above)."""
+    now = [100.0]
+    held = DeferredRows(clock=lambda: now[0])
+    row = [OutboundDelivery(f"d{i}", "acme", "goodera", f"e{i}", "{}", id=f"r{i}") for i in range(16)]
+    spacing = EARLY_S / 4.5
+    fast = ("fast", spacing)
+    assert [held.admit_fresh(r, fast) for r in row[:12]] == [True] * 5 + [False] * 7  # 5 due by the next look
+    assert list(held.due()) == []  # the next is due one interval after the fifth: past this look
+    now[0] += spacing
+    assert [h.row for h in held.due()] == [row[5]]  # one interval on, one more row
+    now[0] += EARLY_S * 10  # a long turn: the time the bucket was not used does not pile up into a burst
+    assert [h.row for h in held.due()] == row[6:11] and len(held) == 1
+    now[0] += EARLY_S * 10
+    assert [h.row for h in held.due()] == [row[11]] and len(held) == 0
+    assert [held.admit_fresh(r, fast) for r in row[12:]] == [True] * 4  # its last row went one interval ago
