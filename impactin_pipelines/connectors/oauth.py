@@ -341,7 +341,9 @@ class OAuthClientCredentials:
             raise self._refusal("error", None, status, retry_after)
         self._flight.fetches += 1
         stored = self._stored(token, issued_at)
-        LOG.info(
+        # Routine (once per company and token lifetime: a night of 1,000 companies fetches 1,000), so DEBUG: an INFO
+        # line of an `impactin` logger enters the Dagster run log, an event-log write each. Refusals stay INFO.
+        LOG.debug(
             f"fetched a {self.provider} access token for company {self.company_id} "
             f"(valid {int((stored.expires_at - issued_at).total_seconds())} s)"
         )
