@@ -35,6 +35,7 @@ from impactin_pipelines.connectors.retry import parse_retry_after
 from impactin_pipelines.domain.errors import ConfigError
 from impactin_pipelines.settings import state_dir
 from impactin_pipelines.store.engine import is_sqlite, make_engine
+from impactin_pipelines.store.held_connections import HeldConnections
 
 RATE_LIMIT_DB = "ratelimit.db"
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)?\s*([a-z]+)\s*$", re.IGNORECASE)
@@ -265,6 +266,10 @@ class SlotStore:
         params: dict[str, object] = {"key": key, "spacing": spacing_s, "now": self.clock()}
         if is_sqlite(self.engine):
             with self.engine.begin() as conn:  # BEGIN IMMEDIATE: the take and the wait under one write lock
+                return self._take_on(conn, params)
+        held = HeldConnections.of_this_thread(self.engine)
+        if held is not None:  # a delivery run's send thread: its own connection, one round trip
+            with held.connection() as conn:
                 return self._take_on(conn, params)
         with self.engine.connect() as conn:
             return self._take_on(conn.execution_options(isolation_level="AUTOCOMMIT"), params)

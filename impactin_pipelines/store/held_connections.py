@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 IDLE_PING_S = 1.0
+_this_thread = threading.local()  # `.held`: the HeldConnections this thread last kept a connection of
 
 
 @dataclass
@@ -38,6 +39,16 @@ class HeldConnections:
         self._lock = threading.Lock()
         self._all: list[_Held] = []
         self._closed = False
+
+    @staticmethod
+    def of_this_thread(engine: Engine) -> "HeldConnections | None":
+        """The held connections (still open) this thread keeps a connection of for `engine`: a delivery run's send
+        thread, for statements of lower layers on its path (a quota's slot), which would otherwise check out a
+        pooled connection, with a pre-ping, per row. None for any other thread."""
+        held: HeldConnections | None = getattr(_this_thread, "held", None)
+        if held is None or held.engine is not engine or held._closed:
+            return None
+        return held
 
     @contextmanager
     def connection(self) -> Iterator[Connection]:
@@ -66,6 +77,7 @@ class HeldConnections:
         with self._lock:
             self._all.append(held)
         self._local.held = held
+        _this_thread.held = self
         return held
 
     def _drop(self, held: _Held) -> None:
