@@ -30,6 +30,7 @@ from impactin_pipelines.connectors.retry import Spent
 # minute: 0.6 s), where rows go one at a time; the shared bucket has the last word either way.
 EARLY_S = 0.002
 
+
 @dataclass(frozen=True)
 class Deferred:
     """What a send thread hands back instead of a settled row: not sent (no attempt for the quota wait), and
