@@ -254,8 +254,8 @@ class SlotStore:
     def __init__(self, engine: Engine, clock: Callable[[], float] = time.time) -> None:
         self.engine = engine
         self.clock = clock
-        sqlite_file = is_sqlite(engine)
-        now = ":now" if sqlite_file else _DATABASE_NOW
+        self._sqlite = is_sqlite(engine)
+        now = ":now" if self._sqlite else _DATABASE_NOW
         self._take, self._wait = sa.text(_TAKE.format(now=now)), sa.text(_WAIT.format(now=now))
         self._ready = threading.Event()
         self._lock = threading.Lock()
@@ -264,7 +264,7 @@ class SlotStore:
         """0.0 when the slot is taken (send now), otherwise the seconds until it may be free (nothing taken)."""
         _create_once(self.engine, _slots, self._ready, self._lock)
         params: dict[str, object] = {"key": key, "spacing": spacing_s, "now": self.clock()}
-        if is_sqlite(self.engine):
+        if self._sqlite:
             with self.engine.begin() as conn:  # BEGIN IMMEDIATE: the take and the wait under one write lock
                 return self._take_on(conn, params)
         held = HeldConnections.of_this_thread(self.engine)
