@@ -4,7 +4,9 @@ Concurrency is a bounded thread pool (network-bound work); a row is only ever in
 only ever held by one claim. Claims carry a lease renewed by a heartbeat while the run lives; a crashed run's
 rows come back when its lease lapses, or at once when its process is provably dead (same boot and PID namespace).
 A worker confirms the claim right before each request, and settling checks it again: a row whose claim was taken
-over or lapsed while it waited in the pool, or between retries, is left to its new holder, never sent.
+over or lapsed while it waited in the pool, or between retries, is left to its new holder, never sent. Attempts and
+settlements are written in batches by the run's settlement writer (services/settlement_writer), so a send thread
+goes on to its next row while its last one is being written; a row counts as done once it is written.
 """
 
 import logging
@@ -36,11 +38,12 @@ from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.domain.statuses import DeliveryStatus, ErrorKind, RowOutcome
 from impactin_pipelines.observability import log_delivery
 from impactin_pipelines.services.deferred import Deferred, DeferredRows, Held
+from impactin_pipelines.services.settlement_writer import SettlementWriter, Written
 from impactin_pipelines.settings import DeliverySettings
 from impactin_pipelines.store.circuits import CircuitGate, Hold
 from impactin_pipelines.store.claimants import Claimant
 from impactin_pipelines.store.held_connections import HeldConnections
-from impactin_pipelines.store.outbox import Outbox, Settlement, utcnow
+from impactin_pipelines.store.outbox import Outbox, Recording, Settlement, utcnow
 
 LOG = logging.getLogger("impactin.delivery")
 PROVIDER_RESPONSE_CHARS = 16 * 1024
@@ -61,6 +64,19 @@ class RowResult:
     error_kind: ErrorKind | None
     attempts: int
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class Settling:
+    """What a send thread hands back for a row whose last attempt is sent and being written: the run reports it
+    once `written` resolves (the claim may turn out lost, or the write fail)."""
+
+    row: OutboundDelivery
+    written: "Future[Written]"
+    settlement: Settlement
+    result: AttemptResult
+    step: Step
+    attempts: int
 
 
 @dataclass
@@ -117,11 +133,13 @@ class DeliveryReport:
         return total
 
 
-def _finished(
-    finished: "queue.SimpleQueue[Future[RowResult | Deferred]]", timeout: float | None
-) -> list[Future[RowResult | Deferred]]:
-    """The futures that finished: waits up to `timeout` (None: until one does) for the first, then takes the rest
-    that are ready."""
+Outcome = RowResult | Deferred | Settling  # what a send thread hands back for a row
+Finished = Future[Outcome] | Settling  # what the drain loop is told of: a send thread's row, or a row written
+
+
+def _finished(finished: "queue.SimpleQueue[Finished]", timeout: float | None) -> list[Finished]:
+    """What finished: waits up to `timeout` (None: until something does) for the first, then takes the rest that
+    are ready."""
     try:
         done = [finished.get(timeout=timeout)]
     except queue.Empty:
@@ -131,6 +149,37 @@ def _finished(
             done.append(finished.get_nowait())
         except queue.Empty:
             return done
+
+
+def _tell(finished: "queue.SimpleQueue[Finished]", settling: Settling) -> Callable[[Future[Written]], None]:
+    """A callback for a row's write that puts the row in `finished` (run on the writer's thread)."""
+    return lambda _: finished.put(settling)
+
+
+class _UnwrittenSends:
+    """Rows whose request went out and whose attempt is not written yet: at most `limit` (the run's concurrency),
+    as when each send thread wrote its own, because they are what a crash leaves to be sent again. A send thread
+    takes a place right before its request; the attempt's write gives it back."""
+
+    def __init__(self, limit: int) -> None:
+        self._places = threading.Semaphore(limit)
+
+    def take(self) -> "_Place":
+        self._places.acquire()
+        return _Place(self._places)
+
+
+class _Place:
+    def __init__(self, places: threading.Semaphore) -> None:
+        self._places: threading.Semaphore | None = places
+        self._lock = threading.Lock()
+
+    def give_back(self, *_: object) -> None:
+        """Give the place back (once, however many times it is called)."""
+        with self._lock:
+            places, self._places = self._places, None
+        if places is not None:
+            places.release()
 
 
 class _Heartbeat:
@@ -191,6 +240,8 @@ class DeliveryRun:
         # Each send thread keeps a connection for the run: a row's confirm and record are a round trip each.
         self._held = HeldConnections(engine)
         self.outbox = Outbox(engine, held=self._held)
+        self._writer = SettlementWriter(self.outbox, max_waiting=self.settings.concurrency)
+        self._unwritten = _UnwrittenSends(self.settings.concurrency)
         self.only_ids = list(only_ids) if only_ids is not None else None
         self._taken: set[str] = set()  # targeted rows claimed once already: a settled row is never re-claimed
         self.claimant = str(Claimant.new())
@@ -211,6 +262,7 @@ class DeliveryRun:
         try:
             with (
                 _Heartbeat(self.outbox, self.claimant, self.settings.lease_s, self.log),
+                self._writer,
                 ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="impactin-send") as pool,
             ):
                 try:
@@ -221,7 +273,7 @@ class DeliveryRun:
                     self._halted.set()  # before the pool winds down: rows still queued in it are not sent
                     raise
         finally:
-            self._held.close()  # the send threads are done
+            self._held.close()  # the send threads are done, and the writer has written what they sent
             try:
                 self.outbox.release_all(self.claimant)
             except Exception as exc:  # leases lapse on their own; say so and move on
@@ -261,7 +313,8 @@ class DeliveryRun:
         """Claim and send until nothing claimable is left and no row is held for its quota. A row whose quota has
         no slot comes back deferred: it is held (still claimed) and offered again when its bucket should have
         room, while the send threads take other rows; claiming goes on while rows are held, up to a bound."""
-        in_flight: set[Future[RowResult | Deferred]] = set()
+        in_flight: set[Future[Outcome]] = set()  # rows in the send threads
+        settling = 0  # rows sent and being written
         held_limit = self.settings.claim_batch * HELD_CLAIM_BATCHES
         exhausted = False
         # The last batch went to busy buckets only (nothing of it could go now): claiming more would most likely
@@ -271,7 +324,7 @@ class DeliveryRun:
 
         # Finished rows arrive here (one callback each), so noticing one costs the same however many are in flight;
         # `concurrent.futures.wait` would visit every future in flight (a claim batch of them) each time.
-        finished: queue.SimpleQueue[Future[RowResult | Deferred]] = queue.SimpleQueue()
+        finished: queue.SimpleQueue[Finished] = queue.SimpleQueue()
 
         def submit(row: OutboundDelivery, held: Held | None = None) -> None:
             future = pool.submit(self._deliver_row, row, held)
@@ -307,16 +360,23 @@ class DeliveryRun:
                         submitted += 1
                 stalled = bool(batch) and not submitted
                 continue
-            if not in_flight and not len(self._deferred):
+            if not in_flight and not settling and not len(self._deferred):
                 return
             due_in = self._deferred.next_due_in() if room() else None  # a full pool: wait for it, not for the time
-            if due_in is None and not in_flight:  # defensive: a held row always has a due time
+            if due_in is None and not in_flight and not settling:  # defensive: a held row always has a due time
                 due_in = 0.05
-            for future in _finished(finished, due_in):
-                in_flight.discard(future)
-                outcome = future.result()
+            for done in _finished(finished, due_in):
+                if isinstance(done, Settling):
+                    settling -= 1
+                    self.report.add(self._written(done))
+                    continue
+                in_flight.discard(done)
+                outcome = done.result()
                 if isinstance(outcome, Deferred):
                     self._deferred.hold(outcome)
+                elif isinstance(outcome, Settling):
+                    settling += 1
+                    outcome.written.add_done_callback(_tell(finished, outcome))
                 else:
                     self.report.add(outcome)
 
@@ -372,18 +432,21 @@ class DeliveryRun:
                 self.sleep(min(1.0, max(0.05, pause)))
 
     # -- one row ---------------------------------------------------------------------------------------------
-    def _deliver_row(self, row: OutboundDelivery, held: Held | None = None) -> RowResult | Deferred:
+    def _deliver_row(self, row: OutboundDelivery, held: Held | None = None) -> Outcome:
         if self._halted.is_set():
             return RowResult(row, RowOutcome.NOT_SENT, None, held.attempts if held else 0, HALTED_NOT_SENT)
         try:
             return self._send_until_settled(row, held)
         except Exception as exc:  # the warehouse went away mid-row: the lease brings the row back later
-            self._halted.set()
-            message = f"delivery could not be recorded (no more sends in this run): {type(exc).__name__}: {exc}"
-            self._log_row(logging.ERROR, message, row, row.status, row.attempt_count)
-            return RowResult(row, RowOutcome.UNRECORDED, None, 0, f"{type(exc).__name__}: {exc}")
+            return self._unrecorded(row, exc)
 
-    def _send_until_settled(self, row: OutboundDelivery, held: Held | None = None) -> RowResult | Deferred:
+    def _unrecorded(self, row: OutboundDelivery, exc: BaseException) -> RowResult:
+        self._halted.set()
+        message = f"delivery could not be recorded (no more sends in this run): {type(exc).__name__}: {exc}"
+        self._log_row(logging.ERROR, message, row, row.status, row.attempt_count)
+        return RowResult(row, RowOutcome.UNRECORDED, None, 0, f"{type(exc).__name__}: {exc}")
+
+    def _send_until_settled(self, row: OutboundDelivery, held: Held | None = None) -> Outcome:
         if not row.payload:
             settlement = Settlement(
                 DeliveryStatus.FAILED, ErrorKind.INVALID_EVENT, "no payload was built for this event"
@@ -411,37 +474,38 @@ class DeliveryRun:
                 return RowResult(row, RowOutcome.HELD, None, attempts, ticket.reason)
             if not self.outbox.confirm(self.claimant, row.id, row.claim_version, self.settings.lease_s):
                 return self._claim_lost(row, attempts, LOST_AT_SEND)
-            sent = self._offer(connector, row, waiting_since)
-            if isinstance(sent, Deferral):  # no quota slot now: nothing sent, no attempt; the run holds the row
-                self.circuits.release(ticket)
-                return Deferred(row, sent, spent, attempts, waiting_since)
-            result, waiting_since = sent, None
-            attempts += 1
-            decision = self.policy.decide(
-                result.outcome,
-                spent,
-                token_stale=result.token_stale,
-                retry_after_s=result.retry_after_s,
-                rng=self.rng,
-            )
-            settlement = self._settlement(row, result, decision)
-            attempt_count, applied = self._settle(row, result, settlement)
-            self.circuits.report(ticket, row, result)
-            if not applied:
-                return self._claim_lost(row, attempts, LOST_AT_SETTLE)
-            level = logging.INFO if settlement.status is DeliveryStatus.SUCCESS else logging.WARNING
-            self._log_row(
-                level,
-                f"attempt {decision.step.value}",
-                row,
-                settlement.status,
-                attempt_count,
-                httpStatus=result.http_status,
-                error=result.error,
-                providerReference=result.provider_reference,
-            )
+            place = self._unwritten.take()  # given back once this attempt is written (or if none is sent)
+            if self._halted.is_set():  # a write failed while this thread waited for its place
+                place.give_back()
+                return RowResult(row, RowOutcome.NOT_SENT, None, attempts, HALTED_NOT_SENT)
+            try:
+                sent = self._offer(connector, row, waiting_since)
+                if isinstance(sent, Deferral):  # no quota slot now: nothing sent, no attempt; the run holds the row
+                    place.give_back()
+                    self.circuits.release(ticket)
+                    return Deferred(row, sent, spent, attempts, waiting_since)
+                result, waiting_since = sent, None
+                attempts += 1
+                decision = self.policy.decide(
+                    result.outcome,
+                    spent,
+                    token_stale=result.token_stale,
+                    retry_after_s=result.retry_after_s,
+                    rng=self.rng,
+                )
+                settlement = self._settlement(row, result, decision)
+                self.circuits.report(ticket, row, result)
+                written = self._submit(row, result, settlement)
+            except BaseException:
+                place.give_back()
+                raise
+            written.add_done_callback(place.give_back)
+            settling = Settling(row, written, settlement, result, decision.step, attempts)
             if decision.step is not Step.RETRY:
-                return RowResult(row, RowOutcome.settled(settlement.status), settlement.error_kind, attempts)
+                return settling  # reported once written; this thread takes its next row meanwhile
+            outcome = self._written(settling)  # the next attempt waits for this one's record
+            if outcome.status is not RowOutcome.RETRYING:
+                return outcome
             spent = decision.spent
             self.sleep(decision.delay_s)
 
@@ -486,16 +550,42 @@ class DeliveryRun:
         self._log_row(logging.WARNING, message, row, row.status, row.attempt_count)
         return RowResult(row, RowOutcome.CLAIM_LOST, None, attempts, message)
 
-    def _settle(self, row: OutboundDelivery, result: AttemptResult | None, settlement: Settlement) -> tuple[int, bool]:
-        """Record the attempt and settle the row under our claim; (attempt count, whether it was settled)."""
-        return self.outbox.record(
-            claimant=self.claimant,
-            claim_version=row.claim_version,
-            delivery_id=row.delivery_id,
-            run_id=self.run_id,
-            attempt=result,
-            settlement=settlement,
+    def _submit(self, row: OutboundDelivery, result: AttemptResult | None, settlement: Settlement) -> "Future[Written]":
+        """Hand the attempt and the row's settlement under our claim to the writer. A write that fails halts the
+        run at once (from the writer's thread): what it sends from then on could not be recorded."""
+        recording = Recording(
+            self.claimant, row.claim_version, row.delivery_id, self.run_id, result, settlement, utcnow()
         )
+        written = self._writer.submit(recording)
+        written.add_done_callback(lambda w: self._halted.set() if w.exception() is not None else None)
+        return written
+
+    def _settle(self, row: OutboundDelivery, result: AttemptResult | None, settlement: Settlement) -> tuple[int, bool]:
+        """Record the attempt and settle the row under our claim, and wait for it; (attempt count, whether it was
+        settled)."""
+        return self._submit(row, result, settlement).result()
+
+    def _written(self, settling: Settling) -> RowResult:
+        """A sent row's result once its recording is written (or failed), with its log line."""
+        row, settlement, result = settling.row, settling.settlement, settling.result
+        try:
+            attempt_count, applied = settling.written.result()
+        except Exception as exc:
+            return self._unrecorded(row, exc)
+        if not applied:
+            return self._claim_lost(row, settling.attempts, LOST_AT_SETTLE)
+        level = logging.INFO if settlement.status is DeliveryStatus.SUCCESS else logging.WARNING
+        self._log_row(
+            level,
+            f"attempt {settling.step.value}",
+            row,
+            settlement.status,
+            attempt_count,
+            httpStatus=result.http_status,
+            error=result.error,
+            providerReference=result.provider_reference,
+        )
+        return RowResult(row, RowOutcome.settled(settlement.status), settlement.error_kind, settling.attempts)
 
     def _log_row(
         self, level: int, message: str, row: OutboundDelivery, status: str, attempt_count: int, **more: object

@@ -130,43 +130,56 @@ WITH mine AS (
 SELECT mine.lease_expires_at > %(push_before)s OR pushed.id IS NOT NULL AS confirmed
 FROM mine LEFT JOIN pushed ON pushed.id = mine.id
 """
-# Lock the row and read whether we still hold the claim; bump its attempt count if an attempt is recorded; settle it
-# only if we hold the claim (a success the provider has meanwhile rejected by webhook settles failed/rejected,
-# keeping the provider's reason); insert the attempt under the new count.
+# Record a batch: for each recording (the arrays, one element each), lock its row (in id order, so two batches
+# never wait on each other in a cycle) and read whether we still hold the claim; bump the attempt count if an
+# attempt is recorded; settle the row only if we hold the claim (a success the provider has meanwhile rejected by
+# webhook settles failed/rejected, keeping the provider's reason); insert the attempt under the new count.
 _RECORD_PG = """
-WITH old AS (
-    SELECT id,
-           (claimed_by = %(claimant)s AND claim_version = %(claim_version)s AND status <> 'success') AS owned,
-           coalesce(confirmation = 'rejected', false) AS rejected
-    FROM impact_deliveries WHERE delivery_id = %(delivery_id)s
-    FOR UPDATE
+WITH batch AS (
+    SELECT * FROM unnest(
+        %(delivery_id)s::text[], %(claimant)s::text[], %(claim_version)s::integer[], %(now)s::timestamptz[],
+        %(success)s::boolean[], %(status)s::text[], %(error_kind)s::text[], %(last_error)s::text[],
+        %(next_attempt_at)s::timestamptz[], %(provider_response)s::text[], %(release)s::boolean[],
+        %(attempted)s::boolean[], %(run_id)s::text[], %(started_at)s::timestamptz[], %(finished_at)s::timestamptz[],
+        %(duration_ms)s::integer[], %(outcome)s::text[], %(http_status)s::integer[], %(error)s::text[],
+        %(response_excerpt)s::text[], %(request_body)s::text[]
+    ) AS b(delivery_id, claimant, claim_version, now, success, status, error_kind, last_error, next_attempt_at,
+           provider_response, release, attempted, run_id, started_at, finished_at, duration_ms, outcome,
+           http_status, error, response_excerpt, request_body)
+), old AS (
+    SELECT d.id, b.*,
+           (d.claimed_by = b.claimant AND d.claim_version = b.claim_version AND d.status <> 'success') AS owned,
+           coalesce(d.confirmation = 'rejected', false) AS rejected
+    FROM impact_deliveries AS d JOIN batch AS b ON b.delivery_id = d.delivery_id
+    ORDER BY d.id
+    FOR UPDATE OF d
 ), moved AS (
     UPDATE impact_deliveries AS d SET
         status = CASE WHEN NOT old.owned THEN d.status
-                      WHEN %(success)s AND old.rejected THEN 'failed' ELSE %(status)s::text END,
+                      WHEN old.success AND old.rejected THEN 'failed' ELSE old.status END,
         error_kind = CASE WHEN NOT old.owned THEN d.error_kind
-                          WHEN %(success)s AND old.rejected THEN 'rejected' ELSE %(error_kind)s::text END,
+                          WHEN old.success AND old.rejected THEN 'rejected' ELSE old.error_kind END,
         last_error = CASE WHEN NOT old.owned THEN d.last_error
-                          WHEN %(success)s AND old.rejected THEN d.last_error ELSE %(last_error)s::text END,
-        next_attempt_at = CASE WHEN old.owned THEN %(next_attempt_at)s::timestamptz ELSE d.next_attempt_at END,
-        provider_response = CASE WHEN old.owned AND %(provider_response)s::text IS NOT NULL
-                                 THEN %(provider_response)s::text ELSE d.provider_response END,
-        delivered_at = CASE WHEN old.owned AND %(success)s THEN %(now)s::timestamptz ELSE d.delivered_at END,
-        claimed_by = CASE WHEN old.owned AND %(release)s THEN NULL ELSE d.claimed_by END,
-        lease_expires_at = CASE WHEN old.owned AND %(release)s THEN NULL ELSE d.lease_expires_at END,
-        attempt_count = d.attempt_count + CASE WHEN %(attempted)s THEN 1 ELSE 0 END,
-        updated_at = CASE WHEN old.owned OR %(attempted)s THEN %(now)s::timestamptz ELSE d.updated_at END
+                          WHEN old.success AND old.rejected THEN d.last_error ELSE old.last_error END,
+        next_attempt_at = CASE WHEN old.owned THEN old.next_attempt_at ELSE d.next_attempt_at END,
+        provider_response = CASE WHEN old.owned AND old.provider_response IS NOT NULL
+                                 THEN old.provider_response ELSE d.provider_response END,
+        delivered_at = CASE WHEN old.owned AND old.success THEN old.now ELSE d.delivered_at END,
+        claimed_by = CASE WHEN old.owned AND old.release THEN NULL ELSE d.claimed_by END,
+        lease_expires_at = CASE WHEN old.owned AND old.release THEN NULL ELSE d.lease_expires_at END,
+        attempt_count = d.attempt_count + CASE WHEN old.attempted THEN 1 ELSE 0 END,
+        updated_at = CASE WHEN old.owned OR old.attempted THEN old.now ELSE d.updated_at END
     FROM old WHERE d.id = old.id
     RETURNING d.delivery_id, d.attempt_count, old.owned
 ), recorded AS (
     INSERT INTO impact_delivery_attempts (delivery_id, attempt_number, run_id, started_at, finished_at, duration_ms,
                                           outcome, http_status, error, response_excerpt, request_body)
-    SELECT moved.delivery_id, moved.attempt_count, %(run_id)s::text, %(started_at)s::timestamptz,
-           %(finished_at)s::timestamptz, %(duration_ms)s::integer, %(outcome)s::text, %(http_status)s::integer,
-           %(error)s::text, %(response_excerpt)s::text, %(request_body)s::text
-    FROM moved WHERE %(attempted)s
+    SELECT moved.delivery_id, moved.attempt_count, old.run_id, old.started_at, old.finished_at, old.duration_ms,
+           old.outcome, old.http_status, old.error, old.response_excerpt, old.request_body
+    FROM moved JOIN old ON old.delivery_id = moved.delivery_id
+    WHERE old.attempted
 )
-SELECT attempt_count, owned FROM moved
+SELECT delivery_id, attempt_count, owned FROM moved
 """
 
 
@@ -403,11 +416,14 @@ class Outbox:
             return conn.execute(stmt).first() is not None
 
     def renew(self, claimant: str, lease_s: float, *, now: datetime | None = None) -> int:
-        """Heartbeat: push the lease of every row this claimant still holds."""
+        """Heartbeat: push the lease of every row this claimant still holds. Rows locked right now are skipped
+        (the run's settlement writer holds them for a moment; the next beat renews them): the heartbeat never
+        waits on a batch that waits on it."""
         now = now or utcnow()
+        mine = sa.select(d.c.id).where(d.c.claimed_by == claimant).with_for_update(skip_locked=True)
         stmt = (
             sa.update(d)
-            .where(d.c.claimed_by == claimant)
+            .where(d.c.id.in_(mine.scalar_subquery()), d.c.claimed_by == claimant)
             .values(lease_expires_at=now + timedelta(seconds=lease_s))
             .execution_options(preserve_rowcount=True)
         )
@@ -462,103 +478,141 @@ class Outbox:
         (claimant and version), move the row. One transaction. A lapsed lease nobody took over still settles: no one
         else can have sent the row meanwhile.
 
-        Returns the row's attempt count and whether the settlement was applied.
+        Returns the row's attempt count (-1 when not applied) and whether the settlement was applied.
         """
-        now = now or utcnow()
-        if self.engine.dialect.name == "postgresql":
-            return self._record_in_one_statement(claimant, claim_version, delivery_id, run_id, attempt, settlement, now)
-        with self.engine.begin() as conn:
-            if attempt is not None:
-                bumped = conn.execute(
-                    sa.update(d)
-                    .where(d.c.delivery_id == delivery_id)
-                    .values(attempt_count=d.c.attempt_count + 1, updated_at=now)
-                    .returning(d.c.attempt_count)
-                ).scalar_one()
-                conn.execute(
-                    a.insert().values(
-                        delivery_id=delivery_id,
-                        attempt_number=bumped,
-                        run_id=run_id,
-                        started_at=attempt.started_at,
-                        finished_at=attempt.finished_at,
-                        duration_ms=_duration_ms(attempt),
-                        outcome=attempt.outcome.value,
-                        http_status=attempt.http_status,
-                        error=attempt.error,
-                        response_excerpt=(attempt.response_body or "")[:RESPONSE_EXCERPT_CHARS] or None,
-                        request_body=attempt.request_body,
-                    )
-                )
-            values: dict[str, object] = {
-                "status": settlement.status.value,
-                "error_kind": settlement.error_kind.value if settlement.error_kind else None,
-                "last_error": settlement.last_error,
-                "next_attempt_at": settlement.next_attempt_at,
-                "updated_at": now,
-            }
-            if settlement.provider_response is not None:
-                values["provider_response"] = settlement.provider_response
-            if settlement.status is DeliveryStatus.SUCCESS:
-                values["delivered_at"] = now
-                values.update(_unless_rejected_meanwhile())
-            if settlement.release:
-                values.update(claimed_by=None, lease_expires_at=None)
-            moved = conn.execute(
-                sa.update(d)
-                .where(
-                    d.c.delivery_id == delivery_id,
-                    d.c.claimed_by == claimant,
-                    d.c.claim_version == claim_version,
-                    d.c.status != DeliveryStatus.SUCCESS.value,
-                )
-                .values(**values)
-                .returning(d.c.attempt_count)
-            ).first()
-        return (moved.attempt_count if moved else -1), moved is not None
+        recording = Recording(claimant, claim_version, delivery_id, run_id, attempt, settlement, now or utcnow())
+        [written] = self.record_many([recording])
+        if isinstance(written, LookupError):
+            raise written
+        return written
 
-    def _record_in_one_statement(
-        self,
-        claimant: str,
-        claim_version: int,
-        delivery_id: str,
-        run_id: str | None,
-        attempt: AttemptResult | None,
-        settlement: Settlement,
-        now: datetime,
-    ) -> tuple[int, bool]:
-        """`record` as one statement and one round trip (PostgreSQL's data-modifying CTEs, `_RECORD_PG`): the same
-        effects as the three statements SQLite runs in one transaction."""
-        params: dict[str, object] = {
-            "claimant": claimant,
-            "claim_version": claim_version,
-            "delivery_id": delivery_id,
-            "now": _utc(now),
-            "success": settlement.status is DeliveryStatus.SUCCESS,
-            "status": settlement.status.value,
-            "error_kind": settlement.error_kind.value if settlement.error_kind else None,
-            "last_error": settlement.last_error,
-            "next_attempt_at": _utc(settlement.next_attempt_at),
-            "provider_response": settlement.provider_response,
-            "release": settlement.release,
-            "attempted": attempt is not None,
-            "run_id": run_id,
-            "started_at": _utc(attempt.started_at) if attempt else None,
-            "finished_at": _utc(attempt.finished_at) if attempt else None,
-            "duration_ms": _duration_ms(attempt) if attempt else None,
-            "outcome": attempt.outcome.value if attempt else None,
-            "http_status": attempt.http_status if attempt else None,
-            "error": attempt.error if attempt else None,
-            "response_excerpt": ((attempt.response_body or "")[:RESPONSE_EXCERPT_CHARS] or None) if attempt else None,
-            "request_body": attempt.request_body if attempt else None,
-        }
-        with self._row_statement() as conn:
-            row = conn.exec_driver_sql(_RECORD_PG, params).first()
-        if row is None:
-            if attempt is not None:  # as the three statements would: an attempt for a row that is not there
-                raise LookupError(f"no outbox row with delivery_id {delivery_id!r} to record an attempt for")
-            return -1, False
-        return (row.attempt_count if row.owned else -1), bool(row.owned)
+    def record_many(self, recordings: Sequence["Recording"]) -> list[tuple[int, bool] | LookupError]:
+        """`record` for many rows (at most one recording each) in one transaction: a delivery run's settlement
+        writer. On PostgreSQL one statement (`_RECORD_PG`). Returns, in order, each row's (attempt count, applied),
+        or a LookupError for an attempt whose row does not exist (the others are written). A database error raises,
+        and nothing is written. Rows are locked in id order, whatever the order given."""
+        if not recordings:
+            return []
+        by_delivery = {r.delivery_id: i for i, r in enumerate(recordings)}
+        if len(by_delivery) < len(recordings):
+            raise ValueError("a batch of recordings holds one row twice; record its attempts one after the other")
+        results: list[tuple[int, bool] | LookupError] = [
+            _no_row(r) if r.attempt is not None else (-1, False) for r in recordings
+        ]
+        if self.engine.dialect.name == "postgresql":
+            params: dict[str, list[object]] = {}
+            for recording in recordings:
+                for name, value in _record_params(recording).items():
+                    params.setdefault(name, []).append(value)
+            with self._row_statement() as conn:
+                for delivery_id, attempt_count, owned in conn.exec_driver_sql(_RECORD_PG, params):
+                    results[by_delivery[delivery_id]] = (attempt_count if owned else -1), bool(owned)
+            return results
+        with self.engine.begin() as conn:
+            for i in sorted(range(len(recordings)), key=lambda i: recordings[i].delivery_id):
+                results[i] = _record_sqlite(conn, recordings[i])
+        return results
+
+
+@dataclass(frozen=True)
+class Recording:
+    """One attempt (None: a settlement without a request) and the settlement it leads to, under a claim."""
+
+    claimant: str
+    claim_version: int
+    delivery_id: str
+    run_id: str | None
+    attempt: AttemptResult | None
+    settlement: Settlement
+    now: datetime
+
+
+def _no_row(recording: Recording) -> LookupError:
+    return LookupError(f"no outbox row with delivery_id {recording.delivery_id!r} to record an attempt for")
+
+
+def _record_params(recording: Recording) -> dict[str, object]:
+    """One recording's values in `_RECORD_PG` (which takes each as an array over the batch): the same effects as
+    the three statements SQLite runs in one transaction."""
+    attempt, settlement = recording.attempt, recording.settlement
+    return {
+        "claimant": recording.claimant,
+        "claim_version": recording.claim_version,
+        "delivery_id": recording.delivery_id,
+        "now": _utc(recording.now),
+        "success": settlement.status is DeliveryStatus.SUCCESS,
+        "status": settlement.status.value,
+        "error_kind": settlement.error_kind.value if settlement.error_kind else None,
+        "last_error": settlement.last_error,
+        "next_attempt_at": _utc(settlement.next_attempt_at),
+        "provider_response": settlement.provider_response,
+        "release": settlement.release,
+        "attempted": attempt is not None,
+        "run_id": recording.run_id,
+        "started_at": _utc(attempt.started_at) if attempt else None,
+        "finished_at": _utc(attempt.finished_at) if attempt else None,
+        "duration_ms": _duration_ms(attempt) if attempt else None,
+        "outcome": attempt.outcome.value if attempt else None,
+        "http_status": attempt.http_status if attempt else None,
+        "error": attempt.error if attempt else None,
+        "response_excerpt": ((attempt.response_body or "")[:RESPONSE_EXCERPT_CHARS] or None) if attempt else None,
+        "request_body": attempt.request_body if attempt else None,
+    }
+
+
+def _record_sqlite(conn: Connection, recording: Recording) -> tuple[int, bool] | LookupError:
+    """`record` on SQLite: bump the attempt count and insert the attempt (if any), then settle under the claim."""
+    attempt, settlement, now = recording.attempt, recording.settlement, recording.now
+    if attempt is not None:
+        bumped = conn.execute(
+            sa.update(d)
+            .where(d.c.delivery_id == recording.delivery_id)
+            .values(attempt_count=d.c.attempt_count + 1, updated_at=now)
+            .returning(d.c.attempt_count)
+        ).scalar()
+        if bumped is None:
+            return _no_row(recording)
+        conn.execute(
+            a.insert().values(
+                delivery_id=recording.delivery_id,
+                attempt_number=bumped,
+                run_id=recording.run_id,
+                started_at=attempt.started_at,
+                finished_at=attempt.finished_at,
+                duration_ms=_duration_ms(attempt),
+                outcome=attempt.outcome.value,
+                http_status=attempt.http_status,
+                error=attempt.error,
+                response_excerpt=(attempt.response_body or "")[:RESPONSE_EXCERPT_CHARS] or None,
+                request_body=attempt.request_body,
+            )
+        )
+    values: dict[str, object] = {
+        "status": settlement.status.value,
+        "error_kind": settlement.error_kind.value if settlement.error_kind else None,
+        "last_error": settlement.last_error,
+        "next_attempt_at": settlement.next_attempt_at,
+        "updated_at": now,
+    }
+    if settlement.provider_response is not None:
+        values["provider_response"] = settlement.provider_response
+    if settlement.status is DeliveryStatus.SUCCESS:
+        values["delivered_at"] = now
+        values.update(_unless_rejected_meanwhile())
+    if settlement.release:
+        values.update(claimed_by=None, lease_expires_at=None)
+    moved = conn.execute(
+        sa.update(d)
+        .where(
+            d.c.delivery_id == recording.delivery_id,
+            d.c.claimed_by == recording.claimant,
+            d.c.claim_version == recording.claim_version,
+            d.c.status != DeliveryStatus.SUCCESS.value,
+        )
+        .values(**values)
+        .returning(d.c.attempt_count)
+    ).first()
+    return (moved.attempt_count if moved else -1), moved is not None
 
 
 def _claimed(row: Sequence[Any]) -> OutboundDelivery:
