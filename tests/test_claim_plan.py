@@ -7,16 +7,16 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from impactin_pipelines.connectors.base import OutboundDelivery
 from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.services.extract import STATISTICS_CHECK_ROWS, extract
-from impactin_pipelines.store.outbox import STALE_ROWS, Outbox
+from impactin_pipelines.store.outbox import STALE_ROWS, ClaimBatch, Outbox
 from impactin_pipelines.store.schema import company_integrations, impact_deliveries, impact_events
 from impactin_pipelines.store.source import work_by_provider
 
@@ -130,7 +130,7 @@ def _sorted_backlog(node: dict[str, Any], under_sort: bool = False) -> Iterator[
         yield from _sorted_backlog(child, under_sort)
 
 
-def _claim(engine: Engine, company_ids: list[str] | None) -> Callable[[], list[OutboundDelivery]]:
+def _claim(engine: Engine, company_ids: list[str] | None) -> Callable[[], ClaimBatch]:
     return lambda: Outbox(engine).claim(
         claimant="planner", provider="benevity", company_ids=company_ids, limit=200, lease_s=60
     )
@@ -146,6 +146,32 @@ def test_claims_read_the_claim_indexes_in_order_on_postgres(pg_engine) -> None:
     _assert_indexed(every_company, index="ix_impact_deliveries_claim_order")
     (a_range,) = _pg_plans(pg_engine, "UPDATE", _claim(pg_engine, [BIG, *SMALL]))
     _assert_indexed(a_range)
+
+
+def test_a_claim_after_a_position_seeks_to_it_in_the_claim_index_on_postgres(pg_engine) -> None:
+    _seed(pg_engine)
+    cases = [
+        ([BIG], None),
+        ([SMALL[0]], "ix_impact_deliveries_claim_company"),
+        (None, "ix_impact_deliveries_claim_order"),
+    ]
+    for company_ids, index in cases:
+        claim = partial(
+            Outbox(pg_engine).claim,
+            claimant="planner",
+            provider="benevity",
+            company_ids=company_ids,
+            limit=20,
+            lease_s=60,
+        )
+        first = claim()
+        assert first.end is not None
+        (plan,) = _pg_plans(pg_engine, "UPDATE", partial(claim, after=first.end))
+        _assert_indexed(plan, index=index)
+        # the rest of the position's priority is an index range that starts at the position, not a filter on a
+        # scan from the top (which would read past every row claimed before it)
+        seeks = [n for n in _nodes(plan) if "ROW(created_at, id) >" in n.get("Index Cond", "")]
+        assert seeks, json.dumps(plan, indent=1)
 
 
 def test_work_by_provider_probes_indexes_on_postgres(pg_engine) -> None:

@@ -17,7 +17,17 @@ from impactin_pipelines.services.replay import BUSY, ReplayRefused, replay_one
 from impactin_pipelines.store.claimants import Claimant, is_provably_dead
 from impactin_pipelines.store.outbox import Outbox, Settlement, utcnow
 from tests.reliability.ledger import when
-from tests.support import add_events, add_integration, attempts, deliver, events, factory_for, own_pid_namespace, rows
+from tests.support import (
+    add_events,
+    add_integration,
+    attempts,
+    deliver,
+    event,
+    events,
+    factory_for,
+    own_pid_namespace,
+    rows,
+)
 
 INTRUDER = "otherhost/1/1/boot/ns/intruder"
 LEASE_S = 2.0  # a run waits up to one lease for rows another claimant holds before it ends
@@ -322,3 +332,46 @@ def test_confirming_a_lease_with_most_of_it_left_reads_and_one_close_to_lapsing_
 
 def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+# -- claims that start where the last one ended ------------------------------------------------------------------
+def _claim_after(engine, after, limit: int = 4, claimant: str = "a"):
+    return Outbox(engine).claim(
+        claimant=claimant, provider="benevity", company_ids=["acme"], limit=limit, lease_s=60, after=after
+    )
+
+
+def test_a_claim_after_a_position_starts_there_yet_takes_an_urgent_row_staged_meanwhile(engine) -> None:
+    from impactin_pipelines.domain.providers import Provider
+    from impactin_pipelines.services.extract import extract
+
+    _seed(engine, 10)
+    in_order = [r["id"] for r in sorted(rows(engine), key=lambda r: (r["created_at"], r["id"]))]
+    first = _claim_after(engine, None)
+    assert sorted(r.id for r in first) == sorted(in_order[:4]) and first.end is not None
+    assert first.end.id == in_order[3]  # the last of the batch in claim order
+    Outbox(engine).release_all("a")  # the first four are claimable again, behind the position
+    add_events(engine, [event("urgent_1", metadata={"priority": "urgent"})])
+    extract(engine, "acme", Provider.BENEVITY)
+    [urgent] = [r["id"] for r in rows(engine) if r["event_id"] == "urgent_1"]
+
+    second = _claim_after(engine, first.end)
+    assert sorted(r.id for r in second) == sorted([urgent, *in_order[4:7]])
+    third = _claim_after(engine, second.end)
+    assert sorted(r.id for r in third) == sorted(in_order[7:10]) and third.end is None  # short: the pass ends
+    from_the_top = _claim_after(engine, None)
+    assert sorted(r.id for r in from_the_top) == sorted(in_order[:4])  # what was freed behind the position
+
+
+def test_a_run_that_claims_after_positions_still_delivers_rows_freed_behind_them(engine, sandbox) -> None:
+    _seed(engine, 30)
+    in_order = [r["id"] for r in sorted(rows(engine), key=lambda r: (r["created_at"], r["id"]))]
+    # another run holds the oldest five and gives them back while this run is past them
+    Outbox(engine).claim(
+        claimant=INTRUDER, provider="benevity", company_ids=None, limit=5, lease_s=3600, ids=in_order[:5]
+    )
+    sent = lambda: len(_sends(sandbox))  # noqa: E731
+    with when(lambda: sent() >= 10, lambda: Outbox(engine).release_all(INTRUDER)) as fired:
+        report = deliver(engine, factory_for(engine, sandbox, claim_batch=5, concurrency=2), "benevity")
+    assert fired and report.totals.outcomes == {RowOutcome.SUCCESS: 30}
+    assert sorted(_sends(sandbox)) == sorted(r["delivery_id"] for r in rows(engine))  # each once

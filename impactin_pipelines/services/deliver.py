@@ -43,7 +43,7 @@ from impactin_pipelines.settings import DeliverySettings
 from impactin_pipelines.store.circuits import CircuitGate, Hold
 from impactin_pipelines.store.claimants import Claimant
 from impactin_pipelines.store.held_connections import HeldConnections
-from impactin_pipelines.store.outbox import Outbox, Recording, Settlement, utcnow
+from impactin_pipelines.store.outbox import ClaimBatch, ClaimPosition, Outbox, Recording, Settlement, utcnow
 
 LOG = logging.getLogger("impactin.delivery")
 PROVIDER_RESPONSE_CHARS = 16 * 1024
@@ -244,6 +244,7 @@ class DeliveryRun:
         self._unwritten = _UnwrittenSends(self.settings.concurrency)
         self.only_ids = list(only_ids) if only_ids is not None else None
         self._taken: set[str] = set()  # targeted rows claimed once already: a settled row is never re-claimed
+        self._claimed_up_to: ClaimPosition | None = None  # where the last claim ended (store/outbox.ClaimPosition)
         self.claimant = str(Claimant.new())
         keep = self.only_ids is not None if keep_rows is None else keep_rows
         self.report = DeliveryReport(provider.value, keep_rows=keep)
@@ -289,17 +290,29 @@ class DeliveryRun:
                 "statuses": (DeliveryStatus.PENDING, DeliveryStatus.RETRYING, DeliveryStatus.FAILED),
                 "due_only": False,
             }
-        claimed = self.outbox.claim(
-            claimant=self.claimant,
-            provider=self.provider.value,
-            company_ids=self.company_ids,
-            limit=self.settings.claim_batch,
-            lease_s=self.settings.lease_s,
-            dead=dead,
-            **targeted,
-        )
+
+        def claim(after: ClaimPosition | None) -> ClaimBatch:
+            return self.outbox.claim(
+                claimant=self.claimant,
+                provider=self.provider.value,
+                company_ids=self.company_ids,
+                limit=self.settings.claim_batch,
+                lease_s=self.settings.lease_s,
+                dead=dead,
+                after=after,
+                **targeted,
+            )
+
         if self.only_ids is not None:
+            claimed = claim(None)
             self._taken.update(row.id for row in claimed)
+            return claimed
+        # Each claim starts where the last one ended; a short batch ends the pass, and the next claim starts from
+        # the top again (rows freed behind the position meanwhile), so the run ends on a claim from the top.
+        claimed = claim(self._claimed_up_to)
+        if not claimed and self._claimed_up_to is not None:
+            claimed = claim(None)
+        self._claimed_up_to = claimed.end
         return claimed
 
     def _drain(self, pool: ThreadPoolExecutor) -> None:

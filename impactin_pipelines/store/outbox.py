@@ -62,6 +62,24 @@ class Settlement:
     release: bool = True  # give up the claim (the run is done with this row)
 
 
+@dataclass(frozen=True)
+class ClaimPosition:
+    """Where a claim batch ended in claim order (highest priority first, then oldest). A run's next claim starts
+    after it: rows it claimed leave entries in the claim index that stay (dead) until VACUUM, and a claim from the
+    top would read past all of them, each time, so a night's claims would grow with the square of its rows."""
+
+    priority: int
+    created_at: datetime
+    id: str
+
+
+class ClaimBatch(list[OutboundDelivery]):
+    """The rows a claim took, in id order, and where the batch ended in claim order (None: the claim did not fill
+    its batch, or it cannot tell: the next claim starts from the top)."""
+
+    end: ClaimPosition | None = None
+
+
 def _insert(engine: Engine) -> Callable[[sa.Table], postgresql.Insert | sqlite.Insert]:
     return postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
 
@@ -292,19 +310,29 @@ class Outbox:
         statuses: Sequence[str] = CLAIMABLE,
         due_only: bool = True,
         dead: Sequence[str] = (),
-    ) -> list[OutboundDelivery]:
+        after: ClaimPosition | None = None,
+    ) -> ClaimBatch:
         """Take up to `limit` due rows, urgent before normal and oldest first, that nobody (alive) holds. Each row
-        goes to one claimant."""
+        goes to one claimant. `after`: the previous batch's end; rows before it in claim order are not looked at,
+        except rows of a higher priority (an urgent row staged meanwhile) and held rows whose lease lapsed. A
+        caller that claims after positions goes back to the top once a batch comes back short, so rows freed
+        behind it meanwhile (released by another run) are claimed at the end of its pass."""
         now = now or utcnow()
-        claimed: list[OutboundDelivery] = []
-        for chunk in _scope_chunks(company_ids):
+        chunks = list(_scope_chunks(company_ids))
+        if len(chunks) > 1:  # one position per statement: across chunks, every claim starts from the top
+            after = None
+        claimed = ClaimBatch()
+        for chunk in chunks:
             if len(claimed) >= limit:
                 break
-            claimed.extend(
-                self._claim_chunk(
-                    claimant, provider, chunk, limit - len(claimed), lease_s, now, ids, statuses, due_only, dead
-                )
+            rows = self._claim_chunk(
+                claimant, provider, chunk, limit - len(claimed), lease_s, now, ids, statuses, due_only, dead, after
             )
+            claimed.extend(_claimed(row) for row in rows)
+            if len(chunks) == 1 and len(rows) == limit:
+                last = max(rows, key=lambda r: (-r[-2], _aware(r[-1]), r[0]))
+                claimed.end = ClaimPosition(last[-2], _aware(last[-1]), last[0])
+        claimed.sort(key=lambda c: c.id)
         return claimed
 
     def _claim_chunk(
@@ -319,7 +347,8 @@ class Outbox:
         statuses: Sequence[str],
         due_only: bool,
         dead: Sequence[str],
-    ) -> list[OutboundDelivery]:
+        after: ClaimPosition | None,
+    ) -> list[Sequence[Any]]:
         # Free rows are unclaimed ones (the claim indexes hold only those, so rows in flight cost a claim nothing)
         # and held ones whose claim lapsed or whose claimant is dead (few, found through the lease index).
         lapsed = d.c.lease_expires_at < now
@@ -345,8 +374,19 @@ class Outbox:
                 .subquery()
             )
 
-        unclaimed, taken_back = branch(d.c.claimed_by.is_(None)), branch(d.c.claimed_by.is_not(None), lapsed)
-        either = sa.union_all(sa.select(unclaimed), sa.select(taken_back)).subquery()
+        # Unclaimed rows: from the top, or after the position (three ranges of the claim index: a higher priority,
+        # the rest of the position's priority, the lower ones).
+        ranges: list[tuple[sa.ColumnElement[bool], ...]] = [()]
+        if after is not None:
+            position = sa.tuple_(sa.literal(after.created_at, d.c.created_at.type), sa.literal(after.id, d.c.id.type))
+            ranges = [
+                (d.c.priority > after.priority,),
+                (d.c.priority == after.priority, sa.tuple_(d.c.created_at, d.c.id) > position),
+                (d.c.priority < after.priority,),
+            ]
+        unclaimed = [branch(d.c.claimed_by.is_(None), *extra) for extra in ranges]
+        taken_back = branch(d.c.claimed_by.is_not(None), lapsed)
+        either = sa.union_all(*(sa.select(b) for b in [*unclaimed, taken_back])).subquery()
         candidates = (
             sa.select(either.c.id).order_by(either.c.priority.desc(), either.c.created_at, either.c.id).limit(limit)
         )
@@ -374,11 +414,12 @@ class Outbox:
                 d.c.attempt_count,
                 d.c.run_count,
                 d.c.claim_version,
+                d.c.priority,
+                d.c.created_at,
             )
         )
         with self.engine.begin() as conn:
-            rows = conn.execute(stmt).all()
-        return sorted((_claimed(row) for row in rows), key=lambda c: c.id)
+            return list(conn.execute(stmt).all())
 
     def confirm(
         self, claimant: str, row_id: str, claim_version: int, lease_s: float, *, now: datetime | None = None
@@ -618,7 +659,7 @@ def _record_sqlite(conn: Connection, recording: Recording) -> tuple[int, bool] |
 def _claimed(row: Sequence[Any]) -> OutboundDelivery:
     """A claimed row (the claim's RETURNING columns, in order) as the send path takes it. Unpacked by position: a
     claim converts a batch of rows, and each named access on a Row is a lookup of its own."""
-    row_id, company_id, provider, event_id, delivery_id, payload, status, attempt_count, run_count, version = row
+    row_id, company_id, provider, event_id, delivery_id, payload, status, attempt_count, run_count, version = row[:10]
     return OutboundDelivery(
         delivery_id=delivery_id,
         company_id=company_id,
