@@ -2,8 +2,9 @@
 
 Latency: one batch of 200 claimed from a million pending rows (one company's partition, and a run over every
 company), median of repeated claims; the baseline is a primary-key lookup of 200 rows in the same table. Linearity:
-a night's worth of claims, each batch settled before the next as a run does, over 100k and 200k rows; the total
-claim time should double with the rows, not quadruple (each claim starts where the last one ended, as a run's do).
+a night's worth of claims, each batch settled before the next and each claim starting where the last one ended, as
+a run's do, over 100k and 200k rows (each twice, the faster kept); the total claim time should double with the
+rows, not quadruple.
 """
 
 import argparse
@@ -102,11 +103,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         one = _claim_ms(outbox, [BIG], args.repeats)
         every = _claim_ms(outbox, None, args.repeats)
         lookup = _lookup_ms(engine, args.repeats)
-    nights = {}
-    for n in args.night:
+    # Each night twice, alternating, keeping the faster: on a shared machine one slow minute would otherwise decide
+    # the ratio.
+    nights: dict[int, float] = {}
+    for n in [*args.night, *args.night]:
         with scratch_postgres() as (engine, _):
             _seed(engine, n)
-            nights[n] = _night_s(engine, n)
+            nights[n] = min(nights.get(n, float("inf")), _night_s(engine, n))
 
     small, large = args.night
     print(f"claims: batches of {BATCH} on PostgreSQL")
