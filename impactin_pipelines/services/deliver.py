@@ -237,7 +237,8 @@ class DeliveryRun:
         self.log = logger
         self.sleep = sleep
         self.rng = rng or random.Random()
-        # Each send thread keeps a connection for the run: a row's confirm and record are a round trip each.
+        # Each send thread (and the settlement writer) keeps a connection for the run: a row's confirm is one round
+        # trip, a batch's record another.
         self._held = HeldConnections(engine)
         self.outbox = Outbox(engine, held=self._held)
         self._writer = SettlementWriter(self.outbox, max_waiting=self.settings.concurrency)

@@ -531,28 +531,27 @@ class Outbox:
         """`record` for many rows (at most one recording each) in one transaction: a delivery run's settlement
         writer. On PostgreSQL one statement (`_RECORD_PG`). Returns, in order, each row's (attempt count, applied),
         or a LookupError for an attempt whose row does not exist (the others are written). A database error raises,
-        and nothing is written. Rows are locked in id order, whatever the order given."""
+        and nothing is written. On PostgreSQL rows are locked in id order, whatever the order given."""
         if not recordings:
             return []
         by_delivery = {r.delivery_id: i for i, r in enumerate(recordings)}
         if len(by_delivery) < len(recordings):
             raise ValueError("a batch of recordings holds one row twice; record its attempts one after the other")
-        results: list[tuple[int, bool] | LookupError] = [
-            _no_row(r) if r.attempt is not None else (-1, False) for r in recordings
+        if self.engine.dialect.name != "postgresql":  # one writer at a time: no row locks to order
+            with self.engine.begin() as conn:
+                return [_record_sqlite(conn, recording) for recording in recordings]
+        params: dict[str, list[object]] = {}
+        for recording in recordings:
+            for name, value in _record_params(recording).items():
+                params.setdefault(name, []).append(value)
+        found: list[tuple[int, bool] | None] = [None] * len(recordings)
+        with self._row_statement() as conn:
+            for delivery_id, attempt_count, owned in conn.exec_driver_sql(_RECORD_PG, params):
+                found[by_delivery[delivery_id]] = (attempt_count if owned else -1), bool(owned)
+        return [
+            written if written is not None else _no_row(r) if r.attempt is not None else (-1, False)
+            for r, written in zip(recordings, found, strict=True)
         ]
-        if self.engine.dialect.name == "postgresql":
-            params: dict[str, list[object]] = {}
-            for recording in recordings:
-                for name, value in _record_params(recording).items():
-                    params.setdefault(name, []).append(value)
-            with self._row_statement() as conn:
-                for delivery_id, attempt_count, owned in conn.exec_driver_sql(_RECORD_PG, params):
-                    results[by_delivery[delivery_id]] = (attempt_count if owned else -1), bool(owned)
-            return results
-        with self.engine.begin() as conn:
-            for i in sorted(range(len(recordings)), key=lambda i: recordings[i].delivery_id):
-                results[i] = _record_sqlite(conn, recordings[i])
-        return results
 
 
 @dataclass(frozen=True)
