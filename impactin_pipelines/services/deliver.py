@@ -436,6 +436,8 @@ class DeliveryRun:
             seen.update(foreign)
             waiting_for = set(foreign) - alive
             if not waiting_for:
+                if seen:  # what they held may have been given back since the last drain: take it now
+                    self._drain_with(pool, ())
                 return
             dead = self.outbox.dead_claimants(self.provider.value, self.company_ids)
             before = self.report.totals.rows
