@@ -94,6 +94,9 @@ def test_a_write_that_fails_answers_each_row_of_its_batch_with_the_error(sqlite_
 def test_a_batch_a_deadlock_rolled_back_is_written_again(pg_engine) -> None:
     first, second = sorted(_claimed(pg_engine, 2), key=lambda r: r.id)  # the order a batch locks rows in
     with SettlementWriter(Outbox(pg_engine), linger_s=0.2) as writer, pg_engine.connect() as other:
+        # PostgreSQL aborts whichever waiter's deadlock check finds the cycle first: this one checks late, so the
+        # writer (waiting first, checking after the default second) is the one that gives way, however loaded
+        other.exec_driver_sql("SET deadlock_timeout = '30s'")
         other.exec_driver_sql(
             "SELECT 1 FROM impact_deliveries WHERE delivery_id = %(d)s FOR UPDATE", {"d": second.delivery_id}
         )
