@@ -140,10 +140,42 @@ def _take_over_at(engine, row_id: str, now) -> list[str]:
     return [r.id for r in taken]
 
 
+def test_a_claim_knows_when_its_lease_began_by_the_clocks_of_its_process(engine) -> None:
+    _seed(engine, 2)
+    outbox = Outbox(engine)
+    before = time.monotonic()
+    fresh = outbox.claim(claimant="a", provider="benevity", company_ids=None, limit=1, lease_s=30)
+    assert fresh.lease_start is not None and before <= fresh.lease_start.monotonic <= time.monotonic()
+    assert fresh.lease_start.holds(30)
+    given = outbox.claim(claimant="a", provider="benevity", company_ids=None, limit=1, lease_s=30, now=utcnow())
+    assert len(given) == 1 and given.lease_start is None, "a caller's own `now` says nothing of this process's clocks"
+
+
+@pytest.mark.parametrize(
+    ("monotonic", "wall", "holds"),
+    [
+        (100.9, 1000.9, True),  # both clocks: 0.9 s of a 2 s lease
+        (101.1, 1000.5, False),  # the monotonic clock says more (the wall clock slewed back)
+        (100.5, 1010.0, False),  # the wall clock says more (the machine slept; the monotonic clock stopped)
+        (100.5, 999.0, False),  # the wall clock was set back: the age is unknown
+    ],
+)
+def test_a_lease_start_ages_by_whichever_clock_says_more(monkeypatch, monotonic, wall, holds) -> None:
+    from types import SimpleNamespace
+
+    from impactin_pipelines.store import outbox as outbox_module
+    from impactin_pipelines.store.outbox import LeaseStart
+
+    start = LeaseStart(monotonic=100.0, wall=1000.0)
+    monkeypatch.setattr(outbox_module, "time", SimpleNamespace(monotonic=lambda: monotonic, time=lambda: wall))
+    assert start.holds(2.0) is holds
+
+
 # -- the send path ---------------------------------------------------------------------------------------------
 def test_rows_taken_over_while_queued_in_the_pool_are_not_sent(engine, sandbox) -> None:
-    """One worker, five rows claimed at once: while the first row waits out its retry backoff, another run takes over
-    the four rows still queued in the pool. They are left to it: not sent, not settled, and the run does not fail."""
+    """One worker, five rows claimed at once: while the first row waits out its retry backoff, for more than half a
+    lease, another run takes over the four rows still queued in the pool. Their claims are old enough to be
+    confirmed in the store before sending: they are left to it, not sent, not settled, and the run does not fail."""
     _seed(engine, 5)
     sandbox.providers["benevity"].configure({"fail_next": {"status": 503, "count": 1}})
     factory = factory_for(engine, sandbox, concurrency=1, claim_batch=10, lease_s=LEASE_S)
@@ -152,7 +184,7 @@ def test_rows_taken_over_while_queued_in_the_pool_are_not_sent(engine, sandbox) 
     def sleep(seconds: float) -> None:
         if not stolen:
             stolen.extend(_take_over(engine, [r["id"] for r in rows(engine) if r["attempt_count"] == 0]))
-        time.sleep(seconds)
+        time.sleep(max(seconds, LEASE_S / 2 + 0.1))
 
     try:
         report = deliver(engine, factory, "benevity", sleep=sleep)
@@ -168,6 +200,66 @@ def test_rows_taken_over_while_queued_in_the_pool_are_not_sent(engine, sandbox) 
     for row in rows(engine):
         if row["id"] in stolen:
             assert (row["status"], row["claimed_by"], row["attempt_count"]) == ("pending", INTRUDER, 0)
+
+
+def test_first_sends_of_a_fresh_claim_skip_the_confirm_round_trip_and_later_ones_do_not(
+    engine, sandbox, monkeypatch
+) -> None:
+    """A claim younger than half a lease holds by the run's own clocks: its first sends ask the store nothing. A
+    retry confirms in the store, and so does a first send once the claim is older than half a lease."""
+    _seed(engine, 6)
+    confirmed: list[str] = []
+    real_confirm = Outbox.confirm
+
+    def counting_confirm(self, claimant, row_id, *args, **kwargs):  # type: ignore[no-untyped-def]
+        confirmed.append(row_id)
+        return real_confirm(self, claimant, row_id, *args, **kwargs)
+
+    monkeypatch.setattr(Outbox, "confirm", counting_confirm)
+    sandbox.providers["benevity"].configure({"fail_next": {"status": 503, "count": 1}})
+    factory = factory_for(engine, sandbox, concurrency=1, claim_batch=10, lease_s=LEASE_S)
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:  # the first row's backoff outlasts half the lease of the rows queued behind it
+        slept.append(seconds)
+        time.sleep(max(seconds, LEASE_S / 2 + 0.1))
+
+    try:
+        report = deliver(engine, factory, "benevity", sleep=sleep)
+    finally:
+        factory.close()
+    assert report.totals.outcomes[RowOutcome.SUCCESS] == 6 and len(slept) == 1
+    first = next(r for r in rows(engine) if r["attempt_count"] == 2)
+    assert confirmed[0] == first["id"], "the first send of the first row asked nothing; its retry confirmed"
+    assert sorted(confirmed) == sorted(r["id"] for r in rows(engine)), "then every row queued behind it confirmed"
+
+
+def test_a_takeover_behind_the_clocks_of_a_fresh_claim_is_caught_when_settling(engine, sandbox) -> None:
+    """Nobody takes over an unlapsed claim of a live run; a store that does anyway (here: a claim at a time an hour
+    ahead) is caught by the settlement's check: the rows went out, their attempts are recorded, and the rows are
+    left, unsettled, to the claimant that holds them now."""
+    _seed(engine, 3)
+    factory = factory_for(engine, sandbox, concurrency=1, claim_batch=10, lease_s=LEASE_S)
+    stolen: list[str] = []
+    real_claim = Outbox.claim
+
+    def claim_then_steal(self, **kwargs):  # type: ignore[no-untyped-def]
+        batch = real_claim(self, **kwargs)
+        if batch and not stolen:
+            stolen.extend(_take_over(engine, [row.id for row in batch]))
+        return batch
+
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(Outbox, "claim", claim_then_steal)
+            report = deliver(engine, factory, "benevity")
+    finally:
+        factory.close()
+    assert len(stolen) == 3 and len(_sends(sandbox)) == 3
+    assert report.totals.outcomes[RowOutcome.CLAIM_LOST] == 3
+    assert len(attempts(engine)) == 3, "every request that went out is recorded"
+    for row in rows(engine):
+        assert (row["status"], row["claimed_by"], row["attempt_count"]) == ("pending", INTRUDER, 1)
 
 
 def test_a_row_taken_over_between_retries_is_not_sent_again(engine, sandbox) -> None:

@@ -3,8 +3,10 @@
 Concurrency is a bounded thread pool (network-bound work); a row is only ever in one worker because it is
 only ever held by one claim. Claims carry a lease renewed by a heartbeat while the run lives; a crashed run's
 rows come back when its lease lapses, or at once when its process is provably dead (same boot and PID namespace).
-A worker confirms the claim right before each request, and settling checks it again: a row whose claim was taken
-over or lapsed while it waited in the pool, or between retries, is left to its new holder, never sent. Attempts and
+A worker confirms the claim right before each request (without a round trip while the claim is younger than half a
+lease by the run's own clocks: nobody takes over an unlapsed claim of a live run), and settling checks it again: a
+row whose claim was taken over or lapsed while it waited in the pool, or between retries, is left to its new
+holder, never sent. Attempts and
 settlements are written in batches by the run's settlement writer (services/settlement_writer), so a send thread
 goes on to its next row while its last one is being written; a row counts as done once it is written.
 """
@@ -43,7 +45,15 @@ from impactin_pipelines.settings import DeliverySettings
 from impactin_pipelines.store.circuits import CircuitGate, Hold
 from impactin_pipelines.store.claimants import Claimant
 from impactin_pipelines.store.held_connections import HeldConnections
-from impactin_pipelines.store.outbox import ClaimBatch, ClaimPosition, Outbox, Recording, Settlement, utcnow
+from impactin_pipelines.store.outbox import (
+    ClaimBatch,
+    ClaimPosition,
+    LeaseStart,
+    Outbox,
+    Recording,
+    Settlement,
+    utcnow,
+)
 
 LOG = logging.getLogger("impactin.delivery")
 PROVIDER_RESPONSE_CHARS = 16 * 1024
@@ -246,6 +256,9 @@ class DeliveryRun:
         self.only_ids = list(only_ids) if only_ids is not None else None
         self._taken: set[str] = set()  # targeted rows claimed once already: a settled row is never re-claimed
         self._claimed_up_to: ClaimPosition | None = None  # where the last claim ended (store/outbox.ClaimPosition)
+        # When each claimed row's lease began (claim version, start), until its first send: a claim younger than
+        # half a lease is sent without a confirm round trip (store/outbox.LeaseStart).
+        self._lease_starts: dict[str, tuple[int, LeaseStart]] = {}
         self.claimant = str(Claimant.new())
         keep = self.only_ids is not None if keep_rows is None else keep_rows
         self.report = DeliveryReport(provider.value, keep_rows=keep)
@@ -293,7 +306,7 @@ class DeliveryRun:
             }
 
         def claim(after: ClaimPosition | None) -> ClaimBatch:
-            return self.outbox.claim(
+            batch = self.outbox.claim(
                 claimant=self.claimant,
                 provider=self.provider.value,
                 company_ids=self.company_ids,
@@ -303,6 +316,9 @@ class DeliveryRun:
                 after=after,
                 **targeted,
             )
+            if batch.lease_start is not None:
+                self._lease_starts.update((row.id, (row.claim_version, batch.lease_start)) for row in batch)
+            return batch
 
         if self.only_ids is not None:
             claimed = claim(None)
@@ -463,6 +479,7 @@ class DeliveryRun:
         return RowResult(row, RowOutcome.UNRECORDED, None, 0, f"{type(exc).__name__}: {exc}")
 
     def _send_until_settled(self, row: OutboundDelivery, held: Held | None = None) -> Outcome:
+        fresh = self._lease_starts.pop(row.id, None)  # its claim's start, for its first send only
         if not row.payload:
             settlement = Settlement(
                 DeliveryStatus.FAILED, ErrorKind.INVALID_EVENT, "no payload was built for this event"
@@ -488,8 +505,9 @@ class DeliveryRun:
             ticket = self.circuits.admit(row, connector)
             if isinstance(ticket, Hold):  # circuit open or paused: no request, no attempt spent
                 return RowResult(row, RowOutcome.HELD, None, attempts, ticket.reason)
-            if not self.outbox.confirm(self.claimant, row.id, row.claim_version, self.settings.lease_s):
+            if not self._still_ours(row, fresh):
                 return self._claim_lost(row, attempts, LOST_AT_SEND)
+            fresh = None
             place = self._unwritten.take()  # given back once this attempt is written (or if none is sent)
             if self._halted.is_set():  # a write failed while this thread waited for its place
                 place.give_back()
@@ -565,6 +583,14 @@ class DeliveryRun:
     def _claim_lost(self, row: OutboundDelivery, attempts: int, message: str) -> RowResult:
         self._log_row(logging.WARNING, message, row, row.status, row.attempt_count)
         return RowResult(row, RowOutcome.CLAIM_LOST, None, attempts, message)
+
+    def _still_ours(self, row: OutboundDelivery, fresh: tuple[int, LeaseStart] | None) -> bool:
+        """Do we still hold this row's claim, with at least half a lease left? A first send within half a lease of
+        its claim (`fresh`) knows it without asking; any later one (a retry, a row held for its quota) confirms in
+        the store, which also pushes a lease that is more than half gone."""
+        if fresh is not None and fresh[0] == row.claim_version and fresh[1].holds(self.settings.lease_s):
+            return True
+        return self.outbox.confirm(self.claimant, row.id, row.claim_version, self.settings.lease_s)
 
     def _submit(self, row: OutboundDelivery, result: AttemptResult | None, settlement: Settlement) -> "Future[Written]":
         """Hand the attempt and the row's settlement under our claim to the writer. A write that fails halts the

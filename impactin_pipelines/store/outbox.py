@@ -1,11 +1,14 @@
 """The outbox state machine: create rows, claim them under a lease, record attempts, settle them.
 
 Each claim of a row gets a new `claim_version`; (claimant, version) is the claim's fencing token. The holder
-confirms it right before each request (`confirm`) and every settlement checks it, so a claim that was taken over
-(or whose lease lapsed) neither sends the row nor settles it. Attempts are always recorded, because a request
+confirms it right before each request (`confirm`), unless its own clocks show that the claim is younger than half a
+lease (`LeaseStart`), and every settlement checks it, so a claim that was taken over (or whose lease lapsed)
+neither sends the row nor settles it. Attempts are always recorded, because a request
 that went out is a fact whoever holds the claim now.
 """
 
+import math
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -73,11 +76,37 @@ class ClaimPosition:
     id: str
 
 
+@dataclass(frozen=True)
+class LeaseStart:
+    """When a claim's lease began by this process's clocks, read before the claim computed its expiry: the lease
+    lasts at least `lease_s` from here. Until half of it has passed, the claim holds as surely as `Outbox.confirm`
+    would say (nobody takes over an unlapsed claim of a live claimant), so the holder sends without asking."""
+
+    monotonic: float
+    wall: float
+
+    @classmethod
+    def now(cls) -> "LeaseStart":
+        return cls(time.monotonic(), time.time())
+
+    def elapsed_s(self) -> float:
+        """Seconds since, by whichever clock says more: the monotonic clock stops while the machine is suspended,
+        the wall clock can be set; a wall clock set back makes the age unknown (infinite)."""
+        wall = time.time() - self.wall
+        return max(wall, time.monotonic() - self.monotonic) if wall >= 0 else math.inf
+
+    def holds(self, lease_s: float) -> bool:
+        """At least half of the lease is left."""
+        return self.elapsed_s() < lease_s / 2
+
+
 class ClaimBatch(list[OutboundDelivery]):
     """The rows a claim took, in id order, and where the batch ended in claim order (None: the claim did not fill
-    its batch, or it cannot tell: the next claim starts from the top)."""
+    its batch, or it cannot tell: the next claim starts from the top). `lease_start`: when their leases began, by
+    this process's clocks (None when the caller gave the claim its own `now`)."""
 
     end: ClaimPosition | None = None
+    lease_start: LeaseStart | None = None
 
 
 def _insert(engine: Engine) -> Callable[[sa.Table], postgresql.Insert | sqlite.Insert]:
@@ -317,11 +346,13 @@ class Outbox:
         except rows of a higher priority (an urgent row staged meanwhile) and held rows whose lease lapsed. A
         caller that claims after positions goes back to the top once a batch comes back short, so rows freed
         behind it meanwhile (released by another run) are claimed at the end of its pass."""
+        lease_start = None if now else LeaseStart.now()
         now = now or utcnow()
         chunks = list(_scope_chunks(company_ids))
         if len(chunks) > 1:  # one position per statement: across chunks, every claim starts from the top
             after = None
         claimed = ClaimBatch()
+        claimed.lease_start = lease_start
         for chunk in chunks:
             if len(claimed) >= limit:
                 break
