@@ -59,6 +59,38 @@ def test_a_batch_answers_each_row_in_the_order_given_and_a_missing_row_sinks_onl
     assert len(attempts(engine)) == 3
 
 
+def test_a_batch_stores_every_text_and_time_exactly_as_given(engine) -> None:
+    """Request bodies, provider replies and errors go into the batch's one parameter and come out unchanged, whatever
+    they hold (quotes, backslashes, escapes, line separators, characters outside the BMP), and so do times."""
+    first, second = _claimed(engine, 2)
+    odd = 'caf\u00e9 "quoted" \\ back\\slash \\u0041 \n\t\r \u2028 \U0001f600 <x a="1">&amp;</x> \' end'
+    started = utcnow().replace(microsecond=123456)
+    attempt = AttemptResult(
+        AttemptOutcome.PERMANENT,
+        started,
+        started + timedelta(microseconds=4321),
+        http_status=422,
+        error=odd + " error",
+        response_body=odd + " reply",
+        request_body=odd + " request",
+    )
+    failed = Settlement(DeliveryStatus.FAILED, last_error=odd + " last", provider_response=odd + " response")
+    plain = _recording(second)
+    assert Outbox(engine).record_many(
+        [Recording("writer-test", first.claim_version, first.delivery_id, "run-1", attempt, failed, started), plain]
+    ) == [(1, True), (1, True)]
+    stored = {r["delivery_id"]: r for r in rows(engine)}[first.delivery_id]
+    assert (stored["last_error"], stored["provider_response"]) == (odd + " last", odd + " response")
+    [written] = attempts(engine, first.delivery_id)
+    assert (written["error"], written["response_excerpt"], written["request_body"]) == (
+        odd + " error",
+        odd + " reply",
+        odd + " request",
+    )
+    assert written["started_at"].replace(tzinfo=None) == started.replace(tzinfo=None)
+    assert written["duration_ms"] == 4
+
+
 def test_the_writer_batches_what_arrives_together_and_answers_every_thread(engine) -> None:
     claimed = _claimed(engine, 40)
     answers: dict[str, tuple[int, bool]] = {}
