@@ -6,9 +6,9 @@ rows come back when its lease lapses, or at once when its process is provably de
 A worker confirms the claim right before each request (without a round trip while the claim is younger than half a
 lease by the run's own clocks: nobody takes over an unlapsed claim of a live run), and settling checks it again: a
 row whose claim was taken over or lapsed while it waited in the pool, or between retries, is left to its new
-holder, never sent. Attempts and
-settlements are written in batches by the run's settlement writer (services/settlement_writer), so a send thread
-goes on to its next row while its last one is being written; a row counts as done once it is written.
+holder, never sent. Attempts and settlements are written in batches by the run's settlement writer
+(services/settlement_writer), so a send thread goes on to its next row while its last one is being written; a row
+counts as done once it is written.
 """
 
 import logging

@@ -3,8 +3,8 @@
 Each claim of a row gets a new `claim_version`; (claimant, version) is the claim's fencing token. The holder
 confirms it right before each request (`confirm`), unless its own clocks show that the claim is younger than half a
 lease (`LeaseStart`), and every settlement checks it, so a claim that was taken over (or whose lease lapsed)
-neither sends the row nor settles it. Attempts are always recorded, because a request
-that went out is a fact whoever holds the claim now.
+neither sends the row nor settles it. Attempts are always recorded, because a request that went out is a fact
+whoever holds the claim now.
 """
 
 import math
