@@ -211,7 +211,7 @@ def test_first_sends_of_a_fresh_claim_skip_the_confirm_round_trip_and_later_ones
     confirmed: list[str] = []
     real_confirm = Outbox.confirm
 
-    def counting_confirm(self, claimant, row_id, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def counting_confirm(self, claimant, row_id, *args, **kwargs):
         confirmed.append(row_id)
         return real_confirm(self, claimant, row_id, *args, **kwargs)
 
@@ -243,7 +243,7 @@ def test_a_takeover_behind_the_clocks_of_a_fresh_claim_is_caught_when_settling(e
     stolen: list[str] = []
     real_claim = Outbox.claim
 
-    def claim_then_steal(self, **kwargs):  # type: ignore[no-untyped-def]
+    def claim_then_steal(self, **kwargs):
         batch = real_claim(self, **kwargs)
         if batch and not stolen:
             stolen.extend(_take_over(engine, [row.id for row in batch]))

@@ -7,6 +7,7 @@ neither sends the row nor settles it. Attempts are always recorded, because a re
 whoever holds the claim now.
 """
 
+import json
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -177,27 +178,26 @@ WITH mine AS (
 SELECT mine.lease_expires_at > %(push_before)s OR pushed.id IS NOT NULL AS confirmed
 FROM mine LEFT JOIN pushed ON pushed.id = mine.id
 """
-# Record a batch: for each recording (the arrays, one element each), lock its row (in id order, so two batches
+# Record a batch: for each recording (an object of one JSON array, written by the json module's C encoder, where an
+# array parameter per column cost a dumper per column; the delivery ids come as an array too, since the planner
+# guesses 100 rows for any JSON set and would scan the outbox for them), lock its row (in id order, so two batches
 # never wait on each other in a cycle) and read whether we still hold the claim; bump the attempt count if an
 # attempt is recorded; settle the row only if we hold the claim (a success the provider has meanwhile rejected by
 # webhook settles failed/rejected, keeping the provider's reason); insert the attempt under the new count.
 _RECORD_PG = """
 WITH batch AS (
-    SELECT * FROM unnest(
-        %(delivery_id)s::text[], %(claimant)s::text[], %(claim_version)s::integer[], %(now)s::timestamptz[],
-        %(success)s::boolean[], %(status)s::text[], %(error_kind)s::text[], %(last_error)s::text[],
-        %(next_attempt_at)s::timestamptz[], %(provider_response)s::text[], %(release)s::boolean[],
-        %(attempted)s::boolean[], %(run_id)s::text[], %(started_at)s::timestamptz[], %(finished_at)s::timestamptz[],
-        %(duration_ms)s::integer[], %(outcome)s::text[], %(http_status)s::integer[], %(error)s::text[],
-        %(response_excerpt)s::text[], %(request_body)s::text[]
-    ) AS b(delivery_id, claimant, claim_version, now, success, status, error_kind, last_error, next_attempt_at,
-           provider_response, release, attempted, run_id, started_at, finished_at, duration_ms, outcome,
-           http_status, error, response_excerpt, request_body)
+    SELECT * FROM json_to_recordset(%(batch)s::json) AS b(
+        delivery_id text, claimant text, claim_version integer, now timestamptz, success boolean, status text,
+        error_kind text, last_error text, next_attempt_at timestamptz, provider_response text, release boolean,
+        attempted boolean, run_id text, started_at timestamptz, finished_at timestamptz, duration_ms integer,
+        outcome text, http_status integer, error text, response_excerpt text, request_body text
+    )
 ), old AS (
     SELECT d.id, b.*,
            (d.claimed_by = b.claimant AND d.claim_version = b.claim_version AND d.status <> 'success') AS owned,
            coalesce(d.confirmation = 'rejected', false) AS rejected
     FROM impact_deliveries AS d JOIN batch AS b ON b.delivery_id = d.delivery_id
+    WHERE d.delivery_id = ANY(%(delivery_ids)s::text[])
     ORDER BY d.id
     FOR UPDATE OF d
 ), moved AS (
@@ -571,10 +571,10 @@ class Outbox:
         if self.engine.dialect.name != "postgresql":  # one writer at a time: no row locks to order
             with self.engine.begin() as conn:
                 return [_record_sqlite(conn, recording) for recording in recordings]
-        params: dict[str, list[object]] = {}
-        for recording in recordings:
-            for name, value in _record_params(recording).items():
-                params.setdefault(name, []).append(value)
+        params = {
+            "batch": json.dumps([_record_params(recording) for recording in recordings]),
+            "delivery_ids": list(by_delivery),
+        }
         found: list[tuple[int, bool] | None] = [None] * len(recordings)
         with self._row_statement() as conn:
             for delivery_id, attempt_count, owned in conn.exec_driver_sql(_RECORD_PG, params):
@@ -603,25 +603,25 @@ def _no_row(recording: Recording) -> LookupError:
 
 
 def _record_params(recording: Recording) -> dict[str, object]:
-    """One recording's values in `_RECORD_PG` (which takes each as an array over the batch): the same effects as
-    the three statements SQLite runs in one transaction."""
+    """One recording's values in `_RECORD_PG` (an object of its JSON array; times in ISO 8601 with their zone): the
+    same effects as the three statements SQLite runs in one transaction."""
     attempt, settlement = recording.attempt, recording.settlement
     return {
         "claimant": recording.claimant,
         "claim_version": recording.claim_version,
         "delivery_id": recording.delivery_id,
-        "now": _utc(recording.now),
+        "now": _iso(recording.now),
         "success": settlement.status is DeliveryStatus.SUCCESS,
         "status": settlement.status.value,
         "error_kind": settlement.error_kind.value if settlement.error_kind else None,
         "last_error": settlement.last_error,
-        "next_attempt_at": _utc(settlement.next_attempt_at),
+        "next_attempt_at": _iso(settlement.next_attempt_at),
         "provider_response": settlement.provider_response,
         "release": settlement.release,
         "attempted": attempt is not None,
         "run_id": recording.run_id,
-        "started_at": _utc(attempt.started_at) if attempt else None,
-        "finished_at": _utc(attempt.finished_at) if attempt else None,
+        "started_at": _iso(attempt.started_at) if attempt else None,
+        "finished_at": _iso(attempt.finished_at) if attempt else None,
         "duration_ms": _duration_ms(attempt) if attempt else None,
         "outcome": attempt.outcome.value if attempt else None,
         "http_status": attempt.http_status if attempt else None,
@@ -730,6 +730,12 @@ def _scope_chunks(company_ids: Sequence[str] | None) -> Iterable[Sequence[str] |
 
 def _duration_ms(attempt: AttemptResult) -> int:
     return max(0, round((attempt.finished_at - attempt.started_at).total_seconds() * 1000))
+
+
+def _iso(moment: datetime | None) -> str | None:
+    """`_utc`, written out for a JSON parameter."""
+    utc = _utc(moment)
+    return utc.isoformat() if utc is not None else None
 
 
 def _utc(moment: datetime | None) -> datetime | None:
