@@ -1,4 +1,4 @@
-"""Claiming and finding work stay cheap with a large backlog: the queries the code actually sends are explained
+"""Claiming, recording and finding work stay cheap with a large backlog: the queries the code actually sends are explained
 on PostgreSQL (with statistics of a 50k-row outbox) and on SQLite, and must read an index in claim order instead of
 scanning the outbox or sorting all of a company's rows."""
 
@@ -261,3 +261,38 @@ def test_the_outbox_is_analyzed_once_it_holds_more_rows_than_its_statistics_know
 
 def test_refreshing_statistics_is_a_no_op_on_sqlite(sqlite_engine) -> None:
     assert not Outbox(sqlite_engine).refresh_statistics(changed=10 * STALE_ROWS)
+
+
+def test_a_batch_of_attempts_finds_its_rows_by_delivery_id_on_postgres(pg_engine) -> None:
+    """The settlement writer's statement, in the generic plan psycopg's prepared statement ends up with, reaches its
+    rows through the delivery id index. The planner guesses 100 rows for the JSON batch: joined to them alone, a
+    small outbox (here 8,000 rows) was scanned whole for every batch."""
+    from impactin_pipelines.domain.statuses import DeliveryStatus
+    from impactin_pipelines.store.outbox import Recording, Settlement, utcnow
+
+    with pg_engine.begin() as conn:
+        conn.execute(
+            impact_deliveries.insert(),
+            [_outbox_row(BIG, f"e{i}", "pending", T0 + timedelta(milliseconds=i)) for i in range(8_000)],
+        )
+    _analyze(pg_engine)
+    claimed = _claim(pg_engine, [BIG])()[:5]
+    recordings = [
+        Recording(
+            "planner", row.claim_version, row.delivery_id, None, None, Settlement(DeliveryStatus.PENDING), utcnow()
+        )
+        for row in claimed
+    ]
+    with _captured(pg_engine, "WITH BATCH") as seen:
+        Outbox(pg_engine).record_many(recordings)
+    ((statement, parameters),) = seen
+    with pg_engine.connect() as conn:
+        conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
+        raw = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + statement, parameters).scalar_one()
+    plan = (json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"]
+    shown = json.dumps(plan, indent=1)
+    nodes = list(_nodes(plan))
+    assert not [n for n in nodes if n["Node Type"] == "Seq Scan" and n.get("Relation Name") == "impact_deliveries"], (
+        shown
+    )
+    assert "uq_impact_deliveries_delivery_id" in {n.get("Index Name") for n in nodes}, shown
