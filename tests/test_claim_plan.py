@@ -1,6 +1,6 @@
-"""Claiming, recording and finding work stay cheap with a large backlog: the queries the code actually sends are explained
-on PostgreSQL (with statistics of a 50k-row outbox) and on SQLite, and must read an index in claim order instead of
-scanning the outbox or sorting all of a company's rows."""
+"""Claiming, recording and finding work stay cheap with a large backlog: the queries the code actually sends are
+explained on PostgreSQL (with statistics of a 50k-row outbox) and on SQLite, and must read an index in claim order
+instead of scanning the outbox or sorting all of a company's rows."""
 
 import json
 import uuid
