@@ -79,6 +79,21 @@ def test_a_transient_failure_burns_one_attempt_and_a_retry_sends_the_row_again(e
     assert (result.status, result.error_kind, result.attempts) == (RowOutcome.SUCCESS, None, 3)
 
 
+def test_a_reply_holding_a_nul_character_is_recorded_and_the_run_goes_on(engine, sandbox) -> None:
+    """PostgreSQL's text cannot hold NUL: a provider reply with one is stored with U+FFFD in its place, so the
+    attempt is recorded, the row settles, and the run delivers the rest instead of halting on a failed write."""
+    _setup(engine, "acme", 3)
+    sandbox.providers["benevity"].configure(
+        {"fail_next": {"status": 422, "count": 1, "body": "bad\x00input", "content_type": "text/plain"}}
+    )
+    report = deliver(engine, factory_for(engine, sandbox, concurrency=1), "benevity")
+    assert report.totals.outcomes == Counter({RowOutcome.SUCCESS: 2, RowOutcome.FAILED: 1}), report.errors
+    [failed] = [r for r in rows(engine) if r["status"] == "failed"]
+    assert "bad\ufffdinput" in failed["last_error"]
+    [attempt] = attempts(engine, failed["delivery_id"])
+    assert attempt["response_excerpt"] == "bad\ufffdinput" and "\x00" not in attempt["error"]
+
+
 def test_record_stores_the_connectors_attempt_with_an_excerpt_and_its_duration(engine) -> None:
     _setup(engine, "acme", 1)
     outbox = Outbox(engine)

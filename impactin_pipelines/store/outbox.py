@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -568,6 +568,7 @@ class Outbox:
         by_delivery = {r.delivery_id: i for i, r in enumerate(recordings)}
         if len(by_delivery) < len(recordings):
             raise ValueError("a batch of recordings holds one row twice; record its attempts one after the other")
+        recordings = [_storable(recording) for recording in recordings]
         if self.engine.dialect.name != "postgresql":  # one writer at a time: no row locks to order
             with self.engine.begin() as conn:
                 return [_record_sqlite(conn, recording) for recording in recordings]
@@ -596,6 +597,32 @@ class Recording:
     attempt: AttemptResult | None
     settlement: Settlement
     now: datetime
+
+
+def _storable(recording: Recording) -> Recording:
+    """The recording with every NUL character in its texts (a provider's reply, an error quoting it) replaced by
+    U+FFFD: PostgreSQL's text cannot hold one, and a batch that fails to write halts its run."""
+    attempt, settlement = recording.attempt, recording.settlement
+    texts = [settlement.last_error, settlement.provider_response]
+    if attempt is not None:
+        texts += [attempt.error, attempt.response_body, attempt.request_body]
+    if not any(text and "\x00" in text for text in texts):
+        return recording
+    settlement = replace(
+        settlement, last_error=_no_nul(settlement.last_error), provider_response=_no_nul(settlement.provider_response)
+    )
+    if attempt is not None:
+        attempt = replace(
+            attempt,
+            error=_no_nul(attempt.error),
+            response_body=_no_nul(attempt.response_body),
+            request_body=_no_nul(attempt.request_body),
+        )
+    return replace(recording, attempt=attempt, settlement=settlement)
+
+
+def _no_nul(text: str | None) -> str | None:
+    return text.replace("\x00", "\ufffd") if text else text
 
 
 def _no_row(recording: Recording) -> LookupError:
