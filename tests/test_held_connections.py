@@ -20,11 +20,13 @@ def _backend_pid(conn: sa.Connection) -> int:
 
 
 def _checkouts(engine: sa.Engine) -> list[int]:
-    counted = [0]
+    """[all checkouts, those made on a run's send threads]"""
+    counted = [0, 0]
 
     @sa.event.listens_for(engine, "checkout")
     def _count(*_: object) -> None:
         counted[0] += 1
+        counted[1] += threading.current_thread().name.startswith("impactin-send")
 
     return counted
 
@@ -40,9 +42,10 @@ def test_a_runs_rows_cost_no_checkout_each(pg_engine, sandbox, provider: str) ->
     deliver(pg_engine, factory_for(pg_engine, sandbox, concurrency=3), provider)
     assert statuses(pg_engine, provider) == {"success": 60}
     assert len(attempts(pg_engine)) == 60
-    # claims, heartbeats, releases and one connection per send thread; through the pool, each row would add two
-    # (Goodera's slot a third)
+    # claims, heartbeats, releases, Goodera's token and one connection per send thread: 10 and 20 here; through the
+    # pool, each row would add its own (a record, Goodera's slot), even on a send thread that confirms nothing
     assert counted[0] < 60, f"{counted[0]} checkouts for 60 rows"
+    assert counted[1] < 30, f"{counted[1]} checkouts on send threads for 60 rows"  # 1 and 11 here
 
 
 def test_each_thread_keeps_its_own_connection_in_autocommit(pg_engine) -> None:

@@ -278,7 +278,11 @@ class DeliveryRun:
             with (
                 _Heartbeat(self.outbox, self.claimant, self.settings.lease_s, self.log),
                 self._writer,
-                ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="impactin-send") as pool,
+                ThreadPoolExecutor(
+                    self.settings.concurrency,
+                    thread_name_prefix="impactin-send",
+                    initializer=self._held.bind_this_thread,  # a quota's slot: on the thread's own connection
+                ) as pool,
             ):
                 try:
                     self._drain(pool)

@@ -40,11 +40,16 @@ class HeldConnections:
         self._all: list[_Held] = []
         self._closed = False
 
+    def bind_this_thread(self) -> None:
+        """Make these the held connections `of_this_thread` finds on the calling thread (a send thread, as it
+        starts): lower layers then use a connection of its own even before its first statement of the run."""
+        _this_thread.held = self
+
     @staticmethod
     def of_this_thread(engine: Engine) -> "HeldConnections | None":
-        """The held connections (still open) this thread keeps a connection of for `engine`: a delivery run's send
-        thread, for statements of lower layers on its path (a quota's slot), which would otherwise check out a
-        pooled connection, with a pre-ping, per row. None for any other thread."""
+        """The held connections (still open) this thread is bound to, or keeps a connection of, for `engine`: a
+        delivery run's send thread, for statements of lower layers on its path (a quota's slot), which would
+        otherwise check out a pooled connection, with a pre-ping, per row. None for any other thread."""
         held: HeldConnections | None = getattr(_this_thread, "held", None)
         if held is None or held.engine is not engine or held._closed:
             return None
