@@ -95,3 +95,29 @@ def test_an_idle_connection_is_checked_out_again_and_a_dropped_one_replaced(pg_e
         assert _backend_pid(conn) not in (first, second)
     held.close()
     server.dispose()
+
+
+def test_a_runs_claims_go_through_its_held_connection_and_commit_at_once(pg_engine) -> None:
+    """A delivery run's drain loop claims batch after batch: on its own connection, without a checkout, pre-ping,
+    BEGIN and COMMIT each; every claim is visible to the others as soon as it returns (autocommit)."""
+    from impactin_pipelines.store.outbox import Outbox
+
+    add_integration(pg_engine, "acme", "benevity")
+    add_events(pg_engine, events("acme", 50))
+    extract(pg_engine, "acme", Provider.BENEVITY)
+    held = HeldConnections(pg_engine)
+    outbox = Outbox(pg_engine, held=held)
+    counted = _checkouts(pg_engine)
+    taken: list[str] = []
+    for i in range(5):
+        batch = outbox.claim(claimant=f"run-{i}", provider="benevity", company_ids=["acme"], limit=10, lease_s=60)
+        assert len(batch) == 10
+        taken += [row.id for row in batch]
+        with pg_engine.connect() as other:  # committed: another connection sees the claim
+            claimed = other.exec_driver_sql(
+                "SELECT count(*) FROM impact_deliveries WHERE claimed_by = %(c)s", {"c": f"run-{i}"}
+            ).scalar_one()
+            assert claimed == 10
+    held.close()
+    assert len(set(taken)) == 50  # each row went to one claim
+    assert counted[0] == 1 + 5, counted  # the held connection once, and the five checks from `other`

@@ -247,8 +247,8 @@ class DeliveryRun:
         self.log = logger
         self.sleep = sleep
         self.rng = rng or random.Random()
-        # Each send thread (and the settlement writer) keeps a connection for the run: a row's confirm is one round
-        # trip, a batch's record another.
+        # Each thread of the run (the drain loop, the send threads, the settlement writer) keeps a connection for
+        # the run: a claim, a row's confirm, a batch's record is one round trip each.
         self._held = HeldConnections(engine)
         self.outbox = Outbox(engine, held=self._held)
         self._writer = SettlementWriter(self.outbox, max_waiting=self.settings.concurrency)

@@ -1,8 +1,9 @@
-"""Connections a delivery run's send threads keep for the run, one per thread, in autocommit.
+"""Connections the threads of a delivery run keep for the run, one per thread, in autocommit.
 
-A row costs two single statements (confirm before the request, record after it). Through the pool each would also
-cost a checkout, a pre-ping round trip, BEGIN and COMMIT: four round trips and most of a row's CPU. A thread's own
-connection, in autocommit (each of those statements is atomic by itself), makes each one round trip, and psycopg
+Each thread's statements are single statements, atomic by themselves: the drain loop's claims, the settlement
+writer's batches, a send thread's confirms (a retry, or a claim older than half a lease) and a quota's slot
+(Goodera). Through the pool each would also cost a checkout, a pre-ping round trip, BEGIN and COMMIT: four round
+trips and much of its CPU. A thread's own connection, in autocommit, makes each one round trip, and psycopg
 prepares the statements on it after a few uses.
 
 A connection idle for longer than `IDLE_PING_S` goes back to the pool and the next use checks one out again, with

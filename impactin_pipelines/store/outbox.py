@@ -7,6 +7,7 @@ neither sends the row nor settles it. Attempts are always recorded, because a re
 whoever holds the claim now.
 """
 
+import functools
 import json
 import math
 import time
@@ -249,7 +250,8 @@ class Outbox:
 
     @contextmanager
     def _row_statement(self) -> Iterator[Connection]:
-        """Where a per-row statement runs: this thread's held connection (autocommit), or a pooled transaction."""
+        """Where a single statement of a run's thread runs (a claim, a confirm, a batch of recordings): this thread's
+        held connection (autocommit), or a pooled transaction."""
         if self.held is not None:
             with self.held.connection() as conn:
                 yield conn
@@ -380,77 +382,30 @@ class Outbox:
         dead: Sequence[str],
         after: ClaimPosition | None,
     ) -> list[Sequence[Any]]:
-        # Free rows are unclaimed ones (the claim indexes hold only those, so rows in flight cost a claim nothing)
-        # and held ones whose claim lapsed or whose claimant is dead (few, found through the lease index).
-        lapsed = d.c.lease_expires_at < now
-        if dead:
-            lapsed = sa.or_(lapsed, d.c.claimed_by.in_(list(dead)))
-        free = sa.or_(d.c.claimed_by.is_(None), lapsed)
-        conditions = [d.c.provider == provider, status_in(statuses)]
-        if due_only:
-            conditions.append(sa.or_(d.c.next_attempt_at.is_(None), d.c.next_attempt_at <= now))
-        if company_ids is not None:
-            conditions.append(d.c.company_id.in_(list(company_ids)))
-        if ids is not None:
-            conditions.append(d.c.id.in_(list(ids)))
-        order = (d.c.priority.desc(), d.c.created_at, d.c.id)
-
-        def branch(*where: sa.ColumnElement[bool]) -> sa.Subquery:
-            return (
-                sa.select(d.c.id, d.c.priority, d.c.created_at)
-                .where(*conditions, *where)
-                .order_by(*order)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-                .subquery()
-            )
-
-        # Unclaimed rows: from the top, or after the position (three ranges of the claim index: a higher priority,
-        # the rest of the position's priority, the lower ones).
-        ranges: list[tuple[sa.ColumnElement[bool], ...]] = [()]
+        stmt = _claim_statement(
+            tuple(statuses), due_only, company_ids is not None, ids is not None, bool(dead), after is not None
+        )
+        params: dict[str, Any] = {
+            "claim_claimant": claimant,
+            "claim_provider": provider,
+            "claim_limit": limit,
+            "claim_now": now,
+            "claim_lease_expires_at": now + timedelta(seconds=lease_s),
+            "claim_company_ids": list(company_ids or ()),
+            "claim_ids": list(ids or ()),
+            "claim_dead": list(dead),
+        }
         if after is not None:
-            position = sa.tuple_(sa.literal(after.created_at, d.c.created_at.type), sa.literal(after.id, d.c.id.type))
-            ranges = [
-                (d.c.priority > after.priority,),
-                (d.c.priority == after.priority, sa.tuple_(d.c.created_at, d.c.id) > position),
-                (d.c.priority < after.priority,),
-            ]
-        unclaimed = [branch(d.c.claimed_by.is_(None), *extra) for extra in ranges]
-        taken_back = branch(d.c.claimed_by.is_not(None), lapsed)
-        either = sa.union_all(*(sa.select(b) for b in [*unclaimed, taken_back])).subquery()
-        candidates = (
-            sa.select(either.c.id).order_by(either.c.priority.desc(), either.c.created_at, either.c.id).limit(limit)
-        )
-        stmt = (
-            sa.update(d)
-            .where(d.c.id.in_(candidates.scalar_subquery()), free)
-            .values(
-                claimed_by=claimant,
-                lease_expires_at=now + timedelta(seconds=lease_s),
-                run_count=d.c.run_count + 1,
-                claim_version=d.c.claim_version + 1,
-                updated_at=now,
-                # a failed row claimed again is being replayed: the provider's earlier verdict was about the old send
-                confirmation=sa.case((d.c.status == DeliveryStatus.FAILED.value, None), else_=d.c.confirmation),
-                confirmed_at=sa.case((d.c.status == DeliveryStatus.FAILED.value, None), else_=d.c.confirmed_at),
-            )
-            .returning(
-                d.c.id,
-                d.c.company_id,
-                d.c.provider,
-                d.c.event_id,
-                d.c.delivery_id,
-                d.c.payload,
-                d.c.status,
-                d.c.attempt_count,
-                d.c.run_count,
-                d.c.claim_version,
-                d.c.priority,
-                d.c.created_at,
-            )
-        )
+            params |= {
+                "claim_after_priority": after.priority,
+                "claim_after_created_at": after.created_at,
+                "claim_after_id": after.id,
+            }
+        if self.engine.dialect.name == "postgresql":  # one statement, atomic by itself: a run's held connection
+            with self._row_statement() as conn:
+                return list(conn.execute(stmt, params).all())
         with self.engine.begin() as conn:
-            return list(conn.execute(stmt).all())
+            return list(conn.execute(stmt, params).all())
 
     def confirm(
         self, claimant: str, row_id: str, claim_version: int, lease_s: float, *, now: datetime | None = None
@@ -740,6 +695,90 @@ def _unless_rejected_meanwhile() -> dict[str, sa.ColumnElement[Any]]:
         "error_kind": sa.case((rejected, ErrorKind.REJECTED.value), else_=sa.null()),
         "last_error": sa.case((rejected, d.c.last_error), else_=sa.null()),
     }
+
+
+@functools.cache
+def _claim_statement(
+    statuses: tuple[str, ...], due_only: bool, scoped: bool, targeted: bool, dead: bool, after: bool
+) -> sa.Update:
+    """The claim's statement for one shape of claim, built once: its values are bound at each execution
+    (`Outbox._claim_chunk`), so a claim costs no statement building, only the database's work."""
+    now = sa.bindparam("claim_now", type_=d.c.updated_at.type)
+    # Free rows are unclaimed ones (the claim indexes hold only those, so rows in flight cost a claim nothing)
+    # and held ones whose claim lapsed or whose claimant is dead (few, found through the lease index).
+    lapsed: sa.ColumnElement[bool] = d.c.lease_expires_at < now
+    if dead:
+        lapsed = sa.or_(lapsed, d.c.claimed_by.in_(sa.bindparam("claim_dead", expanding=True)))
+    free = sa.or_(d.c.claimed_by.is_(None), lapsed)
+    conditions = [d.c.provider == sa.bindparam("claim_provider"), status_in(statuses)]
+    if due_only:
+        conditions.append(sa.or_(d.c.next_attempt_at.is_(None), d.c.next_attempt_at <= now))
+    if scoped:
+        conditions.append(d.c.company_id.in_(sa.bindparam("claim_company_ids", expanding=True)))
+    if targeted:
+        conditions.append(d.c.id.in_(sa.bindparam("claim_ids", expanding=True)))
+    order = (d.c.priority.desc(), d.c.created_at, d.c.id)
+    limit = sa.bindparam("claim_limit", type_=sa.Integer)
+
+    def branch(*where: sa.ColumnElement[bool]) -> sa.Subquery:
+        return (
+            sa.select(d.c.id, d.c.priority, d.c.created_at)
+            .where(*conditions, *where)
+            .order_by(*order)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .subquery()
+        )
+
+    # Unclaimed rows: from the top, or after the position (three ranges of the claim index: a higher priority, the
+    # rest of the position's priority, the lower ones).
+    ranges: list[tuple[sa.ColumnElement[bool], ...]] = [()]
+    if after:
+        priority = sa.bindparam("claim_after_priority", type_=d.c.priority.type)
+        position = sa.tuple_(
+            sa.bindparam("claim_after_created_at", type_=d.c.created_at.type),
+            sa.bindparam("claim_after_id", type_=d.c.id.type),
+        )
+        ranges = [
+            (d.c.priority > priority,),
+            (d.c.priority == priority, sa.tuple_(d.c.created_at, d.c.id) > position),
+            (d.c.priority < priority,),
+        ]
+    unclaimed = [branch(d.c.claimed_by.is_(None), *extra) for extra in ranges]
+    taken_back = branch(d.c.claimed_by.is_not(None), lapsed)
+    either = sa.union_all(*(sa.select(b) for b in [*unclaimed, taken_back])).subquery()
+    candidates = (
+        sa.select(either.c.id).order_by(either.c.priority.desc(), either.c.created_at, either.c.id).limit(limit)
+    )
+    failed = d.c.status == DeliveryStatus.FAILED.value
+    return (
+        sa.update(d)
+        .where(d.c.id.in_(candidates.scalar_subquery()), free)
+        .values(
+            claimed_by=sa.bindparam("claim_claimant"),
+            lease_expires_at=sa.bindparam("claim_lease_expires_at", type_=d.c.lease_expires_at.type),
+            run_count=d.c.run_count + 1,
+            claim_version=d.c.claim_version + 1,
+            updated_at=now,
+            # a failed row claimed again is being replayed: the provider's earlier verdict was about the old send
+            confirmation=sa.case((failed, None), else_=d.c.confirmation),
+            confirmed_at=sa.case((failed, None), else_=d.c.confirmed_at),
+        )
+        .returning(
+            d.c.id,
+            d.c.company_id,
+            d.c.provider,
+            d.c.event_id,
+            d.c.delivery_id,
+            d.c.payload,
+            d.c.status,
+            d.c.attempt_count,
+            d.c.run_count,
+            d.c.claim_version,
+            d.c.priority,
+            d.c.created_at,
+        )
+    )
 
 
 def status_in(statuses: Sequence[str]) -> sa.ColumnElement[bool]:
