@@ -249,9 +249,10 @@ def test_run_log_level_keeps_successes_out_of_the_run_log(engine, sandbox) -> No
     assert not any("attempt succeed" in m for m in messages)  # the routine is only in the warehouse
 
 
-def test_a_token_fetched_per_company_is_not_a_run_log_event(engine, sandbox) -> None:
-    """Each company's token is fetched once per lifetime (a night of 1,000 companies: 1,000 fetches); with the
-    `impactin` loggers managed at INFO, an INFO line would be an event-log write each. Refusals stay in the run log."""
+def test_a_token_fetch_is_not_a_run_log_event(engine, sandbox) -> None:
+    """A token is fetched once per credentials and lifetime (a night of 1,000 companies with credentials of their
+    own: 1,000 fetches); with the `impactin` loggers managed at INFO, an INFO line would be an event-log write each.
+    Refusals stay in the run log."""
     for company in ("acme", "globex"):
         add_integration(engine, company, "goodera")
         add_events(engine, events(company, 1))
@@ -268,7 +269,7 @@ def test_a_token_fetched_per_company_is_not_a_run_log_event(engine, sandbox) -> 
         messages = [entry.message or "" for entry in instance.all_logs(result.run_id)]
     assert statuses(engine, "goodera") == {"success": 2}
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT count(*) FROM impact_provider_tokens")).scalar_one() == 2  # fetched
+        assert conn.execute(sa.text("SELECT count(*) FROM impact_provider_tokens")).scalar_one() == 1  # one, shared
     assert any("goodera: 2 delivered" in m for m in messages)  # the run log is there, with its summary
     assert not any("access token" in m for m in messages)
 

@@ -30,14 +30,14 @@ def ring(*keys: str) -> KeyRing:
     return KeyRing(list(keys))
 
 
-def save_token(engine, keyring: KeyRing, company: str, provider: str, access: str, cred: str = "cred") -> None:
+def save_token(engine, keyring: KeyRing, cred: str, provider: str, access: str) -> None:
     store = TokenStore(engine, lambda: keyring)
-    with store.exclusive(company, provider) as tx:
-        tx.save(cred, StoredToken(access, NOW, NOW + timedelta(hours=1), refresh_token=f"refresh-of-{access}"))
+    with store.exclusive(provider, cred) as tx:
+        tx.save(StoredToken(access, NOW, NOW + timedelta(hours=1), refresh_token=f"refresh-of-{access}"))
 
 
-def load_token(engine, keyring: KeyRing, company: str, provider: str, cred: str = "cred") -> StoredToken | None:
-    return TokenStore(engine, lambda: keyring).load(company, provider, cred)
+def load_token(engine, keyring: KeyRing, cred: str, provider: str) -> StoredToken | None:
+    return TokenStore(engine, lambda: keyring).load(provider, cred)
 
 
 def settings_of(engine, company: str, provider: str) -> dict:
@@ -53,7 +53,7 @@ def settings_of(engine, company: str, provider: str) -> dict:
 def token_columns(engine) -> list[tuple[str, str | None]]:
     t = impact_provider_tokens
     with engine.connect() as conn:
-        stmt = sa.select(t.c.access_token_encrypted, t.c.refresh_token_encrypted).order_by(t.c.company_id)
+        stmt = sa.select(t.c.access_token_encrypted, t.c.refresh_token_encrypted).order_by(t.c.credential_key)
         return [tuple(r) for r in conn.execute(stmt).all()]
 
 
@@ -129,7 +129,7 @@ def test_deliveries_go_on_through_a_rotation_without_fetching_a_new_token(engine
     secret = env.pop("GOODERA_CLIENT_SECRET")  # only in the company's settings, encrypted
     old = ring(OLD)
     add_integration(engine, "acme", "goodera", settings={"client_secret": {"encrypted": old.encrypt(secret)}})
-    cred = credential_key(env["GOODERA_TOKEN_URL"], env["GOODERA_CLIENT_ID"])
+    cred = credential_key(env["GOODERA_TOKEN_URL"], env["GOODERA_CLIENT_ID"], owner="acme")  # its own secret
 
     def delivery_round(n: int, keyring: KeyRing) -> None:
         add_events(engine, events("acme", 1, prefix=f"round{n}"))
@@ -149,7 +149,7 @@ def test_deliveries_go_on_through_a_rotation_without_fetching_a_new_token(engine
     delivery_round(2, ring(NEW))
     assert goodera.oauth.stats()["tokens_issued"] == issued  # no re-authentication at any step
     assert {r["status"] for r in rows(engine)} == {"success"} and len(rows(engine)) == 3
-    assert load_token(engine, ring(NEW), "acme", "goodera", cred) is not None
+    assert load_token(engine, ring(NEW), cred, "goodera") is not None
 
 
 def test_a_wrong_key_is_a_config_error_for_that_company_only(engine, sandbox, warehouse_url, tmp_path) -> None:

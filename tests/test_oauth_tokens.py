@@ -73,10 +73,10 @@ def token_requests(sandbox) -> int:
     return goodera(sandbox).oauth.stats()["token_requests"]
 
 
-def stored_row(engine, company: str = "acme") -> dict:
+def stored_row(engine) -> dict:
     t = impact_provider_tokens
     with engine.connect() as conn:
-        row = conn.execute(sa.select(t).where(t.c.company_id == company, t.c.provider == "goodera")).one()
+        row = conn.execute(sa.select(t).where(t.c.provider == "goodera")).one()
     return dict(row._mapping)
 
 
@@ -148,11 +148,46 @@ def test_changed_credentials_never_reuse_a_token(engine, sandbox) -> None:
     moved = sandbox.provider_url("goodera") + "/oauth/token?v=2"  # another token URL, same fake endpoint
     second = oauth_for(engine, sandbox, token_url=moved).bearer()
     assert second != first and token_requests(sandbox) == 2
-    assert stored_row(engine)["credential_key"] == credential_key(moved, CLIENT_ID)
+    with engine.connect() as conn:  # each credentials' own row
+        keys = set(conn.execute(sa.select(impact_provider_tokens.c.credential_key)).scalars())
+    assert keys == {credential_key(oauth_for(engine, sandbox).token_url, CLIENT_ID), credential_key(moved, CLIENT_ID)}
 
 
-def test_tokens_are_per_company(engine, sandbox) -> None:
-    assert oauth_for(engine, sandbox, company="acme").bearer() != oauth_for(engine, sandbox, company="globex").bearer()
+def test_companies_sharing_credentials_share_one_token(engine, sandbox) -> None:
+    """A client-credentials token is the client's: a thousand companies on the platform's credentials cost the
+    token endpoint one request, not a thousand. Other credentials (token URL, client id, scope) get their own."""
+    shared = [oauth_for(engine, sandbox, company=company).bearer() for company in ("acme", "globex", "initech")]
+    assert len(set(shared)) == 1 and token_requests(sandbox) == 1
+    moved = sandbox.provider_url("goodera") + "/oauth/token?v=2"
+    own = oauth_for(engine, sandbox, company="umbrella", token_url=moved).bearer()
+    scoped = oauth_for(engine, sandbox, company="hooli", scope="impact:write").bearer()
+    assert len({shared[0], own, scoped}) == 3 and token_requests(sandbox) == 3
+    with engine.connect() as conn:  # one row per credentials
+        keys = conn.execute(sa.select(impact_provider_tokens.c.credential_key)).scalars().all()
+    url = sandbox.provider_url("goodera") + "/oauth/token"
+    assert sorted(keys) == sorted(
+        [
+            credential_key(url, CLIENT_ID),
+            credential_key(moved, CLIENT_ID),
+            credential_key(url, CLIENT_ID, "impact:write"),
+        ]
+    )
+
+
+def test_a_company_with_credentials_of_its_own_has_a_token_of_its_own(engine, sandbox) -> None:
+    """Connectors of companies on the environment's credentials share a token; one whose settings give any of its
+    credentials (here its own copy of the secret) fetches its own, so its settings alone decide whether it works."""
+    from impactin_pipelines.domain.providers import Provider
+    from tests.support import add_integration, factory_for
+
+    add_integration(engine, "acme", "goodera")
+    add_integration(engine, "globex", "goodera")
+    own = {"client_secret": {"encrypted": load_keyring().encrypt(CLIENT_SECRET)}}
+    add_integration(engine, "initech", "goodera", settings=own)
+    factory = factory_for(engine, sandbox)
+    bearer = {c: factory.connector(c, Provider.GOODERA).oauth.bearer() for c in ("acme", "globex", "initech")}  # type: ignore[attr-defined]
+    factory.close()
+    assert bearer["acme"] == bearer["globex"] != bearer["initech"]
     assert token_requests(sandbox) == 2
 
 

@@ -3,7 +3,7 @@
 import subprocess
 import sys
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
@@ -150,3 +150,42 @@ def test_a_live_claimant_is_not_dead() -> None:
     assert not is_provably_dead(str(Claimant.new()))
     assert not is_provably_dead("otherhost/1/123/abc")  # cannot tell for another host: the lease decides
     assert not is_provably_dead("garbage")
+
+
+def test_0014_keeps_the_token_that_expires_last_of_each_credentials(warehouse_url: str, tmp_path) -> None:
+    """Tokens move from one row per (company, provider) to one per (provider, credentials): of the companies that
+    shared credentials, the token that lives longest is kept; other credentials keep theirs."""
+    from impactin_pipelines.store.engine import make_engine
+
+    before = tmp_path / "sql"
+    before.mkdir()
+    for migration in migrations.available():
+        if migration.version < 14:
+            (before / migration.path.name).write_text(migration.path.read_text())
+    engine = make_engine(warehouse_url)
+    migrations.upgrade(engine, before)
+    columns = "company_id, provider, credential_key, access_token_encrypted, expires_at, created_at, updated_at"
+    with engine.begin() as conn:
+        for company, cred, token, expires in [
+            ("acme", "shared", "enc-acme", "2026-12-01 10:00:00+00:00"),
+            ("globex", "shared", "enc-globex", "2026-12-01 11:00:00+00:00"),
+            ("initech", "shared", "enc-initech", "2026-12-01 09:00:00+00:00"),
+            ("umbrella", "own", "enc-umbrella", "2026-12-01 08:00:00+00:00"),
+            ("umbrella-wd", "shared", "enc-workday", "2026-12-01 07:00:00+00:00"),
+        ]:
+            provider = "workday" if company == "umbrella-wd" else "goodera"
+            conn.execute(
+                sa.text(f"INSERT INTO impact_provider_tokens ({columns}) VALUES (:c, :p, :k, :t, :e, :e, :e)"),
+                {"c": company, "p": provider, "k": cred, "t": token, "e": datetime.fromisoformat(expires)},
+            )
+    assert [m.version for m in migrations.upgrade(engine)] == [14]
+    with engine.connect() as conn:
+        kept = conn.execute(
+            sa.text("SELECT provider, credential_key, access_token_encrypted FROM impact_provider_tokens")
+        ).all()
+    engine.dispose()
+    assert sorted(kept) == [
+        ("goodera", "own", "enc-umbrella"),
+        ("goodera", "shared", "enc-globex"),
+        ("workday", "shared", "enc-workday"),
+    ]

@@ -53,6 +53,10 @@ class ConfigResolver:
         self.missing: list[str] = []
         self.secrets: list[str] = []
 
+    def from_settings(self, *keys: str) -> bool:
+        """Whether the company's settings give any of these keys (otherwise they come from the environment)."""
+        return any(self.settings.get(key) not in (None, "") for key in keys)
+
     def value(self, key: str, env_var: str, *, default: str | None = None, required: bool = True) -> str | None:
         raw = self.settings.get(key)
         if raw is not None and not isinstance(raw, str | int | float):

@@ -4,9 +4,12 @@ the warehouse.
 - A token is re-fetched `skew_s` before `expires_at` (or at half the life of a short-lived one).
 - After a 401 from the API, `refused()` forgets the token and tells whether it was stale (past its expiry, or
   already replaced by a newer one) or a current token the API turned down; the next `token()` fetches once.
-- Refreshes are single-flight: a lock per (company, provider, credentials) in the process, and
-  `TokenStore.exclusive()` (an advisory lock / SQLite's writer lock) across processes. Whoever waited on a refresh
-  uses its result, including its failure, instead of asking the token endpoint again.
+- A token belongs to the credentials, not to a company: the companies using the environment's credentials share
+  one stored token (each company's connector reads it instead of fetching its own); a company with credentials of
+  its own in its settings has its own token (`shared=False`).
+- Refreshes are single-flight: a lock per (provider, credentials) in the process, and `TokenStore.exclusive()` (an
+  advisory lock / SQLite's writer lock) across processes. Whoever waited on a refresh uses its result, including its
+  failure, instead of asking the token endpoint again.
 - Tokens are stored encrypted (Fernet via the KeyRing).
 
 Client authentication (RFC 6749 2.3.1) is `client_secret_post` (form-encoded `client_id` and `client_secret` in the
@@ -47,6 +50,8 @@ CLIENT_SECRET_POST = "client_secret_post"  # noqa: S105
 CLIENT_SECRET_BASIC = "client_secret_basic"  # noqa: S105
 TOKEN_AUTH_METHODS = (CLIENT_SECRET_POST, CLIENT_SECRET_BASIC)
 TOKEN_AUTH_SETTING = "token_auth_method"  # noqa: S105 - the per-company settings key
+# Settings keys that make a company's token credentials its own (any of them set): it then has a token of its own
+TOKEN_SETTINGS = ("token_url", "client_id", "client_secret", TOKEN_AUTH_SETTING)
 
 
 def token_auth_env_var(provider: str) -> str:
@@ -99,8 +104,8 @@ class TokenEndpointUnavailable(Exception):
 
 @dataclass
 class _Flight:
-    """Process-wide state of one (warehouse, company, provider, credentials): the refresh lock, the outcome of the
-    latest failed refresh, and how many tokens this process fetched (tests and operators count them)."""
+    """Process-wide state of one (warehouse, provider, credentials): the refresh lock, the outcome of the latest
+    failed refresh, and how many tokens this process fetched (tests and operators count them)."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     failed_at: float = float("-inf")
@@ -108,12 +113,12 @@ class _Flight:
     fetches: int = 0
 
 
-_flights: dict[tuple[str, str, str, str], _Flight] = {}
+_flights: dict[tuple[str, str, str], _Flight] = {}
 _flights_lock = threading.Lock()
 
 
-def _flight(engine: Engine, company_id: str, provider: str, cred_key: str) -> _Flight:
-    key = (engine.url.render_as_string(hide_password=True), company_id, provider, cred_key)
+def _flight(engine: Engine, provider: str, cred_key: str) -> _Flight:
+    key = (engine.url.render_as_string(hide_password=True), provider, cred_key)
     with _flights_lock:
         return _flights.setdefault(key, _Flight())
 
@@ -147,6 +152,7 @@ class OAuthClientCredentials:
         scope: str | None = None,
         skew_s: float = 60.0,
         auth_method: str = CLIENT_SECRET_POST,
+        shared: bool = True,
     ) -> None:
         if auth_method not in TOKEN_AUTH_METHODS:
             raise ConfigError(f"token auth method {show_value(auth_method)} must be one of {TOKEN_AUTH_METHODS}")
@@ -160,10 +166,10 @@ class OAuthClientCredentials:
         self.scope = scope
         self.skew_s = skew_s
         self.auth_method = auth_method
-        self.credential_key = credential_key(token_url, client_id)
+        self.credential_key = credential_key(token_url, client_id, scope, None if shared else company_id)
         self.store = TokenStore(engine, keyring)
         self.redactor = Redactor(credentials=[(client_id, client_secret)])  # also finds them as HTTP Basic
-        self._flight = _flight(engine, company_id, provider, self.credential_key)
+        self._flight = _flight(engine, provider, self.credential_key)  # shared by every company with these credentials
         self._cached: StoredToken | None = None
         # The last failure. Refused credentials are replayed for the rest of this instance's life (one run): a run
         # with a thousand rows must not offer the token endpoint credentials it refused a thousand times (providers
@@ -180,7 +186,7 @@ class OAuthClientCredentials:
 
     @property
     def fetches(self) -> int:
-        """Tokens fetched from the endpoint by this process for these credentials."""
+        """Tokens fetched from the endpoint by this process for these credentials (whichever company asked)."""
         return self._flight.fetches
 
     # -- the interface ---------------------------------------------------------------------------------------
@@ -194,10 +200,13 @@ class OAuthClientCredentials:
         client_id: str,
         client_secret: str,
         auth_method: str = CLIENT_SECRET_POST,
+        shared: bool = True,
     ) -> "OAuthClientCredentials":
-        """Tokens for one connector: the run's warehouse, keyring, pooled session and timeouts."""
+        """Tokens for one connector: the run's warehouse, keyring, pooled session and timeouts. `shared`: the
+        credentials are the environment's, and so is the token; False for a company's own (from its settings)."""
         return cls(
             auth_method=auth_method,
+            shared=shared,
             engine=ctx.engine,
             keyring=ctx.keyring,
             company_id=ctx.company_id,
@@ -232,7 +241,7 @@ class OAuthClientCredentials:
             cached = self._cached
             if cached is not None and cached.is_fresh(self.skew_s):  # another thread refreshed it meanwhile
                 return cached
-            stored = self.store.load(self.company_id, self.provider, self.credential_key)
+            stored = self.store.load(self.provider, self.credential_key)
             if stored is None or not stored.is_fresh(self.skew_s):
                 stored = self._refresh_exclusive()
             self._cached, self._replay = stored, None
@@ -241,10 +250,9 @@ class OAuthClientCredentials:
     def invalidate(self, access_token: str) -> None:
         """After a 401: forget this token, here and in the table, unless someone already replaced it."""
         with self._flight.lock:
-            if self._cached is not None and self._cached.access_token == access_token:
-                self._cached = None
-            with self.store.exclusive(self.company_id, self.provider) as tx:
-                expired = tx.expire(self.credential_key, access_token)
+            self._forget(access_token)
+            with self.store.exclusive(self.provider, self.credential_key) as tx:
+                expired = tx.expire(access_token)
         if expired:
             LOG.info(f"{self.provider} token of company {self.company_id} refused by the API; it will be re-fetched")
 
@@ -253,13 +261,12 @@ class OAuthClientCredentials:
         replaced it), so the next `token()` fetches a new one. Returns whether the token was stale -- past its
         expiry, or already replaced by a newer one -- rather than a current token the API turned down."""
         with self._flight.lock:
-            if self._cached is not None and self._cached.access_token == token.access_token:
-                self._cached = None
-            with self.store.exclusive(self.company_id, self.provider) as tx:
-                current = tx.current(self.credential_key)
+            self._forget(token.access_token)
+            with self.store.exclusive(self.provider, self.credential_key) as tx:
+                current = tx.current()
                 replaced = current is not None and current.access_token != token.access_token
                 if not replaced:
-                    tx.expire(self.credential_key, token.access_token)
+                    tx.expire(token.access_token)
         stale = replaced or token.expires_at <= datetime.now(UTC)
         why = "stale" if stale else "current"
         LOG.info(f"{self.provider} API refused a {why} token of company {self.company_id}; it will be re-fetched")
@@ -273,10 +280,15 @@ class OAuthClientCredentials:
             self._cached = token
         return token.expires_at
 
+    def _forget(self, access_token: str) -> None:
+        """Drop the token in memory if it is this one (under the flight's lock)."""
+        if self._cached is not None and self._cached.access_token == access_token:
+            self._cached = None
+
     # -- fetching --------------------------------------------------------------------------------------------
     def _refresh_exclusive(self, *, force: bool = False) -> StoredToken:
-        with self.store.exclusive(self.company_id, self.provider) as tx:
-            current = None if force else tx.current(self.credential_key)
+        with self.store.exclusive(self.provider, self.credential_key) as tx:
+            current = None if force else tx.current()
             if current is not None and current.is_fresh(self.skew_s):
                 return current  # another process refreshed it while we waited for the lock
             try:
@@ -284,7 +296,7 @@ class OAuthClientCredentials:
             except (ConfigError, TokenEndpointUnavailable) as exc:
                 self._remember_failure(exc)
                 raise
-            tx.save(self.credential_key, token)
+            tx.save(token)
         self._flight.failure, self._replay = None, None
         return token
 
@@ -341,8 +353,9 @@ class OAuthClientCredentials:
             raise self._refusal("error", None, status, retry_after)
         self._flight.fetches += 1
         stored = self._stored(token, issued_at)
-        # Routine (once per company and token lifetime: a night of 1,000 companies fetches 1,000), so DEBUG: an INFO
-        # line of an `impactin` logger enters the Dagster run log, an event-log write each. Refusals stay INFO.
+        # Routine (once per credentials and token lifetime; companies with their own credentials fetch their own), so
+        # DEBUG: an INFO line of an `impactin` logger enters the Dagster run log, an event-log write each. Refusals
+        # stay INFO.
         LOG.debug(
             f"fetched a {self.provider} access token for company {self.company_id} "
             f"(valid {int((stored.expires_at - issued_at).total_seconds())} s)"

@@ -65,13 +65,15 @@ class RotationReport:
 def rotate_secrets(engine: Engine, keyring: KeyRing, *, dry_run: bool = False) -> RotationReport:
     report = RotationReport(keys=keyring.key_count, dry_run=dry_run)
     token_columns = ("access_token_encrypted", "refresh_token_encrypted")
-    for company_id, provider in _keys(engine, t):
-        rewrite = _token_rewriter(keyring, dry_run, f"{company_id}/{provider}")
-        tally = _rotate_row(engine, t, company_id, provider, token_columns, rewrite)
-        _merge(report, report.tokens, tally, f"impact_provider_tokens {company_id}/{provider}")
-    for company_id, provider in _keys(engine, ci):
+    for provider, cred_key in _keys(engine, t.c.provider, t.c.credential_key):
+        where = f"{provider}/{cred_key[:12]}"  # the credentials' hash, never the credentials
+        tally = _rotate_row(
+            engine, t, (provider, cred_key), token_columns, _token_rewriter(keyring, dry_run, f"token {where}")
+        )
+        _merge(report, report.tokens, tally, f"impact_provider_tokens {where}")
+    for company_id, provider in _keys(engine, ci.c.company_id, ci.c.provider):
         rewrite = _settings_rewriter(keyring, dry_run, f"{company_id}/{provider}")
-        tally = _rotate_row(engine, ci, company_id, provider, ("settings",), rewrite)
+        tally = _rotate_row(engine, ci, (company_id, provider), ("settings",), rewrite)
         _merge(report, report.secrets, tally, f"company_integrations {company_id}/{provider}")
     return report
 
@@ -79,18 +81,19 @@ def rotate_secrets(engine: Engine, keyring: KeyRing, *, dry_run: bool = False) -
 Rewrite = Callable[[dict[str, Any], Tally], dict[str, Any] | None]
 
 
-def _keys(engine: Engine, table: sa.Table) -> list[tuple[str, str]]:
+def _keys(engine: Engine, *key: sa.Column[str]) -> list[tuple[str, ...]]:
+    """The primary keys of a table's rows (its `key` columns), in order."""
     with read_connection(engine) as conn:
-        stmt = sa.select(table.c.company_id, table.c.provider).order_by(table.c.company_id, table.c.provider)
-        return [(row.company_id, row.provider) for row in conn.execute(stmt).all()]
+        return [tuple(row) for row in conn.execute(sa.select(*key).order_by(*key)).all()]
 
 
 def _rotate_row(
-    engine: Engine, table: sa.Table, company_id: str, provider: str, columns: tuple[str, ...], rewrite: Rewrite
+    engine: Engine, table: sa.Table, key: tuple[str, ...], columns: tuple[str, ...], rewrite: Rewrite
 ) -> Tally | None:
-    """Read the row, let `rewrite` compute new values for `columns` (None: nothing to write), and write them only if
-    the row still holds what was read. Returns the tally of the pass that counted, or None if the row kept changing."""
-    where = (table.c.company_id == company_id, table.c.provider == provider)
+    """Read the row with primary key `key`, let `rewrite` compute new values for `columns` (None: nothing to
+    write), and write them only if the row still holds what was read. Returns the tally of the pass that counted,
+    or None if the row kept changing."""
+    where = tuple(column == value for column, value in zip(table.primary_key.columns, key, strict=True))
     for _ in range(MAX_RACES):
         tally = Tally()
         with engine.begin() as conn:

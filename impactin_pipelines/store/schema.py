@@ -195,9 +195,8 @@ impact_reconciliation_differences = sa.Table(
 impact_provider_tokens = sa.Table(
     "impact_provider_tokens",
     metadata,
-    sa.Column("company_id", sa.Text, primary_key=True),
     sa.Column("provider", sa.Text, primary_key=True),
-    sa.Column("credential_key", sa.Text, nullable=False),
+    sa.Column("credential_key", sa.Text, primary_key=True),
     sa.Column("access_token_encrypted", sa.Text, nullable=False),
     sa.Column("refresh_token_encrypted", sa.Text),
     sa.Column("token_type", sa.Text),

@@ -1,11 +1,15 @@
-"""OAuth tokens per (company, provider) in `impact_provider_tokens`, encrypted at rest with the KeyRing.
+"""OAuth tokens per (provider, credentials) in `impact_provider_tokens`, encrypted at rest with the KeyRing.
 
-A token is only ever handed back for the credentials it was issued to: `credential_key` is a hash of (token URL,
-client id), so changing either makes the stored token invisible rather than wrongly reused.
+A client-credentials token belongs to the client that asked for it: the companies that use the environment's
+credentials for a provider share its token (a night of a thousand of them asks the token endpoint once). A company
+with credentials of its own (any of them in its settings) has a token of its own, so its settings alone decide
+whether it can fetch one. A token is only ever handed back for the credentials it was issued to: `credential_key`
+is a hash of (token URL, client id, scope, and the owning company for a company's own), so changing any of them
+makes the stored token invisible rather than wrongly reused.
 
 `exclusive()` is the cross-process half of single-flight refresh: a transaction that holds a lock for the
-(company, provider) pair while the caller checks, fetches and saves. PostgreSQL: a transaction-scoped advisory lock
-(it also covers the first fetch, when there is no row to `SELECT ... FOR UPDATE`). SQLite: the engine's
+(provider, credentials) pair while the caller checks, fetches and saves. PostgreSQL: a transaction-scoped advisory
+lock (it also covers the first fetch, when there is no row to `SELECT ... FOR UPDATE`). SQLite: the engine's
 `BEGIN IMMEDIATE`, the database's single writer lock.
 """
 
@@ -26,9 +30,13 @@ from impactin_pipelines.store.schema import impact_provider_tokens as t
 LOG = logging.getLogger("impactin.tokens")
 
 
-def credential_key(token_url: str, client_id: str) -> str:
-    """Which credentials a token belongs to, without storing them."""
-    return hashlib.sha256(f"{token_url.rstrip('/')}\n{client_id}".encode()).hexdigest()
+def credential_key(token_url: str, client_id: str, scope: str | None = None, owner: str | None = None) -> str:
+    """Which credentials a token belongs to, without storing them (a token asked with a scope is another token).
+    `owner`: the company whose own credentials these are (None: the environment's, shared by every company)."""
+    identity = f"{token_url.rstrip('/')}\n{client_id}" + (f"\n{scope}" if scope else "")
+    if owner is not None:
+        identity += f"\ncompany:{owner}"
+    return hashlib.sha256(identity.encode()).hexdigest()
 
 
 def _utcnow() -> datetime:
@@ -56,9 +64,9 @@ class StoredToken:
         return (now or _utcnow()) < self.refresh_at(skew_s)
 
 
-def _lock_id(company_id: str, provider: str) -> int:
+def _lock_id(provider: str, cred_key: str) -> int:
     """A signed 64-bit advisory lock id, the same in every process."""
-    digest = hashlib.sha256(f"impact_provider_tokens\n{company_id}\n{provider}".encode()).digest()
+    digest = hashlib.sha256(f"impact_provider_tokens\n{provider}\n{cred_key}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
@@ -67,37 +75,36 @@ class TokenStore:
         self.engine = engine
         self._keyring = keyring
 
-    def load(self, company_id: str, provider: str, cred_key: str) -> StoredToken | None:
-        """The stored token for these credentials, fresh or not; None if absent, for other credentials, or no
-        longer decryptable (a rotated-away key): then the caller fetches a new one and overwrites it."""
+    def load(self, provider: str, cred_key: str) -> StoredToken | None:
+        """The stored token for these credentials, fresh or not; None if absent or no longer decryptable (a
+        rotated-away key): then the caller fetches a new one and overwrites it."""
         with read_connection(self.engine) as conn:
-            return self._read(conn, company_id, provider, cred_key)
+            return self._read(conn, provider, cred_key)
 
     @contextmanager
-    def exclusive(self, company_id: str, provider: str) -> Iterator["TokenTransaction"]:
+    def exclusive(self, provider: str, cred_key: str) -> Iterator["TokenTransaction"]:
         with self.engine.begin() as conn:  # SQLite: BEGIN IMMEDIATE
             if not is_sqlite(self.engine):
-                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_lock_id(company_id, provider))))
-            yield TokenTransaction(self, conn, company_id, provider)
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_lock_id(provider, cred_key))))
+            yield TokenTransaction(self, conn, provider, cred_key)
 
     # -- rows ----------------------------------------------------------------------------------------------
-    def _read(self, conn: Connection, company_id: str, provider: str, cred_key: str) -> StoredToken | None:
-        row = conn.execute(sa.select(t).where(t.c.company_id == company_id, t.c.provider == provider)).first()
-        if row is None or row.credential_key != cred_key:
+    def _read(self, conn: Connection, provider: str, cred_key: str) -> StoredToken | None:
+        row = conn.execute(sa.select(t).where(t.c.provider == provider, t.c.credential_key == cred_key)).first()
+        if row is None:
             return None
         keyring = self._keyring()
         try:
             access = keyring.decrypt(row.access_token_encrypted)
             refresh = keyring.decrypt(row.refresh_token_encrypted) if row.refresh_token_encrypted else None
         except DecryptionError:
-            LOG.warning(f"stored {provider} token of company {company_id} cannot be decrypted; fetching a new one")
+            LOG.warning(f"stored {provider} token cannot be decrypted; fetching a new one")
             return None
         return StoredToken(access, row.updated_at, row.expires_at, row.token_type or "Bearer", refresh)
 
-    def _write(self, conn: Connection, company_id: str, provider: str, cred_key: str, token: StoredToken) -> None:
+    def _write(self, conn: Connection, provider: str, cred_key: str, token: StoredToken) -> None:
         keyring = self._keyring()
         values = {
-            "credential_key": cred_key,
             "access_token_encrypted": keyring.encrypt(token.access_token),
             "refresh_token_encrypted": keyring.encrypt(token.refresh_token) if token.refresh_token else None,
             "token_type": token.token_type,
@@ -107,31 +114,31 @@ class TokenStore:
         from sqlalchemy.dialects import postgresql, sqlite
 
         insert = sqlite.insert if is_sqlite(self.engine) else postgresql.insert
-        stmt = insert(t).values(company_id=company_id, provider=provider, created_at=token.issued_at, **values)
-        conn.execute(stmt.on_conflict_do_update(index_elements=["company_id", "provider"], set_=values))
+        stmt = insert(t).values(provider=provider, credential_key=cred_key, created_at=token.issued_at, **values)
+        conn.execute(stmt.on_conflict_do_update(index_elements=["provider", "credential_key"], set_=values))
 
 
 class TokenTransaction:
-    """Reads and writes inside `TokenStore.exclusive()`: nobody else refreshes this pair meanwhile."""
+    """Reads and writes inside `TokenStore.exclusive()`: nobody else refreshes these credentials' token meanwhile."""
 
-    def __init__(self, store: TokenStore, conn: Connection, company_id: str, provider: str) -> None:
-        self._store, self._conn, self.company_id, self.provider = store, conn, company_id, provider
+    def __init__(self, store: TokenStore, conn: Connection, provider: str, cred_key: str) -> None:
+        self._store, self._conn, self.provider, self.cred_key = store, conn, provider, cred_key
 
-    def current(self, cred_key: str) -> StoredToken | None:
-        return self._store._read(self._conn, self.company_id, self.provider, cred_key)
+    def current(self) -> StoredToken | None:
+        return self._store._read(self._conn, self.provider, self.cred_key)
 
-    def save(self, cred_key: str, token: StoredToken) -> None:
-        self._store._write(self._conn, self.company_id, self.provider, cred_key, token)
+    def save(self, token: StoredToken) -> None:
+        self._store._write(self._conn, self.provider, self.cred_key, token)
 
-    def expire(self, cred_key: str, access_token: str) -> bool:
+    def expire(self, access_token: str) -> bool:
         """Mark the stored token expired, only if it is still this one (a 401 seen late must not throw away
         the token someone else has just fetched)."""
-        current = self.current(cred_key)
+        current = self.current()
         if current is None or current.access_token != access_token:
             return False
         self._conn.execute(
             sa.update(t)
-            .where(t.c.company_id == self.company_id, t.c.provider == self.provider)
+            .where(t.c.provider == self.provider, t.c.credential_key == self.cred_key)
             .values(expires_at=current.issued_at)
         )
         return True

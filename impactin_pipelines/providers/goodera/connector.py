@@ -28,6 +28,7 @@ from impactin_pipelines.connectors.config import ConfigResolver
 from impactin_pipelines.connectors.http import exchange, require_secure_url
 from impactin_pipelines.connectors.oauth import (
     TOKEN_AUTH_SETTING,
+    TOKEN_SETTINGS,
     OAuthClientCredentials,
     TokenEndpointUnavailable,
     parse_token_auth_method,
@@ -255,6 +256,8 @@ def build(resolver: ConfigResolver, ctx: ConnectorContext) -> GooderaConnector:
         client_id=config.client_id,
         client_secret=config.client_secret,
         auth_method=config.token_auth_method,
+        # the environment's credentials: one token for every company using them; a company's own: its own token
+        shared=not resolver.from_settings(*TOKEN_SETTINGS),
     )
     return GooderaConnector(
         config,

@@ -16,6 +16,7 @@ from impactin_pipelines.connectors.http import require_secure_url
 from impactin_pipelines.connectors.oauth import (
     CLIENT_SECRET_POST,
     TOKEN_AUTH_SETTING,
+    TOKEN_SETTINGS,
     OAuthClientCredentials,
     parse_token_auth_method,
 )
@@ -121,6 +122,8 @@ def build(resolver: ConfigResolver, ctx: ConnectorContext) -> Connector:
         client_id=config.client_id,
         client_secret=config.client_secret,
         auth_method=config.token_auth_method,
+        # the environment's credentials: one token for every company using them; a company's own: its own token
+        shared=not resolver.from_settings(*TOKEN_SETTINGS),
     )
     return workday_rest.WorkdayRestConnector(
         url=workday_rest.reports_url(config.api_url, config.tenant_id),
