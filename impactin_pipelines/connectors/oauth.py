@@ -32,6 +32,7 @@ from oauthlib.oauth2 import BackendApplicationClient, OAuth2Error
 from sqlalchemy.engine import Engine
 
 from impactin_pipelines.connectors.base import AttemptResult, ConnectorContext
+from impactin_pipelines.connectors.config import ConfigResolver
 from impactin_pipelines.connectors.http import classify_exception, require_secure_url
 from impactin_pipelines.connectors.retry import parse_retry_after
 from impactin_pipelines.domain.errors import ConfigError, show_value
@@ -51,7 +52,13 @@ CLIENT_SECRET_BASIC = "client_secret_basic"  # noqa: S105
 TOKEN_AUTH_METHODS = (CLIENT_SECRET_POST, CLIENT_SECRET_BASIC)
 TOKEN_AUTH_SETTING = "token_auth_method"  # noqa: S105 - the per-company settings key
 # Settings keys that make a company's token credentials its own (any of them set): it then has a token of its own
-TOKEN_SETTINGS = ("token_url", "client_id", "client_secret", TOKEN_AUTH_SETTING)
+_TOKEN_SETTINGS = ("token_url", "client_id", "client_secret", TOKEN_AUTH_SETTING)
+
+
+def uses_environment_credentials(resolver: ConfigResolver) -> bool:
+    """Whether a company's token credentials all come from the environment (its settings give none of them): the
+    companies that do share one token; a company with credentials of its own has its own (`shared` below)."""
+    return not resolver.from_settings(*_TOKEN_SETTINGS)
 
 
 def token_auth_env_var(provider: str) -> str:

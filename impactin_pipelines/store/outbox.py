@@ -401,10 +401,7 @@ class Outbox:
                 "claim_after_created_at": after.created_at,
                 "claim_after_id": after.id,
             }
-        if self.engine.dialect.name == "postgresql":  # one statement, atomic by itself: a run's held connection
-            with self._row_statement() as conn:
-                return list(conn.execute(stmt, params).all())
-        with self.engine.begin() as conn:
+        with self._row_statement() as conn:  # one statement, atomic by itself: a run's held connection if any
             return list(conn.execute(stmt, params).all())
 
     def confirm(

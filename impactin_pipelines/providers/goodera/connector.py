@@ -28,11 +28,11 @@ from impactin_pipelines.connectors.config import ConfigResolver
 from impactin_pipelines.connectors.http import exchange, require_secure_url
 from impactin_pipelines.connectors.oauth import (
     TOKEN_AUTH_SETTING,
-    TOKEN_SETTINGS,
     OAuthClientCredentials,
     TokenEndpointUnavailable,
     parse_token_auth_method,
     refusal_result,
+    uses_environment_credentials,
 )
 from impactin_pipelines.connectors.ratelimit import (
     RateLimit,
@@ -256,8 +256,7 @@ def build(resolver: ConfigResolver, ctx: ConnectorContext) -> GooderaConnector:
         client_id=config.client_id,
         client_secret=config.client_secret,
         auth_method=config.token_auth_method,
-        # the environment's credentials: one token for every company using them; a company's own: its own token
-        shared=not resolver.from_settings(*TOKEN_SETTINGS),
+        shared=uses_environment_credentials(resolver),
     )
     return GooderaConnector(
         config,

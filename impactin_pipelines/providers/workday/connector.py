@@ -16,9 +16,9 @@ from impactin_pipelines.connectors.http import require_secure_url
 from impactin_pipelines.connectors.oauth import (
     CLIENT_SECRET_POST,
     TOKEN_AUTH_SETTING,
-    TOKEN_SETTINGS,
     OAuthClientCredentials,
     parse_token_auth_method,
+    uses_environment_credentials,
 )
 from impactin_pipelines.domain.errors import ConfigError, show_value
 from impactin_pipelines.domain.providers import Provider
@@ -122,8 +122,7 @@ def build(resolver: ConfigResolver, ctx: ConnectorContext) -> Connector:
         client_id=config.client_id,
         client_secret=config.client_secret,
         auth_method=config.token_auth_method,
-        # the environment's credentials: one token for every company using them; a company's own: its own token
-        shared=not resolver.from_settings(*TOKEN_SETTINGS),
+        shared=uses_environment_credentials(resolver),
     )
     return workday_rest.WorkdayRestConnector(
         url=workday_rest.reports_url(config.api_url, config.tenant_id),
