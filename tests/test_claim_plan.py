@@ -16,6 +16,7 @@ from sqlalchemy.engine import Engine
 
 from impactin_pipelines.domain.providers import Provider
 from impactin_pipelines.services.extract import STATISTICS_CHECK_ROWS, extract
+from impactin_pipelines.store.engine import make_engine
 from impactin_pipelines.store.outbox import STALE_ROWS, ClaimBatch, Outbox
 from impactin_pipelines.store.schema import company_integrations, impact_deliveries, impact_events
 from impactin_pipelines.store.source import work_by_provider
@@ -146,6 +147,26 @@ def test_claims_read_the_claim_indexes_in_order_on_postgres(pg_engine) -> None:
     _assert_indexed(every_company, index="ix_impact_deliveries_claim_order")
     (a_range,) = _pg_plans(pg_engine, "UPDATE", _claim(pg_engine, [BIG, *SMALL]))
     _assert_indexed(a_range)
+
+
+def test_a_claim_of_many_companies_is_one_statement_planned_for_its_values_on_postgres(pg_engine) -> None:
+    """A run's claims name its companies in one array parameter: the statement's text is the same for 2 companies or
+    51 (the driver parses it once, not once per claim), and it is never prepared on the server, where a plan made
+    for any array guesses its size, then reads and sorts every row of the run's companies."""
+    _seed(pg_engine)
+    with _captured(pg_engine, "UPDATE") as seen:
+        for companies in (SMALL[:2], SMALL, [BIG, *SMALL]):
+            assert _claim(pg_engine, companies)()
+    assert len({statement for statement, _ in seen}) == 1, seen
+    one = make_engine(pg_engine.url.render_as_string(hide_password=False), pool_size=1)  # every claim, one connection
+    try:
+        claimed = [len(_claim(one, [BIG, *SMALL])()) for _ in range(8)]  # psycopg prepares what it ran 5 times
+        with one.connect() as conn:
+            prepared = conn.exec_driver_sql("SELECT statement FROM pg_prepared_statements").scalars().all()
+    finally:
+        one.dispose()
+    assert claimed == [200] * 8
+    assert not [s for s in prepared if "impact_deliveries" in s], prepared
 
 
 def test_a_claim_after_a_position_seeks_to_it_in_the_claim_index_on_postgres(pg_engine) -> None:

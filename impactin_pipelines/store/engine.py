@@ -9,6 +9,7 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -19,6 +20,8 @@ SQLITE_BUSY_TIMEOUT_MS = 60_000
 # Connections opened beyond the pool's size when it is busy (closed when returned). A delivery run's send threads
 # each keep one for the run (store/held_connections), so one process may use concurrency x providers at once.
 PG_MAX_OVERFLOW = 64
+# Execution option: False keeps a statement from being prepared on the server (see `_postgres_engine`).
+SERVER_PREPARED = "impactin_server_prepared"
 
 
 def make_engine(url: str, *, pool_size: int = 10) -> Engine:
@@ -27,9 +30,27 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         return _sqlite_engine(url)
     if parsed.drivername == "postgresql":  # prefer psycopg 3, which we ship; psycopg2 is only Dagster's
         parsed = parsed.set(drivername="postgresql+psycopg")
-    return sa.create_engine(
-        parsed, pool_size=pool_size, max_overflow=max(pool_size, PG_MAX_OVERFLOW), pool_pre_ping=True, future=True
+    return _postgres_engine(
+        sa.create_engine(
+            parsed, pool_size=pool_size, max_overflow=max(pool_size, PG_MAX_OVERFLOW), pool_pre_ping=True, future=True
+        )
     )
+
+
+def _postgres_engine(engine: Engine) -> Engine:
+    """psycopg prepares a statement on the server once a connection has run it five times, and PostgreSQL may
+    then plan it once for any values (a generic plan). A statement whose best plan depends on its values (a claim:
+    the companies in its array decide which index is read in claim order) carries the execution option
+    `SERVER_PREPARED: False`, and is planned for its values at each execution."""
+
+    @event.listens_for(engine, "do_execute")
+    def _unprepared(cursor: Any, statement: str, parameters: Any, context: Any) -> bool | None:
+        if context.execution_options.get(SERVER_PREPARED, True):
+            return None  # the dialect executes it as usual
+        cursor.execute(statement, parameters, prepare=False)
+        return True
+
+    return engine
 
 
 def _sqlite_engine(url: str) -> Engine:

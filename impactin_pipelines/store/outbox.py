@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 from impactin_pipelines.connectors.base import AttemptResult, OutboundDelivery
 from impactin_pipelines.domain.statuses import DeliveryStatus, ErrorKind
 from impactin_pipelines.store.claimants import is_provably_dead
-from impactin_pipelines.store.engine import read_connection
+from impactin_pipelines.store.engine import SERVER_PREPARED, read_connection
 from impactin_pipelines.store.held_connections import HeldConnections
 from impactin_pipelines.store.ids import new_row_id
 from impactin_pipelines.store.schema import impact_deliveries as d
@@ -350,7 +350,8 @@ class Outbox:
         behind it meanwhile (released by another run) are claimed at the end of its pass."""
         lease_start = None if now else LeaseStart.now()
         now = now or utcnow()
-        chunks = list(_scope_chunks(company_ids))
+        arrays = self.engine.dialect.name == "postgresql"
+        chunks = [company_ids] if arrays else list(_scope_chunks(company_ids))
         if len(chunks) > 1:  # one position per statement: across chunks, every claim starts from the top
             after = None
         claimed = ClaimBatch()
@@ -382,8 +383,15 @@ class Outbox:
         dead: Sequence[str],
         after: ClaimPosition | None,
     ) -> list[Sequence[Any]]:
+        companies, targets = _how_many(company_ids), _how_many(ids)
         stmt = _claim_statement(
-            tuple(statuses), due_only, company_ids is not None, ids is not None, bool(dead), after is not None
+            tuple(statuses),
+            due_only,
+            companies,
+            targets,
+            bool(dead),
+            after is not None,
+            arrays=self.engine.dialect.name == "postgresql",
         )
         params: dict[str, Any] = {
             "claim_claimant": claimant,
@@ -391,8 +399,8 @@ class Outbox:
             "claim_limit": limit,
             "claim_now": now,
             "claim_lease_expires_at": now + timedelta(seconds=lease_s),
-            "claim_company_ids": list(company_ids or ()),
-            "claim_ids": list(ids or ()),
+            "claim_company_ids": _bound(company_ids),
+            "claim_ids": _bound(ids),
             "claim_dead": list(dead),
         }
         if after is not None:
@@ -694,26 +702,50 @@ def _unless_rejected_meanwhile() -> dict[str, sa.ColumnElement[Any]]:
     }
 
 
+HowMany = Literal["none", "one", "many"]  # values in a claim's list (none: the claim has no such list)
+
+
 @functools.cache
 def _claim_statement(
-    statuses: tuple[str, ...], due_only: bool, scoped: bool, targeted: bool, dead: bool, after: bool
+    statuses: tuple[str, ...],
+    due_only: bool,
+    companies: HowMany,
+    targets: HowMany,
+    dead: bool,
+    after: bool,
+    *,
+    arrays: bool,
 ) -> sa.Update:
     """The claim's statement for one shape of claim, built once: its values are bound at each execution
-    (`Outbox._claim_chunk`), so a claim costs no statement building, only the database's work."""
+    (`Outbox._claim_chunk`), so a claim costs no statement building, only the database's work. With `arrays`
+    (PostgreSQL) each list of values is one array parameter (`= ANY(...)`), so the statement's text is the same
+    whatever the lists hold and the driver parses it once, where a list written out as `IN (...)` cost a parse per
+    claim that grew with the run's companies (and split a list of thousands into several claims). A list of one
+    value is an equality: the planner reads a company's rows in claim order from the claim index only when it sees
+    one company. The statement is planned for its values at every execution (`SERVER_PREPARED`): a plan made for
+    any values guesses the array's size, and then reads and sorts every row of the run's companies."""
+
+    def one_of(column: sa.ColumnElement[str], name: str, how_many: HowMany = "many") -> sa.ColumnElement[bool]:
+        if how_many == "one":
+            return column == sa.bindparam(name)
+        if arrays:
+            return column == sa.any_(sa.bindparam(name, type_=postgresql.ARRAY(sa.Text)))
+        return column.in_(sa.bindparam(name, expanding=True))
+
     now = sa.bindparam("claim_now", type_=d.c.updated_at.type)
     # Free rows are unclaimed ones (the claim indexes hold only those, so rows in flight cost a claim nothing)
     # and held ones whose claim lapsed or whose claimant is dead (few, found through the lease index).
     lapsed: sa.ColumnElement[bool] = d.c.lease_expires_at < now
     if dead:
-        lapsed = sa.or_(lapsed, d.c.claimed_by.in_(sa.bindparam("claim_dead", expanding=True)))
+        lapsed = sa.or_(lapsed, one_of(d.c.claimed_by, "claim_dead"))
     free = sa.or_(d.c.claimed_by.is_(None), lapsed)
     conditions = [d.c.provider == sa.bindparam("claim_provider"), status_in(statuses)]
     if due_only:
         conditions.append(sa.or_(d.c.next_attempt_at.is_(None), d.c.next_attempt_at <= now))
-    if scoped:
-        conditions.append(d.c.company_id.in_(sa.bindparam("claim_company_ids", expanding=True)))
-    if targeted:
-        conditions.append(d.c.id.in_(sa.bindparam("claim_ids", expanding=True)))
+    if companies != "none":
+        conditions.append(one_of(d.c.company_id, "claim_company_ids", companies))
+    if targets != "none":
+        conditions.append(one_of(d.c.id, "claim_ids", targets))
     order = (d.c.priority.desc(), d.c.created_at, d.c.id)
     limit = sa.bindparam("claim_limit", type_=sa.Integer)
 
@@ -750,6 +782,7 @@ def _claim_statement(
     failed = d.c.status == DeliveryStatus.FAILED.value
     return (
         sa.update(d)
+        .execution_options(**{SERVER_PREPARED: False})
         .where(d.c.id.in_(candidates.scalar_subquery()), free)
         .values(
             claimed_by=sa.bindparam("claim_claimant"),
@@ -782,6 +815,19 @@ def status_in(statuses: Sequence[str]) -> sa.ColumnElement[bool]:
     """`status IN (...)` with the statuses written as literals: the claim indexes cover only claimable rows, and
     a planner can use such a partial index only when it sees the statuses themselves, not placeholders."""
     return d.c.status.in_(sa.bindparam(None, list(statuses), expanding=True, literal_execute=True))
+
+
+def _how_many(values: Sequence[str] | None) -> HowMany:
+    if values is None:
+        return "none"
+    return "one" if len(values) == 1 else "many"
+
+
+def _bound(values: Sequence[str] | None) -> str | list[str]:
+    """A claim's list as its parameter: its one value (compared by equality), or all of them."""
+    if values is not None and len(values) == 1:
+        return values[0]
+    return list(values or ())
 
 
 def _scope_chunks(company_ids: Sequence[str] | None) -> Iterable[Sequence[str] | None]:
