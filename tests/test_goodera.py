@@ -203,6 +203,23 @@ def test_refused_credentials_fail_only_that_company_as_config(engine, sandbox, f
     assert fake.oauth.stats()["token_requests"] == 2  # acme's refused credentials were offered once, not per row
 
 
+def test_refused_environment_credentials_are_offered_once_for_every_company(engine, sandbox, fake) -> None:
+    """Every company on the environment's credentials: refused once, that refusal answers the others (a night of a
+    thousand companies must not offer a refused secret a thousand times: providers lock such accounts)."""
+    wrong = "the-environments-wrong-goodera-secret"
+    companies = [f"co{i}" for i in range(6)]
+    for company in companies:
+        setup(engine, company, events(company, 2))
+    deliver(engine, factory(engine, sandbox, GOODERA_CLIENT_SECRET=wrong), "goodera")
+    assert fake.oauth.stats()["token_requests"] == 1
+    for company in companies:
+        for row in rows(engine, company_id=company):
+            assert (row["status"], row["error_kind"]) == ("failed", "config"), row
+            assert "refused the client credentials of the environment" in row["last_error"], row
+            assert wrong not in row["last_error"]
+    assert api_requests(fake) == []
+
+
 def test_incomplete_configuration_names_what_is_missing(engine, sandbox, fake) -> None:
     setup(engine)
     deliver(engine, factory(engine, sandbox, GOODERA_TOKEN_URL=None, GOODERA_CLIENT_SECRET=None), "goodera")

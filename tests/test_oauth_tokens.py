@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -407,6 +408,29 @@ def test_refused_credentials_are_a_config_error_without_the_secret(engine, sandb
         oauth_for(engine, sandbox, company="globex").bearer()
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(impact_provider_tokens)).scalar_one() == 0
+
+
+def test_a_refusal_answers_other_companies_offering_the_same_secret_for_a_while(engine, sandbox, monkeypatch) -> None:
+    """In a process, a refusal answers every company offering the same secret the same way, without a request, for
+    REFUSAL_MEMORY_S; another secret, another method, or the same secret after that, is asked about again."""
+    from impactin_pipelines.connectors import oauth as oauth_module
+
+    monkeypatch.setattr(oauth_module, "REFUSAL_MEMORY_S", 1.0)
+    wrong = "a-wrong-but-long-secret-value"
+    with pytest.raises(TokenRejected, match="credentials of the environment"):
+        oauth_for(engine, sandbox, client_secret=wrong).bearer()
+    with pytest.raises(TokenRejected):
+        oauth_for(engine, sandbox, company="globex", client_secret=wrong).bearer()
+    assert token_requests(sandbox) == 1
+    with pytest.raises(TokenRejected):  # the same secret sent the other way: the server may think otherwise
+        oauth_for(engine, sandbox, company="globex", client_secret=wrong, auth_method="client_secret_basic").bearer()
+    assert token_requests(sandbox) == 2
+    time.sleep(1.1)
+    with pytest.raises(TokenRejected):  # past the memory: asked again, in case the provider fixed its side
+        oauth_for(engine, sandbox, company="hooli", client_secret=wrong).bearer()
+    assert token_requests(sandbox) == 3
+    assert oauth_for(engine, sandbox, company="initech").bearer()  # another secret is asked about (and works)
+    assert token_requests(sandbox) == 4
 
 
 def test_a_token_url_that_is_not_a_token_endpoint_is_a_config_error(engine, sandbox) -> None:

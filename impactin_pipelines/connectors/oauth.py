@@ -18,6 +18,7 @@ id and secret, which every server must support). The request goes through the ru
 is possible for loopback token URLs without any process-wide switch, and refused for every other host.
 """
 
+import hmac
 import logging
 import threading
 import time
@@ -44,6 +45,10 @@ from impactin_pipelines.store.tokens import StoredToken, TokenStore, credential_
 LOG = logging.getLogger("impactin.oauth")
 DEFAULT_LIFETIME_S = 300.0  # when the provider omits expires_in: short, so a wrong guess costs one 401 at most
 OUTAGE_COOLDOWN_S = (1.0, 30.0)  # after an outage, wait Retry-After (clamped to this) before asking again
+# How long a refusal of credentials is answered from memory to every company offering them, in a process: long
+# enough for a night of many companies to offer refused credentials once, short enough that a long-lived process
+# (the API, the webserver) asks again once the provider has fixed its side.
+REFUSAL_MEMORY_S = 600.0
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 
 # RFC 7591 names of the two client authentication methods (names, not secrets)
@@ -109,14 +114,34 @@ class TokenEndpointUnavailable(Exception):
         self.retry_after_s = retry_after_s
 
 
+@dataclass(frozen=True)
+class _Refusal:
+    """The token endpoint refused a secret sent one way (`TokenRejected`): until `until` (monotonic), whoever offers the same secret
+    the same way gets this error without asking (another secret, or method, is asked about)."""
+
+    error: ConfigError
+    secret: str = field(repr=False)
+    auth_method: str
+    until: float
+
+    def answers(self, secret: str, auth_method: str) -> bool:
+        return (
+            time.monotonic() < self.until
+            and auth_method == self.auth_method
+            and hmac.compare_digest(secret.encode(), self.secret.encode())
+        )
+
+
 @dataclass
 class _Flight:
     """Process-wide state of one (warehouse, provider, credentials): the refresh lock, the outcome of the latest
-    failed refresh, and how many tokens this process fetched (tests and operators count them)."""
+    failed refresh, the latest refusal of the credentials, and how many tokens this process fetched (tests and
+    operators count them)."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     failed_at: float = float("-inf")
     failure: Exception | None = None
+    refusal: _Refusal | None = None
     fetches: int = 0
 
 
@@ -173,14 +198,17 @@ class OAuthClientCredentials:
         self.scope = scope
         self.skew_s = skew_s
         self.auth_method = auth_method
+        self.shared = shared
         self.credential_key = credential_key(token_url, client_id, scope, None if shared else company_id)
         self.store = TokenStore(engine, keyring)
         self.redactor = Redactor(credentials=[(client_id, client_secret)])  # also finds them as HTTP Basic
         self._flight = _flight(engine, provider, self.credential_key)  # shared by every company with these credentials
         self._cached: StoredToken | None = None
-        # The last failure. Refused credentials are replayed for the rest of this instance's life (one run): a run
-        # with a thousand rows must not offer the token endpoint credentials it refused a thousand times (providers
-        # lock such accounts). After an outage, askers wait out a short cool-down (Retry-After, clamped) first.
+        # The last failure. Refused credentials are replayed for the rest of this instance's life (one run), and to
+        # every instance offering them in this process for REFUSAL_MEMORY_S: a night of a thousand rows, or of a
+        # thousand companies on the environment's credentials, must not offer the token endpoint credentials it
+        # refused a thousand times (providers lock such accounts). After an outage, askers wait out a short
+        # cool-down (Retry-After, clamped) first.
         self._replay: Exception | None = None
         self._replay_until = float("-inf")
         self._sleep = time.sleep
@@ -238,6 +266,10 @@ class OAuthClientCredentials:
             return cached
         if isinstance(self._replay, ConfigError):  # refused credentials: this run does not offer them again
             raise _copy(self._replay)
+        refusal = self._flight.refusal
+        if refusal is not None and refusal.answers(self._client_secret, self.auth_method):  # refused for another
+            self._replay = refusal.error  # company of this process, with the same secret: not offered again
+            raise _copy(refusal.error)
         if self._replay is not None:  # an outage: ask again no sooner than its cool-down (waiting, not failing)
             self._sleep(max(0.0, self._replay_until - time.monotonic()))
         queued_at = time.monotonic()
@@ -304,7 +336,7 @@ class OAuthClientCredentials:
                 self._remember_failure(exc)
                 raise
             tx.save(token)
-        self._flight.failure, self._replay = None, None
+        self._flight.failure, self._flight.refusal, self._replay = None, None, None
         return token
 
     def _remember_failure(self, exc: Exception) -> None:
@@ -316,6 +348,8 @@ class OAuthClientCredentials:
             self._replay_until = now + min(high, max(low, exc.retry_after_s or 0.0))
         else:
             self._replay_until = float("inf")
+        if isinstance(exc, TokenRejected):  # the endpoint answered, and refused them: not an unreachable endpoint
+            self._flight.refusal = _Refusal(exc, self._client_secret, self.auth_method, now + REFUSAL_MEMORY_S)
 
     def _fetch(self) -> StoredToken:
         require_secure_url(f"{self.provider} token URL", self.token_url)
@@ -402,10 +436,8 @@ class OAuthClientCredentials:
             return ConfigError(f"{where} answered HTTP {status} without an access token ({what}); check the token URL")
         if status in (404, 405) or 300 <= status < 400:
             return ConfigError(f"{where} {self.token_url} answered HTTP {status}; check the token URL")
-        message = (
-            f"{where} refused the client credentials of company {self.company_id} "
-            f"sent with {self.auth_method} (HTTP {status} {what})"
-        )
+        whose = "of the environment" if self.shared else f"of company {self.company_id}"
+        message = f"{where} refused the client credentials {whose} sent with {self.auth_method} (HTTP {status} {what})"
         if error == "invalid_client" or status == 401:
             other = CLIENT_SECRET_BASIC if self.auth_method == CLIENT_SECRET_POST else CLIENT_SECRET_POST
             message += (
