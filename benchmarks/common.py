@@ -7,14 +7,16 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import requests
 from sqlalchemy.engine import Engine
 
-from impactin_pipelines.connectors.base import Connector, OutboundDelivery
+from impactin_pipelines.connectors.base import Connector, OutboundDelivery, PreparedRequest
 from impactin_pipelines.store import migrations
 from impactin_pipelines.store.engine import make_engine
 from impactin_pipelines.store.schema import company_integrations, impact_events
@@ -100,6 +102,33 @@ class SandboxProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def send_concurrently(connector: Connector, rows: list[dict[str, Any]], concurrency: int) -> float:
+    """The machine's own ceiling for a throughput benchmark: the stored payloads, prepared by the same connector
+    beforehand, posted by `concurrency` threads of `requests.post` on one pooled session (no outbox, no records).
+    Keys are prefixed so the provider does not dedup the real runs after."""
+    prepared = [
+        connector.prepare(
+            OutboundDelivery(
+                "bare-" + row["delivery_id"], row["company_id"], row["provider"], row["event_id"], row["payload"]
+            )
+        )
+        for row in rows
+    ]
+    session = requests.Session()
+    session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=concurrency))
+
+    def post(request: PreparedRequest) -> None:
+        response = session.post(request.url, headers=dict(request.headers), data=request.body, timeout=30)
+        assert response.status_code < 300, response.text[:200]
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(post, prepared))
+    elapsed = time.perf_counter() - started
+    session.close()
+    return elapsed
 
 
 def send_sequentially(connector: Connector, rows: list[dict]) -> float:  # type: ignore[type-arg]

@@ -108,7 +108,8 @@ def _throughput(events: int) -> list[Row]:
         Row(
             "Benevity throughput",
             f"{events:,} events, 20 ms latency, 16 in flight, PostgreSQL",
-            f"{r['bound_ratio']:.2f} of the in-flight bound (goal >= 0.8)",
+            f"{r['bound_ratio']:.2f} of the in-flight bound (goal >= 0.8); a bare loop of requests.post at the same "
+            f"concurrency: {r['bare_bound_ratio']:.2f}",
             r["bound_ratio"] >= 0.8,
         )
     ]
