@@ -116,8 +116,9 @@ class TokenEndpointUnavailable(Exception):
 
 @dataclass(frozen=True)
 class _Refusal:
-    """The token endpoint refused a secret sent one way (`TokenRejected`): until `until` (monotonic), whoever offers the same secret
-    the same way gets this error without asking (another secret, or method, is asked about)."""
+    """The token endpoint refused a secret sent one way (`TokenRejected`): until `until` (monotonic), whoever
+    offers the same secret the same way gets this error without asking (another secret, or method, is asked
+    about)."""
 
     error: ConfigError
     secret: str = field(repr=False)

@@ -41,7 +41,10 @@ def _postgres_engine(engine: Engine) -> Engine:
     """psycopg prepares a statement on the server once a connection has run it five times, and PostgreSQL may
     then plan it once for any values (a generic plan). A statement whose best plan depends on its values (a claim:
     the companies in its array decide which index is read in claim order) carries the execution option
-    `SERVER_PREPARED: False`, and is planned for its values at each execution."""
+    `SERVER_PREPARED: False`, and is planned for its values at each execution. (psycopg2, which a URL may name,
+    never prepares on the server: nothing to do there.)"""
+    if engine.dialect.driver != "psycopg":
+        return engine
 
     @event.listens_for(engine, "do_execute")
     def _unprepared(cursor: Any, statement: str, parameters: Any, context: Any) -> bool | None:
