@@ -169,6 +169,25 @@ def test_a_claim_of_many_companies_is_one_statement_planned_for_its_values_on_po
     assert not [s for s in prepared if "impact_deliveries" in s], prepared
 
 
+def test_claims_work_on_a_warehouse_url_naming_psycopg2(pg_engine) -> None:
+    """psycopg2, which a URL may name, never prepares on the server and takes no `prepare` argument: a claim of one
+    company, of many, and after a position, runs there as on psycopg 3."""
+    _seed(pg_engine)
+    url = pg_engine.url.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+    other = make_engine(url)
+    try:
+        assert other.dialect.driver == "psycopg2"
+        first = _claim(other, [BIG, *SMALL])()
+        after = Outbox(other).claim(
+            claimant="planner", provider="benevity", company_ids=[BIG, *SMALL], limit=200, lease_s=60, after=first.end
+        )
+        alone = _claim(other, [SMALL[0]])()
+    finally:
+        other.dispose()
+    assert len(first) == len(after) == 200 and not {r.id for r in first} & {r.id for r in after}
+    assert alone and {r.company_id for r in alone} == {SMALL[0]}
+
+
 def test_a_claim_after_a_position_seeks_to_it_in_the_claim_index_on_postgres(pg_engine) -> None:
     _seed(pg_engine)
     cases = [
