@@ -16,7 +16,7 @@ from typing import Any
 import requests
 from sqlalchemy.engine import Engine
 
-from impactin_pipelines.connectors.base import Connector, OutboundDelivery, PreparedRequest
+from impactin_pipelines.connectors.base import Connector, OutboundDelivery
 from impactin_pipelines.store import migrations
 from impactin_pipelines.store.engine import make_engine
 from impactin_pipelines.store.schema import company_integrations, impact_events
@@ -104,31 +104,38 @@ class SandboxProcess:
         self.stop()
 
 
-def send_concurrently(connector: Connector, rows: list[dict[str, Any]], concurrency: int) -> float:
-    """The machine's own ceiling for a throughput benchmark: the stored payloads, prepared by the same connector
-    beforehand, posted by `concurrency` threads of `requests.post` on one pooled session (no outbox, no records).
-    Keys are prefixed so the provider does not dedup the real runs after."""
-    prepared = [
-        connector.prepare(
-            OutboundDelivery(
-                "bare-" + row["delivery_id"], row["company_id"], row["provider"], row["event_id"], row["payload"]
-            )
-        )
-        for row in rows
-    ]
+Posted = tuple[str, dict[str, str], bytes]  # a request as the bare loops post it: URL, headers, body
+
+
+def post_concurrently(items: list[Posted], concurrency: int) -> None:
+    """A bare loop: `concurrency` threads of `requests.post` on one pooled session, nothing recorded; every answer
+    must be a success."""
     session = requests.Session()
     session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=concurrency))
 
-    def post(request: PreparedRequest) -> None:
-        response = session.post(request.url, headers=dict(request.headers), data=request.body, timeout=30)
+    def post(item: Posted) -> None:
+        response = session.post(item[0], headers=item[1], data=item[2], timeout=30)
         assert response.status_code < 300, response.text[:200]
 
-    started = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
-        list(pool.map(post, prepared))
-    elapsed = time.perf_counter() - started
+        list(pool.map(post, items))
     session.close()
-    return elapsed
+
+
+def send_concurrently(connector: Connector, rows: list[dict[str, Any]], concurrency: int) -> float:
+    """The machine's own ceiling for a throughput benchmark: the stored payloads, prepared by the same connector
+    beforehand, posted by `post_concurrently`; seconds taken. Keys are prefixed so the provider does not dedup the
+    real runs after."""
+    prepared: list[Posted] = []
+    for row in rows:
+        outbound = OutboundDelivery(
+            "bare-" + row["delivery_id"], row["company_id"], row["provider"], row["event_id"], row["payload"]
+        )
+        request = connector.prepare(outbound)
+        prepared.append((request.url, dict(request.headers), request.body))
+    started = time.perf_counter()
+    post_concurrently(prepared, concurrency)
+    return time.perf_counter() - started
 
 
 def send_sequentially(connector: Connector, rows: list[dict]) -> float:  # type: ignore[type-arg]

@@ -31,11 +31,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import requests
 import sqlalchemy as sa
 from sqlalchemy.engine.url import make_url
 
-from benchmarks.common import SandboxProcess
+from benchmarks.common import Posted, SandboxProcess, post_concurrently
 from benchmarks.pg import ADMIN_URL, SEED_COMPANY_EVENTS, company_ids, run_sql, scratch_postgres
 from impactin_pipelines.security.crypto import generate_key
 
@@ -188,7 +187,7 @@ def _bare_loop(env: dict[str, str], url: str, concurrency: int) -> tuple[float, 
     with engine.begin() as conn:  # the sandbox was reset: the night's tokens are unknown to it now
         conn.execute(sa.text("DELETE FROM impact_provider_tokens"))
     factory = ConnectorFactory(engine, env=ProviderEnv.from_env(env))
-    prepared: dict[str, list[tuple[str, dict[str, str], bytes]]] = {}
+    prepared: dict[str, list[Posted]] = {}
     with engine.connect() as conn:
         rows = conn.execute(
             sa.text("SELECT delivery_id, company_id, provider, event_id, payload FROM impact_deliveries")
@@ -212,20 +211,9 @@ def _bare_loop(env: dict[str, str], url: str, concurrency: int) -> tuple[float, 
     factory.close()
     engine.dispose()
 
-    def post_all(items: list[tuple[str, dict[str, str], bytes]]) -> None:
-        session = requests.Session()
-        session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=concurrency))
-
-        def post(item: tuple[str, dict[str, str], bytes]) -> None:
-            response = session.post(item[0], headers=item[1], data=item[2], timeout=30)
-            assert response.status_code < 300, response.text[:200]
-
-        with ThreadPoolExecutor(concurrency) as pool:
-            list(pool.map(post, items))
-
     started, cpu_before, system_before = time.perf_counter(), time.process_time(), os.times().system
     with ThreadPoolExecutor(len(prepared)) as providers:
-        list(providers.map(post_all, prepared.values()))
+        list(providers.map(lambda items: post_concurrently(items, concurrency), prepared.values()))
     cpu = time.process_time() - cpu_before
     print(f"  bare loop CPU: {cpu:.1f} s, of which system {os.times().system - system_before:.1f} s", flush=True)
     return time.perf_counter() - started, cpu, sum(len(v) for v in prepared.values())
