@@ -174,3 +174,45 @@ def test_a_run_writes_its_attempts_in_fewer_statements_than_rows(pg_engine, sand
     assert report.totals.outcomes == {RowOutcome.SUCCESS: 120}
     assert len(attempts(pg_engine)) == 120
     assert writes < 120 * 0.75, writes  # one statement per row when each send thread wrote its own
+
+
+def test_a_writer_that_stalls_stops_the_sends_at_twice_the_concurrency_and_loses_nothing(
+    engine, sandbox, monkeypatch
+) -> None:
+    """Rows sent and not yet written are what a crash sends again, so they are bounded: the run's concurrency in
+    flight and as many again waiting for their write. A writer that stalls therefore stops the sending at exactly
+    twice the concurrency (not before: the network does not wait for the warehouse); once it writes again, every
+    row goes out once."""
+    add_integration(engine, "acme", "benevity")
+    add_events(engine, events("acme", 60))
+    extract(engine, "acme", Provider.BENEVITY)
+    resume = threading.Event()
+    record_many = Outbox.record_many
+
+    def stalled(self, recordings):
+        resume.wait(timeout=60)
+        return record_many(self, recordings)
+
+    monkeypatch.setattr(Outbox, "record_many", stalled)
+    fake = sandbox.providers["benevity"]
+
+    def sent() -> int:
+        return len(fake.snapshot()["accepted"])
+
+    run = threading.Thread(
+        target=lambda: reports.append(deliver(engine, factory_for(engine, sandbox, concurrency=3), "benevity"))
+    )
+    reports: list = []
+    run.start()
+    try:
+        deadline = time.monotonic() + 30
+        while sent() < 6 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.5)  # room for any send beyond the bound to show
+        assert sent() == 6, f"{sent()} requests went out while nothing could be written"
+    finally:
+        resume.set()
+        run.join(timeout=60)
+    [report] = reports
+    assert report.totals.outcomes == {RowOutcome.SUCCESS: 60}
+    assert sent() == 60 and len(attempts(engine)) == 60

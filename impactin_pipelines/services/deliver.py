@@ -167,9 +167,9 @@ def _tell(finished: "queue.SimpleQueue[Finished]", settling: Settling) -> Callab
 
 
 class _UnwrittenSends:
-    """Rows whose request went out and whose attempt is not written yet: at most `limit` (the run's concurrency),
-    as when each send thread wrote its own, because they are what a crash leaves to be sent again. A send thread
-    takes a place right before its request; the attempt's write gives it back."""
+    """Rows whose request went out and whose attempt is not written yet: at most `limit`, because they are what a
+    crash leaves to be sent again. A send thread takes a place right before its request; the attempt's write gives
+    it back."""
 
     def __init__(self, limit: int) -> None:
         self._places = threading.Semaphore(limit)
@@ -251,8 +251,11 @@ class DeliveryRun:
         # the run: a claim, a row's confirm, a batch's record is one round trip each.
         self._held = HeldConnections(engine)
         self.outbox = Outbox(engine, held=self._held)
-        self._writer = SettlementWriter(self.outbox, max_waiting=self.settings.concurrency)
-        self._unwritten = _UnwrittenSends(self.settings.concurrency)
+        # Rows sent and not yet written: up to the run's concurrency in flight and as many again waiting for their
+        # write, so that a write's round trip does not keep a send thread from its next request.
+        unwritten = 2 * self.settings.concurrency
+        self._writer = SettlementWriter(self.outbox, max_waiting=unwritten)
+        self._unwritten = _UnwrittenSends(unwritten)
         self.only_ids = list(only_ids) if only_ids is not None else None
         self._taken: set[str] = set()  # targeted rows claimed once already: a settled row is never re-claimed
         self._claimed_up_to: ClaimPosition | None = None  # where the last claim ended (store/outbox.ClaimPosition)

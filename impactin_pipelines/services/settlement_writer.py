@@ -5,7 +5,8 @@ sits between two of its requests, and one transaction (one commit, one round tri
 while the previous batch was being written (or within `linger_s` of the first).
 
 The queue is bounded (`max_waiting`): a writer that falls behind makes the send threads wait. (The delivery run
-bounds the rows sent and not yet written by its concurrency, as they are what a crash leaves to be sent again.)
+bounds the rows sent and not yet written, in flight or queued here, to twice its concurrency, as they are what a crash
+leaves to be sent again.)
 """
 
 import queue

@@ -45,7 +45,8 @@ def _run_args(case) -> list[str]:
 def test_sigkill_mid_run(engine, warehouse_url, sandbox, case, tmp_path) -> None:
     """The run is killed while requests are in flight. A plain `impactin run` finds the dead claimant (the lease is
     10 minutes: recovery must not wait it out), takes its rows back and delivers them in the same invocation; only
-    the requests in flight at the kill go out again, with their own idempotency key, absorbed by the provider."""
+    the requests in flight or not yet written at the kill go out again, with their own idempotency key, absorbed by
+    the provider."""
     n = 30
     seed(engine, case, n, extract_now=False)  # the run extracts, as the nightly run does
     sandbox.providers[case.provider].configure({"latency_ms": 150})
@@ -70,7 +71,8 @@ def test_sigkill_mid_run(engine, warehouse_url, sandbox, case, tmp_path) -> None
     assert json.loads(rerun.stdout)["ok"] is True
     ledger = read(engine, sandbox, case, "SIGKILL mid-run", runs=2).check(may_repeat=held, unrecorded=held)
     repeats = ledger.duplicates
-    assert sum(repeats.values()) <= CONCURRENCY and set(repeats.values()) <= {1}, f"more than in flight: {ledger}"
+    # in flight at the kill, or sent and not yet written: at most twice the concurrency (docs/guarantees.md)
+    assert sum(repeats.values()) <= 2 * CONCURRENCY and set(repeats.values()) <= {1}, f"more than unwritten: {ledger}"
 
 
 def test_two_runs_of_the_same_partition_at_once(engine, warehouse_url, sandbox, case, tmp_path) -> None:
