@@ -140,4 +140,5 @@ def test_warehouse_connection_dropped_mid_run(engine, warehouse_url, sandbox, ca
         plain.close()
     ledger = read(engine, sandbox, case, "warehouse dropped mid-run", runs=runs)
     ledger.check(may_repeat=in_flight, unrecorded=unsettled)
-    assert sum(ledger.duplicates.values()) <= CONCURRENCY, f"more repeats than can be in flight: {ledger}"
+    # in flight at the fault, or sent and not yet written: at most twice the concurrency (docs/guarantees.md)
+    assert sum(ledger.duplicates.values()) <= 2 * CONCURRENCY, f"more repeats than can be unwritten: {ledger}"
