@@ -65,6 +65,8 @@ class Faults:
     {"mode": "truncate"}                    - announce a body longer than the one sent
     Any entry with "accept": true is first handled normally (stored, deduplicated), and only its answer goes
     wrong: the response lost after the provider acted on the request, which a retry must not double-count.
+    `latency_ms` is the provider's response time: every answer leaves that long after its request arrived, the
+    sandbox's own work included, so that a client measured against it is measured against that latency only.
     """
 
     fail_next: list[dict[str, Any]] = field(default_factory=list)

@@ -83,6 +83,12 @@ def provider_env(provider: ProviderSandbox, base_url: str) -> dict[str, str]:
     return env
 
 
+def _sleep_until(deadline: float) -> None:
+    remaining = deadline - time.monotonic()
+    if remaining > 0:
+        time.sleep(remaining)
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -106,6 +112,7 @@ def _handler_for(server: SandboxServer) -> type[BaseHTTPRequestHandler]:
             self._dispatch()
 
         def _dispatch(self) -> None:
+            arrived = time.monotonic()
             parts = urlsplit(self.path)
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
@@ -126,9 +133,9 @@ def _handler_for(server: SandboxServer) -> type[BaseHTTPRequestHandler]:
                 dict(parse_qsl(parts.query)),
             )
             fault, latency_ms = provider.next_fault()
-            if latency_ms:
-                time.sleep(latency_ms / 1000)
+            answer_at = arrived + latency_ms / 1000
             if fault is not None:
+                _sleep_until(answer_at)
                 return self._inject(provider, request, fault)
             response = provider.route(request)
             provider.record(
@@ -137,6 +144,7 @@ def _handler_for(server: SandboxServer) -> type[BaseHTTPRequestHandler]:
                 duplicate=response.duplicate,
                 event_id=response.event_id or _event_id(request),
             )
+            _sleep_until(answer_at)
             self._send(response)
 
         def _inject(self, provider: ProviderSandbox, request: Request, fault: Mapping[str, Any]) -> None:
