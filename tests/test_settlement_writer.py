@@ -199,10 +199,10 @@ def test_a_writer_that_stalls_stops_the_sends_at_twice_the_concurrency_and_loses
     def sent() -> int:
         return len(fake.snapshot()["accepted"])
 
+    reports: list = []
     run = threading.Thread(
         target=lambda: reports.append(deliver(engine, factory_for(engine, sandbox, concurrency=3), "benevity"))
     )
-    reports: list = []
     run.start()
     try:
         deadline = time.monotonic() + 30
